@@ -1,0 +1,119 @@
+"""An external subsystem: a process on the host that joined over the control socket.
+
+Its actor speaks the same contract as every subsystem, but the gate and the work live in
+the process: ``PauseIntake`` becomes a ``pause_intake`` line, and ``IntakePaused`` is
+answered only once the process says ``intake_paused``. The drain is complete here when
+the process has said ``drained`` for this drain and reports nothing that blocks a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pykka
+
+from .errors import Conflict, SubsystemGone
+from .messages import (
+    Cancel,
+    CancelRefused,
+    ExternalCancelResult,
+    ExternalDrained,
+    ExternalInFlight,
+    ExternalIntakePaused,
+)
+from .ports import SubsystemLink
+from .subsystem import Emit, SubsystemActor, SubsystemCore
+from .types import InFlightItem
+
+
+class ExternalCore(SubsystemCore):
+    def __init__(self, name: str, emit: Emit, link: SubsystemLink, items: Iterable[InFlightItem] = ()) -> None:
+        super().__init__(name, emit, items)
+        self.link = link
+        self.acked_for: str | None = None
+        self.said_drained_for: str | None = None
+        self.pending: dict[str, Cancel] = {}
+
+    def pause(self, drain_id: str) -> None:
+        self.paused_for = drain_id
+        self.acked_for = None
+        self.said_drained_for = None
+        self._drained_sent_for = None
+        self.link.send({"type": "pause_intake", "drain_id": drain_id})
+
+    def resume(self, drain_id: str) -> None:
+        super().resume(drain_id)
+        self.acked_for = None
+        self.said_drained_for = None
+        self.link.send({"type": "resume_intake", "drain_id": drain_id})
+
+    def drain_complete(self) -> bool:
+        return (
+            super().drain_complete()
+            and self.acked_for == self.paused_for
+            and self.said_drained_for == self.paused_for
+        )
+
+    def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
+        if item.id in self.pending:
+            self.refuse_pending(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}"))
+            return
+        self.pending[item.id] = msg
+        self.link.send({"type": "cancel", "item": item.local_id})
+
+    def refuse_pending(self, msg: Cancel, error: Conflict | SubsystemGone) -> None:
+        self.emit(
+            CancelRefused(
+                subsystem=self.name, item_id=msg.item_id, code=error.code, reason=error.message,
+                by=msg.by, reply=msg.reply,
+            )
+        )
+
+    def handle(self, message: Any) -> bool:
+        match message:
+            case ExternalInFlight(items=items):
+                self.set_items(items)
+            case ExternalIntakePaused(drain_id=drain_id):
+                # An answer to an older pause (or to none) is stale and changes nothing.
+                if drain_id == self.paused_for and self.acked_for != drain_id:
+                    self.acked_for = drain_id
+                    self.acknowledge_pause(drain_id)
+            case ExternalDrained(drain_id=drain_id):
+                if drain_id == self.paused_for:
+                    self.said_drained_for = drain_id
+                    self.check_drained()
+            case ExternalCancelResult(item=local, ok=ok, reason=reason):
+                msg = self.pending.pop(f"{self.name}/{local}", None)
+                if msg is None:
+                    return True
+                if ok:
+                    self.accept_cancel(msg)
+                else:
+                    self.emit(
+                        CancelRefused(
+                            subsystem=self.name, item_id=msg.item_id, code="not_cancellable",
+                            reason=reason or f"{self.name} refused to cancel {msg.item_id}",
+                            by=msg.by, reply=msg.reply,
+                        )
+                    )
+            case _:
+                return False
+        return True
+
+    def abandon(self) -> None:
+        """The process is gone: every cancel still waiting is answered ``subsystem_gone``."""
+        pending, self.pending = self.pending, {}
+        for msg in pending.values():
+            if msg.reply is not None and not msg.reply.done:
+                msg.reply.set_exception(SubsystemGone(f"{self.name} went away before it answered the cancel"))
+
+
+class ExternalSubsystemActor(SubsystemActor):
+    core: ExternalCore
+
+    def __init__(self, core: ExternalCore, supervisor: pykka.ActorRef[Any], generation: int = 0) -> None:
+        super().__init__(core, supervisor, generation)
+
+    def on_stop(self) -> None:
+        self.core.abandon()

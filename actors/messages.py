@@ -1,0 +1,161 @@
+"""Messages between actors, grouped by who receives them. All are frozen msgspec Structs.
+
+A ``reply`` field holds a :class:`~actors.future.CallbackFuture` for answers that come
+later than the handler returns (a cancel waits on the subsystem that owns the item).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .types import InFlightItem, OnDeadline
+
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+# --- to every subsystem: the subsystem contract -----------------------------------------
+
+
+class PauseIntake(Msg):
+    drain_id: str
+
+
+class ResumeIntake(Msg):
+    drain_id: str
+
+
+class ReportInFlight(Msg):
+    pass
+
+
+class Cancel(Msg):
+    """Cancel one item. ``by`` is who asked (a user name, or ``deadline``)."""
+
+    item_id: str
+    by: str
+    reason: str | None = None
+    reply: Any = None
+
+
+# --- from subsystems to the supervisor (always by tell) ---------------------------------
+
+
+class IntakePaused(Msg):
+    subsystem: str
+    drain_id: str
+
+
+class InFlightReport(Msg):
+    subsystem: str
+    items: tuple[InFlightItem, ...]
+
+
+class Drained(Msg):
+    subsystem: str
+    drain_id: str
+
+
+class Cancelled(Msg):
+    subsystem: str
+    item_id: str
+    by: str
+    reason: str | None = None
+    reply: Any = None
+
+
+class CancelRefused(Msg):
+    subsystem: str
+    item_id: str
+    code: str
+    reason: str
+    by: str
+    reply: Any = None
+
+
+class SubsystemFailed(Msg):
+    subsystem: str
+    generation: int
+    error: str
+
+
+# --- from the shell to the supervisor ---------------------------------------------------
+
+
+class Enable(Msg):
+    by: str
+    reason: str | None = None
+    deadline_seconds: float | None = None
+    on_deadline: OnDeadline = OnDeadline.WAIT
+
+
+class Disable(Msg):
+    by: str
+    reason: str | None = None
+
+
+class RequestCancel(Msg):
+    """Ask answers once the cancel is dispatched; ``reply`` gets the subsystem's answer."""
+
+    item: str
+    by: str
+    reply: Any
+    reason: str | None = None
+
+
+class Register(Msg):
+    """A process joins as an external subsystem. ``link`` is its :class:`SubsystemLink`."""
+
+    name: str
+    link: Any
+    by: str
+    pid: int | None = None
+
+
+class Unregister(Msg):
+    name: str
+    reason: str
+
+
+class FromExternal(Msg):
+    """A wire message from a registered process, routed to its subsystem actor."""
+
+    name: str
+    message: Any
+
+
+class GetHistory(Msg):
+    pass
+
+
+class DeadlineReached(Msg):
+    drain_id: str
+
+
+class RestartSubsystem(Msg):
+    name: str
+    generation: int
+
+
+# --- from the wire to an external subsystem actor (through FromExternal) ----------------
+
+
+class ExternalInFlight(Msg):
+    items: tuple[InFlightItem, ...]
+
+
+class ExternalIntakePaused(Msg):
+    drain_id: str
+
+
+class ExternalDrained(Msg):
+    drain_id: str
+
+
+class ExternalCancelResult(Msg):
+    item: str
+    ok: bool
+    reason: str | None = None

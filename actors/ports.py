@@ -1,0 +1,44 @@
+"""Ports: the effects an actor may ask for. ``daemon/`` implements them; tests fake them.
+
+Every method may be called from an actor's thread and must return at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .status import Event, Status
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock time in seconds since the epoch."""
+        ...
+
+
+class Timers(Protocol):
+    def arm(self, key: str, delay: float, message: Any) -> None:
+        """After ``delay`` seconds, tell the supervisor ``message``. Re-arming a key replaces it."""
+        ...
+
+    def disarm(self, key: str) -> None:
+        """Forget ``key``; a timer that already fired is not taken back."""
+        ...
+
+
+class StatusSink(Protocol):
+    def publish(self, status: Status, event: Event | None) -> None:
+        """The newest status, and the event that produced it (None for a quiet refresh)."""
+        ...
+
+    def fatal(self, error: str) -> None:
+        """The supervisor cannot go on; the daemon must exit non-zero."""
+        ...
+
+
+class SubsystemLink(Protocol):
+    """The connection of an external subsystem, seen from its actor."""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one wire message for the process (``pause_intake``, ``cancel``, ...)."""
+        ...

@@ -1,0 +1,88 @@
+"""What the supervisor publishes: the status snapshot, events and history entries.
+
+These are the exact shapes the control socket sends, so the shell encodes them as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from .types import InFlightItem
+
+
+def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool
+    state: str
+    safe_to_restart: bool
+    updated_by: str | None
+    updated_on: str | None
+    reason: str | None
+    deadline: str | None
+    overdue: bool
+    on_deadline: str | None
+    drain_id: str | None
+
+
+class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    state: str
+    in_flight: int
+    blocking: int
+    external: bool
+    failures: int = 0
+    last_error: str | None = None
+
+
+class RunningSystems(msgspec.Struct, frozen=True, kw_only=True):
+    material_update_in_progress: tuple[InFlightItem, ...] = ()
+    building_jobs: tuple[InFlightItem, ...] = ()
+    scheduled_jobs: tuple[InFlightItem, ...] = ()
+    other: tuple[InFlightItem, ...] = ()
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    maintenance: MaintenanceInfo
+    subsystems: tuple[SubsystemInfo, ...]
+    running_systems: RunningSystems
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="event"):
+    """One change, pushed to every ``watch`` subscriber.
+
+    ``event`` names what happened: ``state_changed``, ``in_flight_changed``,
+    ``subsystem_state``, ``subsystem_registered``, ``subsystem_removed``, ``overdue``,
+    ``cancelled``, ``cancel_refused``. ``items`` lists what is left (``overdue``), what was
+    abandoned (``subsystem_removed``) or the subsystem's in-flight work.
+    """
+
+    seq: int
+    at: str
+    event: str
+    maintenance: MaintenanceInfo
+    subsystem: str | None = None
+    items: tuple[InFlightItem, ...] | None = None
+    message: str | None = None
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A maintenance transition or a cancel: who, when, why."""
+
+    at: str
+    action: str
+    by: str
+    reason: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    item: str | None = None
+    drain_id: str | None = None

@@ -1,0 +1,464 @@
+"""The supervisor: drives maintenance mode over every subsystem.
+
+:class:`SupervisorCore` holds the decisions and no I/O; :class:`SupervisorActor` is the
+pykka actor over it. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
+(downward), so it never waits on anybody. After every change it publishes the whole status
+and one event through the :class:`~actors.ports.StatusSink`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound
+from .external import ExternalCore, ExternalSubsystemActor
+from .future import CallbackFuture
+from .maintenance import Machine, MaintenanceEvent, Transition
+from .messages import (
+    Cancel,
+    Cancelled,
+    CancelRefused,
+    DeadlineReached,
+    Disable,
+    Drained,
+    Enable,
+    FromExternal,
+    GetHistory,
+    InFlightReport,
+    IntakePaused,
+    PauseIntake,
+    Register,
+    RequestCancel,
+    RestartSubsystem,
+    ResumeIntake,
+    SubsystemFailed,
+    Unregister,
+)
+from .ports import Clock, StatusSink, Timers
+from .status import Event, HistoryEntry, MaintenanceInfo, RunningSystems, Status, SubsystemInfo, iso
+from .types import (
+    GROUP_OF_KIND,
+    MATERIAL_UPDATE,
+    MDU_REFUSAL,
+    InFlightItem,
+    MaintenanceState,
+    OnDeadline,
+    SubsystemState,
+)
+
+#: Starts a subsystem actor: (generation, items to restore) -> actor ref.
+Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
+
+SYSTEM = "maintd"
+DEADLINE_TIMER = "deadline"
+
+
+class SubsystemView:
+    """What the supervisor knows of one subsystem."""
+
+    def __init__(self, name: str, spawn: Spawn, *, external: bool) -> None:
+        self.name = name
+        self.spawn = spawn
+        self.external = external
+        self.generation = 0
+        self.ref: Any = None
+        self.reported = False
+        self.failed = False
+        self.failures = 0
+        self.last_error: str | None = None
+        self.items: tuple[InFlightItem, ...] = ()
+        self.paused_for: str | None = None
+        self.drained_for: str | None = None
+
+    def start(self) -> None:
+        self.ref = self.spawn(self.generation, self.items)
+
+    @property
+    def blocking(self) -> list[InFlightItem]:
+        return [item for item in self.items if item.blocks_restart]
+
+
+class SupervisorCore:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        timers: Timers,
+        sink: StatusSink,
+        restart_delay: float = 1.0,
+        history_size: int = 1000,
+    ) -> None:
+        self.clock = clock
+        self.timers = timers
+        self.sink = sink
+        self.restart_delay = restart_delay
+        self.machine = Machine()
+        self.views: dict[str, SubsystemView] = {}
+        self.drain_id: str | None = None
+        self.toggled: Transition | None = None
+        self.deadline: float | None = None
+        self.on_deadline: OnDeadline | None = None
+        self.deadline_passed = False
+        self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
+        self._seq = itertools.count(1)
+
+    # -- subsystems ----------------------------------------------------------------------
+
+    def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
+        if name in self.views:
+            raise Conflict(f"a subsystem named {name!r} is already registered")
+        view = SubsystemView(name, spawn, external=external)
+        view.start()
+        self.views[name] = view
+        if self.drain_id is not None:
+            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+        self.recompute()
+        self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
+        return view
+
+    def remove_subsystem(self, name: str, reason: str) -> None:
+        view = self.views.pop(name, None)
+        if view is None:
+            return
+        self.timers.disarm(f"restart:{name}")
+        if view.ref is not None:
+            view.ref.stop(block=False)
+        abandoned = view.items
+        self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
+        self.recompute()
+        self.publish(
+            "subsystem_removed", subsystem=name, items=abandoned,
+            message=f"{name} removed ({reason}); {len(abandoned)} item(s) abandoned",
+        )
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def enable(self, msg: Enable) -> MaintenanceInfo:
+        if msg.deadline_seconds is not None and msg.deadline_seconds < 0:
+            raise BadRequest("deadline_seconds must be zero or more")
+        now = self.clock.now()
+        transition = self.machine.fire(MaintenanceEvent.ENABLE, by=msg.by, at=now, reason=msg.reason)
+        self.toggled = transition
+        self.drain_id = f"drain-{secrets.token_hex(4)}"
+        self.deadline_passed = False
+        self.on_deadline = msg.on_deadline
+        self.deadline = None if msg.deadline_seconds is None else now + msg.deadline_seconds
+        if msg.deadline_seconds is not None:
+            self.timers.arm(DEADLINE_TIMER, msg.deadline_seconds, DeadlineReached(drain_id=self.drain_id))
+        self.record_transition(transition)
+        for view in self.views.values():
+            view.paused_for = view.drained_for = None
+            if not view.failed:
+                view.ref.tell(PauseIntake(drain_id=self.drain_id))
+        self.recompute(publish_transition=False)
+        self.publish("state_changed", message=f"{msg.by} turned on maintenance mode")
+        return self.maintenance_info()
+
+    def disable(self, msg: Disable) -> MaintenanceInfo:
+        transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=self.clock.now(), reason=msg.reason)
+        self.toggled = transition
+        drain_id, self.drain_id = self.drain_id or "", None
+        self.deadline = self.on_deadline = None
+        self.deadline_passed = False
+        self.timers.disarm(DEADLINE_TIMER)
+        self.record_transition(transition)
+        for view in self.views.values():
+            view.paused_for = view.drained_for = None
+            if not view.failed:
+                view.ref.tell(ResumeIntake(drain_id=drain_id))
+        self.publish("state_changed", message=f"{msg.by} turned off maintenance mode")
+        return self.maintenance_info()
+
+    def recompute(self, *, publish_transition: bool = True) -> None:
+        """Move between draining and drained as the subsystems' reports say."""
+        state = self.machine.state
+        if state is MaintenanceState.NORMAL:
+            return
+        done = all(self.state_of(view) is SubsystemState.DRAINED for view in self.views.values())
+        if state is MaintenanceState.DRAINING and done:
+            event, reason = MaintenanceEvent.ALL_DRAINED, "every subsystem is drained"
+        elif state is MaintenanceState.DRAINED and not done:
+            waiting = [v.name for v in self.views.values() if self.state_of(v) is not SubsystemState.DRAINED]
+            event, reason = MaintenanceEvent.WORK_APPEARED, "not drained any more: " + ", ".join(waiting)
+        else:
+            return
+        transition = self.machine.fire(event, by=SYSTEM, at=self.clock.now(), reason=reason)
+        self.record_transition(transition)
+        if publish_transition:
+            self.publish("state_changed", message=reason)
+
+    def state_of(self, view: SubsystemView) -> SubsystemState:
+        if view.failed:
+            return SubsystemState.FAILED
+        if not view.reported:
+            return SubsystemState.UNKNOWN
+        if self.drain_id is None:
+            return SubsystemState.RUNNING
+        if view.paused_for != self.drain_id:
+            return SubsystemState.PAUSING
+        if view.drained_for == self.drain_id and not view.blocking:
+            return SubsystemState.DRAINED
+        return SubsystemState.PAUSED
+
+    # -- reports from subsystems -------------------------------------------------------
+
+    def on_intake_paused(self, msg: IntakePaused) -> None:
+        view = self.views.get(msg.subsystem)
+        if view is None or msg.drain_id != self.drain_id:
+            return
+        view.paused_for = msg.drain_id
+        self.recompute()
+        self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} stopped its intake")
+
+    def on_report(self, msg: InFlightReport) -> None:
+        view = self.views.get(msg.subsystem)
+        if view is None:
+            return
+        view.items = msg.items
+        view.reported = True
+        if view.blocking:
+            view.drained_for = None
+        self.recompute()
+        self.publish("in_flight_changed", subsystem=view.name, items=view.items)
+
+    def on_drained(self, msg: Drained) -> None:
+        view = self.views.get(msg.subsystem)
+        if view is None or msg.drain_id != self.drain_id:
+            return
+        view.drained_for = msg.drain_id
+        self.recompute()
+        self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} is drained")
+
+    def on_failed(self, msg: SubsystemFailed) -> None:
+        view = self.views.get(msg.subsystem)
+        if view is None or msg.generation != view.generation:
+            return
+        view.failed = True
+        view.failures += 1
+        view.last_error = msg.error
+        view.ref = None
+        self.timers.arm(
+            f"restart:{view.name}", self.restart_delay, RestartSubsystem(name=view.name, generation=view.generation)
+        )
+        self.recompute()
+        self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} failed: {msg.error}")
+
+    def on_restart(self, msg: RestartSubsystem) -> None:
+        view = self.views.get(msg.name)
+        if view is None or msg.generation != view.generation or not view.failed:
+            return
+        view.generation += 1
+        view.failed = False
+        view.reported = False
+        view.paused_for = view.drained_for = None
+        view.start()
+        if self.drain_id is not None:
+            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+        self.recompute()
+        self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} restarted")
+
+    # -- cancel ------------------------------------------------------------------------
+
+    def find_item(self, ref: str) -> InFlightItem:
+        items = [item for view in self.views.values() for item in view.items]
+        exact = [item for item in items if item.id == ref]
+        if exact:
+            return exact[0]
+        bare = [item for item in items if item.local_id == ref]
+        if len(bare) == 1:
+            return bare[0]
+        if bare:
+            names = ", ".join(item.id for item in bare)
+            raise BadRequest(f"{ref!r} names more than one item ({names}); use the full id")
+        raise NotFound(f"no item {ref!r} is in flight (`maintctl inflight` lists them)")
+
+    def request_cancel(self, msg: RequestCancel) -> str:
+        item = self.find_item(msg.item)
+        view = self.views[item.subsystem]
+        if item.kind == MATERIAL_UPDATE:
+            raise NotCancellable(MDU_REFUSAL)
+        if not item.cancellable:
+            raise NotCancellable(f"{item.id} ({item.kind}) does not accept cancel")
+        if view.ref is None:
+            raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
+        view.ref.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply))
+        return item.id
+
+    def on_cancelled(self, msg: Cancelled) -> None:
+        self.record("cancel", by=msg.by, reason=msg.reason, item=msg.item_id)
+        self.publish("cancelled", subsystem=msg.subsystem, message=f"{msg.item_id} cancelled by {msg.by}")
+        if msg.reply is not None:
+            msg.reply.set({"item": msg.item_id, "cancelled": True, "by": msg.by})
+
+    def on_cancel_refused(self, msg: CancelRefused) -> None:
+        self.publish(
+            "cancel_refused", subsystem=msg.subsystem, message=f"cancel of {msg.item_id} refused: {msg.reason}"
+        )
+        if msg.reply is not None:
+            msg.reply.set_exception(MaintdError(msg.reason, code=msg.code))
+
+    def on_deadline(self, msg: DeadlineReached) -> None:
+        if msg.drain_id != self.drain_id:
+            return
+        self.deadline_passed = True
+        if self.machine.state is not MaintenanceState.DRAINING:
+            return
+        left = tuple(item for view in self.views.values() for item in view.items)
+        self.publish("overdue", items=left, message=f"the drain deadline passed with {len(left)} item(s) left")
+        if self.on_deadline is not OnDeadline.CANCEL:
+            return
+        for view in self.views.values():
+            for item in view.items:
+                if item.cancellable and item.kind != MATERIAL_UPDATE and view.ref is not None:
+                    view.ref.tell(Cancel(item_id=item.id, by="deadline", reason="cancelled by the deadline"))
+
+    # -- records and publishing ----------------------------------------------------------
+
+    def record(self, action: str, *, by: str, **fields: Any) -> None:
+        self.history.append(HistoryEntry(at=iso(self.clock.now()) or "", action=action, by=by, **fields))
+
+    def record_transition(self, t: Transition) -> None:
+        self.record(
+            t.event.value, by=t.by, reason=t.reason, from_state=t.from_state.value,
+            to_state=t.to_state.value, drain_id=self.drain_id,
+        )
+
+    def maintenance_info(self) -> MaintenanceInfo:
+        state = self.machine.state
+        toggled = self.toggled
+        return MaintenanceInfo(
+            enabled=self.machine.enabled,
+            state=state.value,
+            safe_to_restart=state is MaintenanceState.DRAINED,
+            updated_by=toggled.by if toggled else None,
+            updated_on=iso(toggled.at) if toggled else None,
+            reason=toggled.reason if toggled and self.machine.enabled else None,
+            deadline=iso(self.deadline),
+            overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
+            on_deadline=self.on_deadline.value if self.on_deadline else None,
+            drain_id=self.drain_id,
+        )
+
+    def status(self) -> Status:
+        groups: dict[str, list[InFlightItem]] = {g: [] for g in ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")}
+        subsystems = []
+        for view in self.views.values():
+            for item in view.items:
+                groups[GROUP_OF_KIND.get(item.kind, "other")].append(item)
+            subsystems.append(
+                SubsystemInfo(
+                    name=view.name, state=self.state_of(view).value, in_flight=len(view.items),
+                    blocking=len(view.blocking), external=view.external, failures=view.failures,
+                    last_error=view.last_error,
+                )
+            )
+        running = RunningSystems(**{name: tuple(items) for name, items in groups.items()})
+        return Status(maintenance=self.maintenance_info(), subsystems=tuple(subsystems), running_systems=running)
+
+    def publish(self, event: str, *, subsystem: str | None = None, items: tuple[InFlightItem, ...] | None = None, message: str | None = None) -> None:
+        status = self.status()
+        self.sink.publish(
+            status,
+            Event(
+                seq=next(self._seq), at=iso(self.clock.now()) or "", event=event,
+                maintenance=status.maintenance, subsystem=subsystem, items=items, message=message,
+            ),
+        )
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    """The actor over :class:`SupervisorCore`.
+
+    ``builtins`` are (name, make_core) pairs started in order at start-up; ``make_core``
+    takes the function that tells the supervisor and the items to restore.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        timers: Timers,
+        sink: StatusSink,
+        restart_delay: float = 1.0,
+        builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
+    ) -> None:
+        super().__init__()
+        self.core = SupervisorCore(clock=clock, timers=timers, sink=sink, restart_delay=restart_delay)
+        self.builtins = builtins
+
+    @staticmethod
+    def _create_future() -> CallbackFuture:
+        return CallbackFuture()
+
+    def on_start(self) -> None:
+        from .subsystem import SubsystemActor
+
+        me = self.actor_ref
+        for name, make_core in self.builtins:
+
+            def spawn(generation: int, items: tuple[InFlightItem, ...], make_core: Callable[..., Any] = make_core) -> Any:
+                return SubsystemActor.start(make_core(me.tell, items), me, generation)
+
+            self.core.add_subsystem(name, spawn, external=False)
+        self.core.publish("started", message="maintd started")
+
+    def register(self, msg: Register) -> dict[str, Any]:
+        me = self.actor_ref
+
+        def spawn(generation: int, items: tuple[InFlightItem, ...]) -> Any:
+            return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
+
+        self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
+        return {"name": msg.name, "maintenance": self.core.machine.state.value, "drain_id": self.core.drain_id}
+
+    def on_receive(self, message: Any) -> Any:  # noqa: C901 - one dispatch table
+        core = self.core
+        match message:
+            case InFlightReport():
+                core.on_report(message)
+            case IntakePaused():
+                core.on_intake_paused(message)
+            case Drained():
+                core.on_drained(message)
+            case Cancelled():
+                core.on_cancelled(message)
+            case CancelRefused():
+                core.on_cancel_refused(message)
+            case SubsystemFailed():
+                core.on_failed(message)
+            case RestartSubsystem():
+                core.on_restart(message)
+            case DeadlineReached():
+                core.on_deadline(message)
+            case FromExternal(name=name, message=inner):
+                view = core.views.get(name)
+                if view is not None and view.ref is not None:
+                    view.ref.tell(inner)
+            case Enable():
+                return core.enable(message)
+            case Disable():
+                return core.disable(message)
+            case RequestCancel():
+                return core.request_cancel(message)
+            case Register():
+                return self.register(message)
+            case Unregister(name=name, reason=reason):
+                core.remove_subsystem(name, reason)
+            case GetHistory():
+                return tuple(core.history)
+            case "status":
+                return core.status()
+            case _:
+                raise TypeError(f"supervisor: unexpected message {type(message).__name__}")
+        return None
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self.core.sink.fatal(f"supervisor failed: {exception_value!r}")

@@ -1,0 +1,87 @@
+"""The one bridge between trio and the actors.
+
+Actors run in their own threads. The trio loop never blocks on them: it waits on a
+:class:`~actors.future.CallbackFuture` whose callback wakes trio through
+``TrioToken.run_sync_soon``. Actors reach trio only through the ports implemented here
+and in :mod:`daemon.hub`, and each of those does nothing in the actor's thread but
+``run_sync_soon``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import trio
+
+from actors.future import CallbackFuture
+
+
+class Bridge:
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the trio thread, from any thread. ``fn`` must not raise.
+
+        After the trio run has ended the call is dropped: nothing is left to receive it.
+        """
+        try:
+            self.token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass
+
+    async def wait(self, future: CallbackFuture, timeout: float) -> Any:
+        """Wait for ``future`` without blocking the loop; raise what it holds, or TooSlowError."""
+        done = trio.Event()
+        future.add_done_callback(lambda _f: self.call_soon(done.set))
+        with trio.fail_after(timeout):
+            await done.wait()
+        return future.get(timeout=0)
+
+    async def ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float = 10.0) -> Any:
+        future = ref.ask(message, block=False)
+        assert isinstance(future, CallbackFuture), "actors must create CallbackFutures"
+        return await self.wait(future, timeout)
+
+
+class WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class TrioTimers:
+    """The actors' :class:`~actors.ports.Timers` port: trio tasks that sleep, then tell."""
+
+    def __init__(self, bridge: Bridge, nursery: trio.Nursery) -> None:
+        self.bridge = bridge
+        self.nursery = nursery
+        self.target: pykka.ActorRef[Any] | None = None
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    def arm(self, key: str, delay: float, message: Any) -> None:
+        self.bridge.call_soon(self._arm, key, delay, message)
+
+    def disarm(self, key: str) -> None:
+        self.bridge.call_soon(self._disarm, key)
+
+    def _arm(self, key: str, delay: float, message: Any) -> None:
+        self._disarm(key)
+        scope = trio.CancelScope()
+        self._scopes[key] = scope
+        self.nursery.start_soon(self._fire, key, delay, message, scope)
+
+    def _disarm(self, key: str) -> None:
+        scope = self._scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _fire(self, key: str, delay: float, message: Any, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(delay)
+            if self._scopes.get(key) is scope:
+                del self._scopes[key]
+            if self.target is not None:
+                self.target.tell(message)

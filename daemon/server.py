@@ -1,0 +1,289 @@
+"""The control socket server: one trio task pair per connection, every wait bounded.
+
+Each connection has a reader (lines in, requests handled in order) and a writer fed by a
+bounded queue. A client that does not read its replies fills its queue and is
+disconnected; nobody else notices. A connection that sends ``register`` becomes an
+external subsystem until it closes; its removal is shown in status and events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+import pykka
+import trio
+
+from actors.errors import BadRequest, Conflict, MaintdError
+from actors.future import CallbackFuture
+from actors.messages import (
+    Disable,
+    Enable,
+    ExternalCancelResult,
+    ExternalDrained,
+    ExternalInFlight,
+    ExternalIntakePaused,
+    FromExternal,
+    GetHistory,
+    Register,
+    RequestCancel,
+    Unregister,
+)
+from actors.types import InFlightItem, OnDeadline, qualify
+
+from . import protocol as p
+from .auth import Peer, peer_of
+from .bridge import Bridge
+from .config import Config, parse_duration
+from .hub import StatusHub
+
+log = logging.getLogger("maintd.control")
+
+NO_REPLY = object()
+FLUSH_TIMEOUT = 5.0
+ASK_TIMEOUT = 10.0
+
+
+class Connection:
+    """One client. ``push`` queues a line; a full queue means the client is not reading."""
+
+    def __init__(self, stream: trio.SocketStream, peer: Peer, queue_size: int) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](queue_size)
+        self.scope = trio.CancelScope()
+        self.subsystem: str | None = None
+        self.held: list[bytes] | None = None
+        self.first_seen: dict[str, float] = {}
+        self.close_reason: str | None = None
+
+    def push(self, data: bytes) -> None:
+        try:
+            self.send_channel.send_nowait(data)
+        except trio.WouldBlock:
+            self.kill("the client does not read its replies (its queue is full)")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def push_subsystem(self, data: bytes) -> None:
+        """A line from the subsystem's actor; held back until the register reply is out."""
+        if self.held is not None:
+            self.held.append(data)
+        else:
+            self.push(data)
+
+    def release_held(self) -> None:
+        held, self.held = self.held or [], None
+        for data in held:
+            self.push(data)
+
+    def kill(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.warning("closing connection of %s (pid %s): %s", self.peer.user, self.peer.pid, reason)
+        self.scope.cancel()
+
+    async def writer(self) -> None:
+        async with self.receive_channel:
+            async for data in self.receive_channel:
+                await self.stream.send_all(data)
+
+
+class ConnectionLink:
+    """The :class:`~actors.ports.SubsystemLink` of a registered connection."""
+
+    def __init__(self, bridge: Bridge, conn: Connection) -> None:
+        self.bridge = bridge
+        self.conn = conn
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.bridge.call_soon(self.conn.push_subsystem, msgspec.json.encode(message) + b"\n")
+
+
+class ControlServer:
+    def __init__(self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config) -> None:
+        self.bridge = bridge
+        self.supervisor = supervisor
+        self.hub = hub
+        self.config = config.control
+        self.cancel_timeout = parse_duration(config.control.cancel_timeout)
+        self.connections = 0
+
+    async def serve(self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self.handle, [listener])
+            task_status.started()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = peer_of(stream.socket, self.config.admin_group)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.warning("cannot read the peer's credentials: %s", exc)
+            await stream.aclose()
+            return
+        conn = Connection(stream, peer, self.config.client_queue)
+        self.connections += 1
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.writer)
+                    await self.read_lines(conn)
+                    # The client closed its end: flush what it is owed, within a bound.
+                    conn.send_channel.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.close_reason = conn.close_reason or "connection lost"
+        except* Exception as group:  # a bug in one connection must not stop the server
+            log.error("connection of %s failed", peer.user, exc_info=group)
+            conn.close_reason = conn.close_reason or "internal error"
+        finally:
+            self.connections -= 1
+            self.hub.watchers.discard(conn)
+            if conn.subsystem is not None:
+                self.supervisor.tell(Unregister(name=conn.subsystem, reason=conn.close_reason or "disconnected"))
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def read_lines(self, conn: Connection) -> None:
+        limit = self.config.max_line_bytes
+        buffer = bytearray()
+        while True:
+            data = await conn.stream.receive_some(65536)
+            if not data:
+                return
+            buffer += data
+            start = 0
+            while (end := buffer.find(b"\n", start)) >= 0:
+                line = bytes(buffer[start:end])
+                start = end + 1
+                if len(line) > limit:
+                    conn.push(p.error_reply(None, "too_large", f"a line may hold at most {limit} bytes"))
+                    continue
+                if line.strip():
+                    await self.dispatch(conn, line)
+            del buffer[:start]
+            if len(buffer) > limit:
+                conn.push(p.error_reply(None, "too_large", f"a line may hold at most {limit} bytes; closing"))
+                conn.close_reason = "line over the size limit"
+                return
+
+    async def dispatch(self, conn: Connection, line: bytes) -> None:
+        try:
+            request = p.decode_request(line)
+        except p.ProtocolError as exc:
+            conn.push(p.error_reply(exc.request_id, exc.code, exc.message))
+            return
+        try:
+            result = await self.handle_request(conn, request)
+        except MaintdError as exc:
+            if exc.code == "forbidden":
+                log.warning("refused %s from %s (uid %s): forbidden", request.__struct_config__.tag, conn.peer.user, conn.peer.uid)
+            conn.push(p.error_reply(request.id, exc.code, exc.message))
+        except trio.TooSlowError:
+            conn.push(p.error_reply(request.id, "timeout", "no answer in time; the request may still take effect"))
+        except pykka.ActorDeadError:
+            conn.push(p.error_reply(request.id, "unavailable", "maintd is shutting down"))
+        except Exception:  # noqa: BLE001 - one bad request must not take the daemon down
+            log.exception("request %r failed", request)
+            conn.push(p.error_reply(request.id, "internal", "internal error; the daemon's log has the details"))
+        else:
+            if result is NO_REPLY:
+                return
+            if isinstance(result, bytes):
+                conn.push(p.ok_reply_raw(request.id, result))
+            else:
+                conn.push(p.ok_reply(request.id, result))
+
+    async def handle_request(self, conn: Connection, request: p.AnyRequest) -> Any:  # noqa: C901, PLR0911
+        peer = conn.peer
+        match request:
+            case p.StatusRequest():
+                return self.hub.status_json()
+            case p.InflightRequest():
+                return self.hub.inflight_json()
+            case p.PingRequest():
+                return {"pong": True}
+            case p.WatchRequest():
+                # Reply and subscription in one step, so that no event comes before the snapshot.
+                self.hub.watchers.add(conn)
+                conn.push(p.ok_reply_raw(request.id, self.hub.status_json()))
+                return NO_REPLY
+            case p.HistoryRequest():
+                return {"entries": await self.ask(GetHistory())}
+            case p.EnableRequest():
+                peer.require_admin("enable", self.config.admin_group)
+                info = await self.ask(
+                    Enable(by=peer.user, reason=request.reason, deadline_seconds=request.deadline_seconds,
+                           on_deadline=OnDeadline(request.on_deadline))
+                )
+                log.info("%s turned on maintenance mode (reason: %s)", peer.user, request.reason or "none given")
+                return info
+            case p.DisableRequest():
+                peer.require_admin("disable", self.config.admin_group)
+                info = await self.ask(Disable(by=peer.user, reason=request.reason))
+                log.info("%s turned off maintenance mode", peer.user)
+                return info
+            case p.CancelRequest():
+                peer.require_admin("cancel", self.config.admin_group)
+                reply = CallbackFuture()
+                item = await self.ask(RequestCancel(item=request.item, by=peer.user, reason=request.reason, reply=reply))
+                log.info("%s asked to cancel %s", peer.user, item)
+                return await self.bridge.wait(reply, self.cancel_timeout)
+            case p.RegisterRequest():
+                return await self.register(conn, request)
+            case p.InFlightMessage() | p.IntakePausedMessage() | p.DrainedMessage() | p.CancelResultMessage():
+                name = conn.subsystem
+                if name is None:
+                    raise BadRequest(f"{request.__struct_config__.tag} is for registered subsystems; send register first")
+                self.supervisor.tell(FromExternal(name=name, message=self.to_actor(conn, name, request)))
+                return {"accepted": True} if request.id is not None else NO_REPLY
+        raise BadRequest(f"unhandled request type {request.__struct_config__.tag}")
+
+    async def ask(self, message: Any) -> Any:
+        return await self.bridge.ask(self.supervisor, message, ASK_TIMEOUT)
+
+    async def register(self, conn: Connection, request: p.RegisterRequest) -> Any:
+        conn.peer.require_admin("register", self.config.admin_group)
+        if conn.subsystem is not None:
+            raise Conflict(f"this connection is already registered as {conn.subsystem!r}")
+        conn.held = []
+        try:
+            result = await self.ask(
+                Register(name=request.name, link=ConnectionLink(self.bridge, conn), by=conn.peer.user, pid=conn.peer.pid)
+            )
+        except BaseException:
+            conn.held = None
+            raise
+        conn.subsystem = request.name
+        log.info("subsystem %s registered (pid %s, user %s)", request.name, conn.peer.pid, conn.peer.user)
+        conn.push(p.ok_reply(request.id, result))
+        conn.release_held()
+        return NO_REPLY
+
+    def to_actor(self, conn: Connection, name: str, request: Any) -> Any:
+        match request:
+            case p.InFlightMessage(items=wire):
+                ids = [w.id for w in wire]
+                if len(set(ids)) != len(ids):
+                    raise BadRequest("in_flight lists the same item id more than once")
+                now = time.time()
+                seen = {w.id: conn.first_seen.get(w.id, now) for w in wire}
+                conn.first_seen = seen
+                items = tuple(
+                    InFlightItem(
+                        id=qualify(name, w.id), subsystem=name, kind=w.kind, description=w.description,
+                        started_at=w.started_at if w.started_at is not None else seen[w.id],
+                        cancellable=w.cancellable, blocks_restart=w.blocks_restart, expected_end=w.expected_end,
+                    )
+                    for w in wire
+                )
+                return ExternalInFlight(items=items)
+            case p.IntakePausedMessage(drain_id=drain_id):
+                return ExternalIntakePaused(drain_id=drain_id)
+            case p.DrainedMessage(drain_id=drain_id):
+                return ExternalDrained(drain_id=drain_id)
+            case p.CancelResultMessage(item=item, ok=ok, reason=reason):
+                return ExternalCancelResult(item=item, ok=ok, reason=reason)
+        raise BadRequest("not a subsystem message")

@@ -1,0 +1,1 @@
+"""maintctl: the command-line client of maintd's control socket."""

@@ -1,0 +1,216 @@
+"""``maintctl``: put maintd into maintenance mode, watch the drain, ask if it is safe to restart.
+
+Kept lean: it imports argparse, socket and msgspec, never trio or the actors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from daemon.config import parse_duration
+from daemon.paths import default_socket
+
+from . import render
+from .client import Client, DaemonError, Unreachable
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_SAFE = 4
+
+EPILOG = """\
+exit codes:
+  0  done (for wait: safe to restart)
+  1  maintd refused the request (the message says why: conflict, forbidden, not_found, ...)
+  2  bad arguments
+  3  maintd is not running or cannot be reached
+  4  wait: the timeout passed before it was safe to restart
+
+a maintenance window:
+  maintctl enable --reason "upgrade to 2.0" --deadline 30m
+  maintctl wait --timeout 45m && systemctl restart my-job-server
+  maintctl disable
+"""
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket (default: $MAINTD_SOCKET or the daemon's default)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the daemon's JSON result as it is")
+    parser = argparse.ArgumentParser(
+        prog="maintctl", description="Control maintd's maintenance mode.", parents=[common],
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("status", parents=[common], help="maintenance state, subsystems and what is running")
+    enable = sub.add_parser("enable", parents=[common], help="turn maintenance mode on and start the drain")
+    enable.add_argument("--reason", help="why (shown in status and the history)")
+    enable.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
+    enable.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    disable = sub.add_parser("disable", parents=[common], help="turn maintenance mode off; every subsystem resumes")
+    disable.add_argument("--reason")
+    sub.add_parser("inflight", parents=[common], help="list the work in flight")
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel in-flight items (never a material update)")
+    cancel.add_argument("items", nargs="+", metavar="ITEM", help="item id as `maintctl inflight` shows it")
+    cancel.add_argument("--reason")
+    sub.add_parser("watch", parents=[common], help="print every state and in-flight change as it happens")
+    wait = sub.add_parser("wait", parents=[common], help="wait until it is safe to restart (exit 0), or the timeout (exit 4)")
+    wait.add_argument("--timeout", type=duration, metavar="DURATION", help="give up after this long (default: wait forever)")
+    sub.add_parser("history", parents=[common], help="who turned maintenance on and off, and what was cancelled")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
+        print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
+        return EXIT_USAGE
+    path = str(getattr(args, "socket", None) or default_socket())
+    as_json = getattr(args, "json", False)
+    try:
+        with Client(path) as client:
+            return COMMANDS[args.command](client, args, as_json)
+    except Unreachable as exc:
+        print(f"maintctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except DaemonError as exc:
+        print(f"maintctl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def out(value: Any, as_json: bool, text: str) -> None:
+    print(msgspec.json.encode(value).decode() if as_json else text, flush=True)
+
+
+def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("status")
+    out(result, as_json, render.status(result))
+    return EXIT_OK
+
+
+def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request(
+        "enable", reason=args.reason, deadline_seconds=args.deadline,
+        on_deadline="cancel" if args.cancel_at_deadline else None,
+    )
+    text = render.maintenance_line(result) + "\n" + render.safe_line(result)
+    if not result["safe_to_restart"]:
+        text += "\n`maintctl wait` returns once it is safe to restart."
+    out(result, as_json, text)
+    return EXIT_OK
+
+
+def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("disable", reason=args.reason)
+    out(result, as_json, "Maintenance mode: off; every subsystem resumes its intake.")
+    return EXIT_OK
+
+
+def cmd_inflight(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("inflight")
+    items = result["items"]
+    out(result, as_json, "\n".join(render.items_table(items)) if items else "nothing in flight")
+    return EXIT_OK
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    code = EXIT_OK
+    results = []
+    for item in args.items:
+        try:
+            result = client.request("cancel", item=item, reason=args.reason)
+        except DaemonError as exc:
+            code = EXIT_REFUSED
+            results.append({"item": item, "cancelled": False, "error": {"code": exc.code, "message": exc.message}})
+            if not as_json:
+                print(f"maintctl: {item}: {exc.code}: {exc.message}", file=sys.stderr)
+            continue
+        results.append(result)
+        if not as_json:
+            print(f"cancelled {result['item']}")
+    if as_json:
+        out(results, True, "")
+    return code
+
+
+def cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    snapshot = client.request("watch")
+    out(snapshot, as_json, render.status(snapshot) + "\n")
+    while True:
+        message = client.read(timeout=None)
+        if message is not None and message.get("type") == "event":
+            out(message, as_json, render.event(message))
+
+
+def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    tty = sys.stderr.isatty() and not as_json
+    status = client.request("watch")
+    shown = ""
+    while not status["maintenance"]["safe_to_restart"]:
+        if tty:
+            line = render.progress(status)
+            if line != shown:
+                sys.stderr.write("\r\x1b[K" + line)
+                sys.stderr.flush()
+                shown = line
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            if tty:
+                sys.stderr.write("\n")
+            status = client.request("status")
+            items = render.remaining(status)
+            out(status, as_json, "Not safe to restart: the timeout passed.\n" + render.progress(status)
+                + ("\n" + "\n".join(render.items_table(items)) if items else ""))
+            return EXIT_NOT_SAFE
+        message = client.events.pop(0) if client.events else client.read(timeout=left)
+        if message is not None and message.get("type") == "event":
+            status = client.request("status")
+    if tty and shown:
+        sys.stderr.write("\n")
+    out(status, as_json, "Safe to restart.")
+    return EXIT_OK
+
+
+def cmd_history(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("history")
+    lines = []
+    for e in result["entries"]:
+        what = e["action"] + (f" {e['item']}" if e.get("item") else "")
+        states = f" ({e['from_state']} -> {e['to_state']})" if e.get("to_state") else ""
+        why = f": {e['reason']}" if e.get("reason") else ""
+        lines.append(f"{e['at']}  {e['by']:<12} {what}{states}{why}")
+    out(result, as_json, "\n".join(lines) or "no history yet")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "enable": cmd_enable,
+    "disable": cmd_disable,
+    "inflight": cmd_inflight,
+    "cancel": cmd_cancel,
+    "watch": cmd_watch,
+    "wait": cmd_wait,
+    "history": cmd_history,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

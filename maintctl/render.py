@@ -1,0 +1,99 @@
+"""Human-readable output for maintctl. ``--json`` bypasses all of this."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+GROUP_TITLES = {
+    "material_update_in_progress": "Material updates in progress (cannot be cancelled)",
+    "building_jobs": "Building jobs",
+    "scheduled_jobs": "Scheduled jobs (kept across a restart; do not block it)",
+    "other": "Other work",
+}
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def maintenance_line(m: dict[str, Any]) -> str:
+    if not m["enabled"]:
+        by = f" (last turned off by {m['updated_by']} at {m['updated_on']})" if m.get("updated_by") else ""
+        return f"Maintenance mode: off{by}"
+    text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {m['updated_on']}"
+    if m.get("reason"):
+        text += f"\n  reason: {m['reason']}"
+    if m.get("deadline"):
+        text += f"\n  deadline: {m['deadline']}" + (" (OVERDUE)" if m.get("overdue") else "")
+        if m.get("on_deadline") == "cancel":
+            text += ", cancellable work is cancelled at the deadline"
+    return text
+
+
+def safe_line(m: dict[str, Any]) -> str:
+    if m["safe_to_restart"]:
+        return "Safe to restart: YES"
+    if not m["enabled"]:
+        return "Safe to restart: no (maintenance mode is off; run `maintctl enable`)"
+    return "Safe to restart: no (still draining)"
+
+
+def items_table(items: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for item in items:
+        flags = []
+        if item.get("cancellable") and item.get("kind") != "material_update":
+            flags.append("cancellable")
+        if not item.get("blocks_restart", True):
+            flags.append("does not block restart")
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        rows.append(f"  {item['id']:<32} {item['kind']:<16} since {when(item.get('started_at'))}  {item.get('description', '')}{extra}")
+    return rows
+
+
+def status(result: dict[str, Any]) -> str:
+    m = result["maintenance"]
+    lines = [maintenance_line(m), safe_line(m), ""]
+    subsystems = result["subsystems"]
+    if subsystems:
+        lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
+        for s in subsystems:
+            error = f"  ({s['last_error']})" if s["state"] == "failed" and s.get("last_error") else ""
+            lines.append(f"  {s['name']:<24} {s['state']:<9} {s['in_flight']:>9} {s['blocking']:>8}{error}")
+    else:
+        lines.append("  no subsystems registered")
+    for group, title in GROUP_TITLES.items():
+        items = result["running_systems"].get(group) or []
+        if items:
+            lines += ["", f"{title}:", *items_table(items)]
+    return "\n".join(lines)
+
+
+def event(e: dict[str, Any]) -> str:
+    m = e["maintenance"]
+    safe = "safe to restart" if m["safe_to_restart"] else m["state"]
+    where = f" {e['subsystem']}" if e.get("subsystem") else ""
+    text = f"{e['at']} {e['event']}{where}: {e.get('message') or ''} [{safe}]"
+    if e.get("items"):
+        text += "\n" + "\n".join(items_table(e["items"]))
+    return text
+
+
+def remaining(result: dict[str, Any]) -> list[dict[str, Any]]:
+    rs = result["running_systems"]
+    return [item for group in GROUP_TITLES for item in rs.get(group) or []]
+
+
+def progress(result: dict[str, Any]) -> str:
+    m = result["maintenance"]
+    if not m["enabled"]:
+        return "maintenance mode is off; waiting for it to be turned on and drained"
+    blocking = [i for i in remaining(result) if i.get("blocks_restart", True)]
+    waiting = [s["name"] for s in result["subsystems"] if s["state"] != "drained"]
+    text = f"{m['state']}: {len(blocking)} item(s) still running"
+    if waiting:
+        text += f"; waiting for {', '.join(waiting)}"
+    return text
