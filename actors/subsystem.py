@@ -165,7 +165,12 @@ class SubsystemActor(pykka.ThreadingActor):
         return CallbackFuture()
 
     def on_start(self) -> None:
-        self.core.report()
+        try:
+            self.core.report()
+        except Exception as exc:
+            # pykka stops an actor whose on_start raises without calling on_failure.
+            self.supervisor.tell(SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exc)))
+            raise
 
     def on_receive(self, message: Any) -> Any:
         core = self.core

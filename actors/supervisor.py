@@ -303,7 +303,7 @@ class SupervisorCore:
         if msg.reply is not None:
             msg.reply.set_exception(MaintdError(msg.reason, code=msg.code))
 
-    def on_deadline(self, msg: DeadlineReached) -> None:
+    def on_deadline_reached(self, msg: DeadlineReached) -> None:
         if msg.drain_id != self.drain_id:
             return
         self.deadline_passed = True
@@ -375,8 +375,9 @@ class SupervisorCore:
 class SupervisorActor(pykka.ThreadingActor):
     """The actor over :class:`SupervisorCore`.
 
-    ``builtins`` are (name, make_core) pairs started in order at start-up; ``make_core``
-    takes the function that tells the supervisor and the items to restore.
+    ``builtins`` are (name, make_core) pairs started in order at start-up;
+    ``make_core(name, emit, items)`` builds the subsystem's core, where ``emit`` tells the
+    supervisor and ``items`` are the in-flight items to restore after a restart.
     """
 
     use_daemon_thread = True
@@ -404,8 +405,10 @@ class SupervisorActor(pykka.ThreadingActor):
         me = self.actor_ref
         for name, make_core in self.builtins:
 
-            def spawn(generation: int, items: tuple[InFlightItem, ...], make_core: Callable[..., Any] = make_core) -> Any:
-                return SubsystemActor.start(make_core(me.tell, items), me, generation)
+            def spawn(
+                generation: int, items: tuple[InFlightItem, ...], name: str = name, make_core: Callable[..., Any] = make_core
+            ) -> Any:
+                return SubsystemActor.start(make_core(name, me.tell, items), me, generation)
 
             self.core.add_subsystem(name, spawn, external=False)
         self.core.publish("started", message="maintd started")
@@ -437,7 +440,7 @@ class SupervisorActor(pykka.ThreadingActor):
             case RestartSubsystem():
                 core.on_restart(message)
             case DeadlineReached():
-                core.on_deadline(message)
+                core.on_deadline_reached(message)
             case FromExternal(name=name, message=inner):
                 view = core.views.get(name)
                 if view is not None and view.ref is not None:
