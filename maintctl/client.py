@@ -38,12 +38,11 @@ class Client:
             raise Unreachable(f"cannot open {path}: permission denied (the socket is for root and the admin group)") from None
         except OSError as exc:
             raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        self.reader = self.sock.makefile("rb")
+        self.buffer = b""
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
 
     def close(self) -> None:
-        self.reader.close()
         self.sock.close()
 
     def __enter__(self) -> Client:
@@ -63,16 +62,19 @@ class Client:
 
     def read(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next line from the daemon, or None when ``timeout`` passes first."""
-        if timeout is not None:
-            self.sock.settimeout(max(timeout, 0.001))
-        try:
-            line = self.reader.readline()
-        except TimeoutError:
-            return None
-        except OSError as exc:
-            raise Unreachable(f"lost the connection to maintd: {exc.strerror or exc}") from None
-        if not line:
-            raise Unreachable("maintd closed the connection")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (end := self.buffer.find(b"\n")) < 0:
+            self.sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.001))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise Unreachable(f"lost the connection to maintd: {exc.strerror or exc}") from None
+            if not data:
+                raise Unreachable("maintd closed the connection")
+            self.buffer += data
+        line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
         return msgspec.json.decode(line)
 
     def request(self, type_: str, **fields: Any) -> Any:

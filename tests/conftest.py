@@ -95,6 +95,7 @@ class Daemon:
 
     def __init__(self, tmp: Path, *args: str, config: str | None = None) -> None:
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.socket = tmp / "run" / "control.sock"
         self.state = tmp / "state"
         self.log = tmp / "maintd.log"
