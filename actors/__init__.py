@@ -4,7 +4,16 @@ Effects are asked for through the ports in :mod:`actors.ports`; the daemon imple
 them and tests fake them.
 """
 
-from .errors import BadRequest, Conflict, Forbidden, IllegalTransition, MaintdError, NotCancellable, NotFound, SubsystemGone
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    IllegalTransition,
+    MaintdError,
+    NotCancellable,
+    NotFound,
+    SubsystemGone,
+)
 from .future import CallbackFuture
 from .maintenance import Machine, MaintenanceEvent, Transition
 from .status import Event, HistoryEntry, MaintenanceInfo, Status, SubsystemInfo
@@ -34,6 +43,7 @@ __all__ = [
     "SubsystemCore",
     "SubsystemGone",
     "SubsystemInfo",
+    "SubsystemState",
     "SupervisorActor",
     "SupervisorCore",
     "Transition",

@@ -49,11 +49,7 @@ class ExternalCore(SubsystemCore):
         self.link.send({"type": "resume_intake", "drain_id": drain_id})
 
     def drain_complete(self) -> bool:
-        return (
-            super().drain_complete()
-            and self.acked_for == self.paused_for
-            and self.said_drained_for == self.paused_for
-        )
+        return super().drain_complete() and self.acked_for == self.paused_for and self.said_drained_for == self.paused_for
 
     def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
         if item.id in self.pending:
@@ -65,8 +61,12 @@ class ExternalCore(SubsystemCore):
     def refuse_pending(self, msg: Cancel, error: Conflict | SubsystemGone) -> None:
         self.emit(
             CancelRefused(
-                subsystem=self.name, item_id=msg.item_id, code=error.code, reason=error.message,
-                by=msg.by, reply=msg.reply,
+                subsystem=self.name,
+                item_id=msg.item_id,
+                code=error.code,
+                reason=error.message,
+                by=msg.by,
+                reply=msg.reply,
             )
         )
 
@@ -92,9 +92,12 @@ class ExternalCore(SubsystemCore):
                 else:
                     self.emit(
                         CancelRefused(
-                            subsystem=self.name, item_id=msg.item_id, code="not_cancellable",
+                            subsystem=self.name,
+                            item_id=msg.item_id,
+                            code="not_cancellable",
                             reason=reason or f"{self.name} refused to cancel {msg.item_id}",
-                            by=msg.by, reply=msg.reply,
+                            by=msg.by,
+                            reply=msg.reply,
                         )
                     )
             case _:

@@ -56,7 +56,7 @@ class CallbackFuture(ThreadingFuture[Any]):
 def _call(fn: Callable[[CallbackFuture], None], future: CallbackFuture) -> None:
     try:
         fn(future)
-    except Exception:  # noqa: BLE001 - a broken callback must not take the actor down
+    except Exception:
         import logging
 
         logging.getLogger(__name__).exception("future callback raised")

@@ -56,9 +56,7 @@ class Machine:
     def fire(self, event: MaintenanceEvent, *, by: str, at: float, reason: str | None = None) -> Transition:
         new = TRANSITIONS[self.state].get(event)
         if new is None:
-            message = _REFUSALS.get(
-                (self.state, event), f"event {event.value!r} is not allowed in state {self.state.value!r}"
-            )
+            message = _REFUSALS.get((self.state, event), f"event {event.value!r} is not allowed in state {self.state.value!r}")
             raise IllegalTransition(message)
         transition = Transition(event=event, from_state=self.state, to_state=new, by=by, at=at, reason=reason)
         self.state = new

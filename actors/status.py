@@ -16,9 +16,7 @@ def iso(ts: float | None) -> str | None:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds, or None."""
     if ts is None:
         return None
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -86,8 +86,12 @@ class SubsystemCore:
     def refuse(self, msg: Cancel, error: NotFound | NotCancellable) -> None:
         self.emit(
             CancelRefused(
-                subsystem=self.name, item_id=msg.item_id, code=error.code, reason=error.message,
-                by=msg.by, reply=msg.reply,
+                subsystem=self.name,
+                item_id=msg.item_id,
+                code=error.code,
+                reason=error.message,
+                by=msg.by,
+                reply=msg.reply,
             )
         )
 
@@ -189,6 +193,4 @@ class SubsystemActor(pykka.ThreadingActor):
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self.supervisor.tell(
-            SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exception_value))
-        )
+        self.supervisor.tell(SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exception_value)))

@@ -133,7 +133,9 @@ class SupervisorCore:
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
         self.publish(
-            "subsystem_removed", subsystem=name, items=abandoned,
+            "subsystem_removed",
+            subsystem=name,
+            items=abandoned,
             message=f"{name} removed ({reason}); {len(abandoned)} item(s) abandoned",
         )
 
@@ -243,9 +245,7 @@ class SupervisorCore:
         view.failures += 1
         view.last_error = msg.error
         view.ref = None
-        self.timers.arm(
-            f"restart:{view.name}", self.restart_delay, RestartSubsystem(name=view.name, generation=view.generation)
-        )
+        self.timers.arm(f"restart:{view.name}", self.restart_delay, RestartSubsystem(name=view.name, generation=view.generation))
         self.recompute()
         self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} failed: {msg.error}")
 
@@ -297,9 +297,7 @@ class SupervisorCore:
             msg.reply.set({"item": msg.item_id, "cancelled": True, "by": msg.by})
 
     def on_cancel_refused(self, msg: CancelRefused) -> None:
-        self.publish(
-            "cancel_refused", subsystem=msg.subsystem, message=f"cancel of {msg.item_id} refused: {msg.reason}"
-        )
+        self.publish("cancel_refused", subsystem=msg.subsystem, message=f"cancel of {msg.item_id} refused: {msg.reason}")
         if msg.reply is not None:
             msg.reply.set_exception(MaintdError(msg.reason, code=msg.code))
 
@@ -325,8 +323,12 @@ class SupervisorCore:
 
     def record_transition(self, t: Transition) -> None:
         self.record(
-            t.event.value, by=t.by, reason=t.reason, from_state=t.from_state.value,
-            to_state=t.to_state.value, drain_id=self.drain_id,
+            t.event.value,
+            by=t.by,
+            reason=t.reason,
+            from_state=t.from_state.value,
+            to_state=t.to_state.value,
+            drain_id=self.drain_id,
         )
 
     def maintenance_info(self) -> MaintenanceInfo:
@@ -346,28 +348,46 @@ class SupervisorCore:
         )
 
     def status(self) -> Status:
-        groups: dict[str, list[InFlightItem]] = {g: [] for g in ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")}
+        groups: dict[str, list[InFlightItem]] = {
+            g: [] for g in ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")
+        }
         subsystems = []
         for view in self.views.values():
             for item in view.items:
                 groups[GROUP_OF_KIND.get(item.kind, "other")].append(item)
             subsystems.append(
                 SubsystemInfo(
-                    name=view.name, state=self.state_of(view).value, in_flight=len(view.items),
-                    blocking=len(view.blocking), external=view.external, failures=view.failures,
+                    name=view.name,
+                    state=self.state_of(view).value,
+                    in_flight=len(view.items),
+                    blocking=len(view.blocking),
+                    external=view.external,
+                    failures=view.failures,
                     last_error=view.last_error,
                 )
             )
         running = RunningSystems(**{name: tuple(items) for name, items in groups.items()})
         return Status(maintenance=self.maintenance_info(), subsystems=tuple(subsystems), running_systems=running)
 
-    def publish(self, event: str, *, subsystem: str | None = None, items: tuple[InFlightItem, ...] | None = None, message: str | None = None) -> None:
+    def publish(
+        self,
+        event: str,
+        *,
+        subsystem: str | None = None,
+        items: tuple[InFlightItem, ...] | None = None,
+        message: str | None = None,
+    ) -> None:
         status = self.status()
         self.sink.publish(
             status,
             Event(
-                seq=next(self._seq), at=iso(self.clock.now()) or "", event=event,
-                maintenance=status.maintenance, subsystem=subsystem, items=items, message=message,
+                seq=next(self._seq),
+                at=iso(self.clock.now()) or "",
+                event=event,
+                maintenance=status.maintenance,
+                subsystem=subsystem,
+                items=items,
+                message=message,
             ),
         )
 
@@ -422,7 +442,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
         return {"name": msg.name, "maintenance": self.core.machine.state.value, "drain_id": self.core.drain_id}
 
-    def on_receive(self, message: Any) -> Any:  # noqa: C901 - one dispatch table
+    def on_receive(self, message: Any) -> Any:
         core = self.core
         match message:
             case InFlightReport():

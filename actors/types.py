@@ -50,10 +50,7 @@ GROUP_OF_KIND = {
 GROUPS = ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")
 
 #: Why a material update is never cancelled (the seed says so).
-MDU_REFUSAL = (
-    "material updates cannot be cancelled: a partial clone can corrupt the repository; "
-    "wait for it to finish"
-)
+MDU_REFUSAL = "material updates cannot be cancelled: a partial clone can corrupt the repository; wait for it to finish"
 
 
 class InFlightItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket", type=Path, help=f"control socket path (default: {paths.runtime_dir() / paths.SOCKET_NAME})")
     parser.add_argument("--state-dir", type=Path, help=f"state directory (default: {paths.state_dir()})")
     parser.add_argument(
-        "--start-in-maintenance", action="store_true",
+        "--start-in-maintenance",
+        action="store_true",
         help="start with maintenance mode on (updated_by is 'maintd'), to check a migrated server before it builds",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
@@ -118,7 +119,9 @@ async def run(settings: Settings) -> int:
             bound = False
             try:
                 supervisor = SupervisorActor.start(
-                    clock=WallClock(), timers=timers, sink=hub,
+                    clock=WallClock(),
+                    timers=timers,
+                    sink=hub,
                     restart_delay=config_mod.parse_duration(cfg.maintenance.subsystem_restart_delay),
                 )
                 timers.target = supervisor

@@ -9,6 +9,7 @@ and in :mod:`daemon.hub`, and each of those does nothing in the actor's thread b
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,10 +29,8 @@ class Bridge:
 
         After the trio run has ended the call is dropped: nothing is left to receive it.
         """
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             self.token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            pass
 
     async def wait(self, future: CallbackFuture, timeout: float) -> Any:
         """Wait for ``future`` without blocking the loop; raise what it holds, or TooSlowError."""

@@ -52,7 +52,7 @@ class StatusHub:
         for listener in self.listeners:
             try:
                 listener(status, event)
-            except Exception:  # noqa: BLE001 - a callback given to run_sync_soon must never raise
+            except Exception:
                 log.exception("status listener failed")
         if event is not None and self.watchers:
             line = msgspec.json.encode(event) + b"\n"

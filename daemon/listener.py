@@ -24,17 +24,7 @@ async def open_unix_listener(path: Path, mode: int, group: str | None) -> trio.S
     A socket file that nobody answers on is stale (a daemon that was killed) and is
     removed; one that answers belongs to a running maintd, which is an error.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ListenerError(f"cannot create {path.parent}: {exc.strerror}") from None
-    if path.exists() or path.is_symlink():
-        if not path.is_socket():
-            raise ListenerError(f"{path} exists and is not a socket; remove it or choose another --socket")
-        if _answers(path):
-            raise ListenerError(f"another maintd is serving {path}")
-        log.info("removing stale socket %s", path)
-        path.unlink()
+    _prepare(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:
@@ -50,6 +40,21 @@ async def open_unix_listener(path: Path, mode: int, group: str | None) -> trio.S
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
     sock.listen(1024)
     return trio.SocketListener(sock)
+
+
+def _prepare(path: Path) -> None:
+    """Create the socket's folder and clear a stale socket (at start-up, before serving)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ListenerError(f"cannot create {path.parent}: {exc.strerror}") from None
+    if path.exists() or path.is_symlink():
+        if not path.is_socket():
+            raise ListenerError(f"{path} exists and is not a socket; remove it or choose another --socket")
+        if _answers(path):
+            raise ListenerError(f"another maintd is serving {path}")
+        log.info("removing stale socket %s", path)
+        path.unlink()
 
 
 def _answers(path: Path) -> bool:

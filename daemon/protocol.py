@@ -154,9 +154,7 @@ def decode_request(line: bytes) -> AnyRequest:
         raise ProtocolError("bad_request", "a request needs a string field `type`", request_id)
     if kind not in KNOWN_TYPES:
         shown = kind if len(kind) <= 40 else kind[:40] + "..."
-        raise ProtocolError(
-            "unknown_type", f"unknown request type {shown!r}; known types: {', '.join(KNOWN_TYPES)}", request_id
-        )
+        raise ProtocolError("unknown_type", f"unknown request type {shown!r}; known types: {', '.join(KNOWN_TYPES)}", request_id)
     raise ProtocolError("bad_request", str(error), request_id)
 
 

@@ -111,7 +111,9 @@ class ControlServer:
         self.cancel_timeout = parse_duration(config.control.cancel_timeout)
         self.connections = 0
 
-    async def serve(self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self.handle, [listener])
             task_status.started()
@@ -179,13 +181,15 @@ class ControlServer:
             result = await self.handle_request(conn, request)
         except MaintdError as exc:
             if exc.code == "forbidden":
-                log.warning("refused %s from %s (uid %s): forbidden", request.__struct_config__.tag, conn.peer.user, conn.peer.uid)
+                log.warning(
+                    "refused %s from %s (uid %s): forbidden", request.__struct_config__.tag, conn.peer.user, conn.peer.uid
+                )
             conn.push(p.error_reply(request.id, exc.code, exc.message))
         except trio.TooSlowError:
             conn.push(p.error_reply(request.id, "timeout", "no answer in time; the request may still take effect"))
         except pykka.ActorDeadError:
             conn.push(p.error_reply(request.id, "unavailable", "maintd is shutting down"))
-        except Exception:  # noqa: BLE001 - one bad request must not take the daemon down
+        except Exception:
             log.exception("request %r failed", request)
             conn.push(p.error_reply(request.id, "internal", "internal error; the daemon's log has the details"))
         else:
@@ -196,7 +200,7 @@ class ControlServer:
             else:
                 conn.push(p.ok_reply(request.id, result))
 
-    async def handle_request(self, conn: Connection, request: p.AnyRequest) -> Any:  # noqa: C901, PLR0911
+    async def handle_request(self, conn: Connection, request: p.AnyRequest) -> Any:
         peer = conn.peer
         match request:
             case p.StatusRequest():
@@ -215,8 +219,12 @@ class ControlServer:
             case p.EnableRequest():
                 peer.require_admin("enable", self.config.admin_group)
                 info = await self.ask(
-                    Enable(by=peer.user, reason=request.reason, deadline_seconds=request.deadline_seconds,
-                           on_deadline=OnDeadline(request.on_deadline))
+                    Enable(
+                        by=peer.user,
+                        reason=request.reason,
+                        deadline_seconds=request.deadline_seconds,
+                        on_deadline=OnDeadline(request.on_deadline),
+                    )
                 )
                 log.info("%s turned on maintenance mode (reason: %s)", peer.user, request.reason or "none given")
                 return info
@@ -273,9 +281,14 @@ class ControlServer:
                 conn.first_seen = seen
                 items = tuple(
                     InFlightItem(
-                        id=qualify(name, w.id), subsystem=name, kind=w.kind, description=w.description,
+                        id=qualify(name, w.id),
+                        subsystem=name,
+                        kind=w.kind,
+                        description=w.description,
                         started_at=w.started_at if w.started_at is not None else seen[w.id],
-                        cancellable=w.cancellable, blocks_restart=w.blocks_restart, expected_end=w.expected_end,
+                        cancellable=w.cancellable,
+                        blocks_restart=w.blocks_restart,
+                        expected_end=w.expected_end,
                     )
                     for w in wire
                 )

@@ -48,11 +48,16 @@ def duration(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket (default: $MAINTD_SOCKET or the daemon's default)")
+    common.add_argument(
+        "--socket", default=argparse.SUPPRESS, help="control socket (default: $MAINTD_SOCKET or the daemon's default)"
+    )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the daemon's JSON result as it is")
     parser = argparse.ArgumentParser(
-        prog="maintctl", description="Control maintd's maintenance mode.", parents=[common],
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="maintctl",
+        description="Control maintd's maintenance mode.",
+        parents=[common],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("status", parents=[common], help="maintenance state, subsystems and what is running")
@@ -107,7 +112,9 @@ def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     result = client.request(
-        "enable", reason=args.reason, deadline_seconds=args.deadline,
+        "enable",
+        reason=args.reason,
+        deadline_seconds=args.deadline,
         on_deadline="cancel" if args.cancel_at_deadline else None,
     )
     text = render.maintenance_line(result) + "\n" + render.safe_line(result)
@@ -177,8 +184,13 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 sys.stderr.write("\n")
             status = client.request("status")
             items = render.remaining(status)
-            out(status, as_json, "Not safe to restart: the timeout passed.\n" + render.progress(status)
-                + ("\n" + "\n".join(render.items_table(items)) if items else ""))
+            out(
+                status,
+                as_json,
+                "Not safe to restart: the timeout passed.\n"
+                + render.progress(status)
+                + ("\n" + "\n".join(render.items_table(items)) if items else ""),
+            )
             return EXIT_NOT_SAFE
         message = client.events.pop(0) if client.events else client.read(timeout=left)
         if message is not None and message.get("type") == "event":

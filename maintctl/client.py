@@ -31,7 +31,9 @@ class Client:
         try:
             self.sock.connect(path)
         except FileNotFoundError:
-            raise Unreachable(f"maintd is not running: no socket at {path} (start maintd, or give --socket / MAINTD_SOCKET)") from None
+            raise Unreachable(
+                f"maintd is not running: no socket at {path} (start maintd, or give --socket / MAINTD_SOCKET)"
+            ) from None
         except ConnectionRefusedError:
             raise Unreachable(f"maintd is not running: nobody answers on {path}") from None
         except PermissionError:

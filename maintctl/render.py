@@ -50,7 +50,9 @@ def items_table(items: list[dict[str, Any]]) -> list[str]:
         if not item.get("blocks_restart", True):
             flags.append("does not block restart")
         extra = f" [{', '.join(flags)}]" if flags else ""
-        rows.append(f"  {item['id']:<32} {item['kind']:<16} since {when(item.get('started_at'))}  {item.get('description', '')}{extra}")
+        rows.append(
+            f"  {item['id']:<32} {item['kind']:<16} since {when(item.get('started_at'))}  {item.get('description', '')}{extra}"
+        )
     return rows
 
 

@@ -78,10 +78,7 @@ class Line:
     def next_event(self, predicate: Any = lambda e: True) -> dict[str, Any]:
         """The next pushed line (event or subsystem message) that satisfies ``predicate``."""
         while True:
-            if self.events:
-                message = self.events.pop(0)
-            else:
-                message = self.recv()
+            message = self.events.pop(0) if self.events else self.recv()
             if predicate(message):
                 return message
 
@@ -133,8 +130,12 @@ class Daemon:
     def maintctl(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "MAINTD_SOCKET": str(self.socket), **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "maintctl", *args], cwd=ROOT, env=full_env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "maintctl", *args],
+            cwd=ROOT,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def stop(self) -> int:

@@ -136,10 +136,17 @@ class WorkCore(SubsystemCore):
         return True
 
 
-def item(subsystem: str, local: str, kind: str = "building_job", *, cancellable: bool = True, blocks: bool = True) -> InFlightItem:
+def item(
+    subsystem: str, local: str, kind: str = "building_job", *, cancellable: bool = True, blocks: bool = True
+) -> InFlightItem:
     return InFlightItem(
-        id=f"{subsystem}/{local}", subsystem=subsystem, kind=kind, description=f"{kind} {local}",
-        started_at=0.0, cancellable=cancellable, blocks_restart=blocks,
+        id=f"{subsystem}/{local}",
+        subsystem=subsystem,
+        kind=kind,
+        description=f"{kind} {local}",
+        started_at=0.0,
+        cancellable=cancellable,
+        blocks_restart=blocks,
     )
 
 
@@ -153,5 +160,3 @@ def subsystem_ref(name: str) -> pykka.ActorRef[Any]:
 
 def core_of(name: str) -> Any:
     return subsystem_ref(name).proxy().core.get()
-
-

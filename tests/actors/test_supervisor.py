@@ -34,7 +34,10 @@ class World:
     def __init__(self, names: tuple[str, ...] = NAMES) -> None:
         self.clock, self.timers, self.sink = FakeClock(), FakeTimers(), FakeSink()
         self.supervisor = SupervisorActor.start(
-            clock=self.clock, timers=self.timers, sink=self.sink, restart_delay=0.5,
+            clock=self.clock,
+            timers=self.timers,
+            sink=self.sink,
+            restart_delay=0.5,
             builtins=tuple((name, WorkCore) for name in names),
         )
         self.sink.wait(lambda s: all(x.state == "running" for x in s.subsystems) and len(s.subsystems) == len(names))

@@ -54,7 +54,15 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     assert s["maintenance"]["updated_by"] == "root" and s["maintenance"]["reason"] == "kernel upgrade"
     assert [i["id"] for i in s["running_systems"]["building_jobs"]] == ["exporter/job-7"]
     assert s["subsystems"] == [
-        {"name": "exporter", "state": "pausing", "in_flight": 2, "blocking": 2, "external": True, "failures": 0, "last_error": None}
+        {
+            "name": "exporter",
+            "state": "pausing",
+            "in_flight": 2,
+            "blocking": 2,
+            "external": True,
+            "failures": 0,
+            "last_error": None,
+        }
     ]
 
     sub.send(type="intake_paused", drain_id=pause["drain_id"])
@@ -66,7 +74,10 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
 
     waiter = subprocess.Popen(
         [sys.executable, "-m", "maintctl", "--socket", str(daemon.socket), "wait", "--timeout", "20s"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     sub.send(type="in_flight", items=[])
     sub.send(type="drained", drain_id=pause["drain_id"])
@@ -103,7 +114,10 @@ def test_cancel_reaches_the_owner_and_its_answer_reaches_maintctl(daemon: Daemon
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "maintctl", "--socket", str(daemon.socket), "cancel", "job-7", "--reason", "stuck"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     asked = sub.next_event(lambda m: m.get("type") == "cancel")
     assert asked["item"] == "job-7"
@@ -114,7 +128,10 @@ def test_cancel_reaches_the_owner_and_its_answer_reaches_maintctl(daemon: Daemon
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "maintctl", "--socket", str(daemon.socket), "cancel", "worker/job-8"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     sub.next_event(lambda m: m.get("type") == "cancel" and m["item"] == "job-8")
     sub.send(type="cancel_result", item="job-8", ok=False, reason="already uploading")
@@ -193,7 +210,10 @@ def test_maintctl_status_text_and_json(daemon: Daemon) -> None:
 def test_maintctl_says_plainly_when_the_daemon_is_not_running(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "maintctl", "--socket", str(tmp_path / "none.sock"), "status"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 3
     assert "maintd is not running" in result.stderr and "Traceback" not in result.stderr
@@ -202,7 +222,10 @@ def test_maintctl_says_plainly_when_the_daemon_is_not_running(tmp_path: Path) ->
 def test_maintctl_rejects_bad_durations_with_usage_exit(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "maintctl", "--socket", str(tmp_path / "x"), "enable", "--deadline", "soon"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2 and "not a duration" in result.stderr
 
