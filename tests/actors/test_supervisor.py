@@ -10,7 +10,7 @@ import pytest
 
 from actors.errors import Conflict, NotCancellable
 from actors.future import CallbackFuture
-from actors.messages import Disable, Enable, RequestCancel
+from actors.messages import Disable, Enable, GetHistory, RequestCancel
 from actors.supervisor import DEADLINE_TIMER, SupervisorActor
 from actors.types import OnDeadline
 from tests.actors.fakes import (
@@ -141,7 +141,7 @@ def test_history_records_who_when_why(world: World) -> None:
     world.ask(Enable(by="alice", reason="upgrade"))
     world.wait_state("drained")
     world.ask(Disable(by="bob", reason="done"))
-    entries = [(e.action, e.by, e.from_state, e.to_state) for e in world.ask(__import__("actors.messages").messages.GetHistory())]
+    entries = [(e.action, e.by, e.from_state, e.to_state) for e in world.ask(GetHistory())]
     assert entries == [
         ("enable", "alice", "normal", "draining"),
         ("all_drained", "maintd", "draining", "drained"),
@@ -163,7 +163,7 @@ def test_deadline_marks_overdue_and_cancels_cancellable_work_but_never_an_mdu(wo
     status = world.sink.wait(lambda s: [i.id for i in s.running_systems.building_jobs] == ["agents/job2"])
     assert status.maintenance.overdue
     assert [i.id for i in status.running_systems.material_update_in_progress] == ["materials/app"]
-    cancels = [e for e in world.ask(__import__("actors.messages").messages.GetHistory()) if e.action == "cancel"]
+    cancels = [e for e in world.ask(GetHistory()) if e.action == "cancel"]
     assert [(c.item, c.by, c.reason) for c in cancels] == [("agents/job1", "deadline", "cancelled by the deadline")]
 
 

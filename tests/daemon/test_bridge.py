@@ -1,0 +1,103 @@
+"""The trio <-> pykka bridge, in one trio run: nothing blocks the loop, every wait is bounded."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+import pytest
+import trio
+
+from actors.future import CallbackFuture
+from actors.messages import Enable, Register
+from actors.supervisor import SupervisorActor
+from daemon.bridge import Bridge, TrioTimers, WallClock
+from daemon.hub import StatusHub
+
+
+class Slow(pykka.ThreadingActor):
+    """Answers after the test lets it, so the loop must keep running meanwhile."""
+
+    use_daemon_thread = True
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    @staticmethod
+    def _create_future() -> CallbackFuture:
+        return CallbackFuture()
+
+    def on_receive(self, message: Any) -> Any:
+        self.gate.wait(10)
+        if message == "raise":
+            raise ValueError("refused")
+        return message * 2
+
+
+async def test_the_loop_keeps_running_while_an_actor_works() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    gate = threading.Event()
+    ref = Slow.start(gate)
+    ticks = 0
+    async with trio.open_nursery() as nursery:
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                if ticks == 20:
+                    gate.set()  # only a loop that was not blocked gets here
+                await trio.sleep(0)
+
+        nursery.start_soon(ticker)
+        assert await bridge.ask(ref, 21, timeout=5) == 42
+        nursery.cancel_scope.cancel()
+    assert ticks >= 20
+
+
+async def test_an_actor_error_comes_back_to_the_caller() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    gate = threading.Event()
+    gate.set()
+    with pytest.raises(ValueError, match="refused"):
+        await bridge.ask(Slow.start(gate), "raise", timeout=5)
+
+
+async def test_a_wait_is_bounded() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    with pytest.raises(trio.TooSlowError):
+        await bridge.wait(CallbackFuture(), timeout=0.05)
+
+
+async def test_a_future_already_done_wakes_at_once() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    future = CallbackFuture()
+    future.set("ready")
+    assert await bridge.wait(future, timeout=1) == "ready"
+
+
+async def test_the_deadline_timer_fires_into_the_supervisor_through_trio() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    fatal: list[str] = []
+    hub = StatusHub(bridge, fatal.append)
+    overdue = trio.Event()
+    hub.listeners.append(lambda status, event: overdue.set() if status.maintenance.overdue else None)
+    async with trio.open_nursery() as nursery:
+        timers = TrioTimers(bridge, nursery)
+        supervisor = SupervisorActor.start(clock=WallClock(), timers=timers, sink=hub)
+        timers.target = supervisor
+        # a subsystem that never acknowledges keeps the drain open past its deadline
+        supervisor.ask(Register(name="mute", link=_Mute(), by="test"), timeout=5)
+        await bridge.ask(supervisor, Enable(by="test", deadline_seconds=0.05), timeout=5)
+        with trio.fail_after(5):
+            await overdue.wait()
+        assert hub.status is not None and hub.status.maintenance.state == "draining"
+        nursery.cancel_scope.cancel()
+    assert fatal == []
+
+
+class _Mute:
+    def send(self, message: dict[str, Any]) -> None:
+        pass
