@@ -49,10 +49,20 @@ class RunningSystems(msgspec.Struct, frozen=True, kw_only=True):
     other: tuple[InFlightItem, ...] = ()
 
 
+class RemovedSubsystem(msgspec.Struct, frozen=True, kw_only=True):
+    """A subsystem that went away (its process disconnected), and the work it abandoned."""
+
+    name: str
+    at: str
+    reason: str
+    abandoned: tuple[InFlightItem, ...]
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     maintenance: MaintenanceInfo
     subsystems: tuple[SubsystemInfo, ...]
     running_systems: RunningSystems
+    removed: tuple[RemovedSubsystem, ...] = ()
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="event"):

@@ -41,7 +41,7 @@ from .messages import (
     Unregister,
 )
 from .ports import Clock, StatusSink, Timers
-from .status import Event, HistoryEntry, MaintenanceInfo, RunningSystems, Status, SubsystemInfo, iso
+from .status import Event, HistoryEntry, MaintenanceInfo, RemovedSubsystem, RunningSystems, Status, SubsystemInfo, iso
 from .types import (
     GROUP_OF_KIND,
     MATERIAL_UPDATE,
@@ -57,6 +57,8 @@ Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
 
 SYSTEM = "maintd"
 DEADLINE_TIMER = "deadline"
+#: How many removed subsystems the status keeps showing.
+REMOVED_SHOWN = 20
 
 
 class SubsystemView:
@@ -106,6 +108,7 @@ class SupervisorCore:
         self.on_deadline: OnDeadline | None = None
         self.deadline_passed = False
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
+        self.removed: collections.deque[RemovedSubsystem] = collections.deque(maxlen=REMOVED_SHOWN)
         self._seq = itertools.count(1)
 
     # -- subsystems ----------------------------------------------------------------------
@@ -130,6 +133,7 @@ class SupervisorCore:
         if view.ref is not None:
             view.ref.stop(block=False)
         abandoned = view.items
+        self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
         self.publish(
@@ -367,7 +371,12 @@ class SupervisorCore:
                 )
             )
         running = RunningSystems(**{name: tuple(items) for name, items in groups.items()})
-        return Status(maintenance=self.maintenance_info(), subsystems=tuple(subsystems), running_systems=running)
+        return Status(
+            maintenance=self.maintenance_info(),
+            subsystems=tuple(subsystems),
+            running_systems=running,
+            removed=tuple(self.removed),
+        )
 
     def publish(
         self,

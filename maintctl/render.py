@@ -71,6 +71,12 @@ def status(result: dict[str, Any]) -> str:
         items = result["running_systems"].get(group) or []
         if items:
             lines += ["", f"{title}:", *items_table(items)]
+    removed = result.get("removed") or []
+    if removed:
+        lines += ["", "Removed subsystems:"]
+        for r in removed:
+            lines.append(f"  {r['name']} at {r['at']} ({r['reason']}), {len(r['abandoned'])} item(s) abandoned")
+            lines += ["  " + row for row in items_table(r["abandoned"])]
     return "\n".join(lines)
 
 

@@ -175,6 +175,10 @@ def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(da
     assert removed["subsystem"] == "flaky" and [i["id"] for i in removed["items"]] == ["flaky/job-7"]
     s = wait_status(daemon, lambda s: not s["subsystems"], "removal")
     assert s["maintenance"]["state"] == "drained"
+    (gone,) = s["removed"]
+    assert gone["name"] == "flaky" and [i["id"] for i in gone["abandoned"]] == ["flaky/job-7"]
+    text = daemon.maintctl("status").stdout
+    assert "Removed subsystems:" in text and "flaky" in text and "1 item(s) abandoned" in text
 
 
 def test_a_process_registering_with_work_during_a_drained_window_makes_it_unsafe_again(daemon: Daemon) -> None:
