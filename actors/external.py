@@ -70,7 +70,7 @@ class ExternalCore(SubsystemCore):
             )
         )
 
-    def handle(self, message: Any) -> bool:
+    def handle(self, message: Any) -> Any:
         match message:
             case ExternalInFlight(items=items):
                 self.set_items(items)
@@ -86,7 +86,7 @@ class ExternalCore(SubsystemCore):
             case ExternalCancelResult(item=local, ok=ok, reason=reason):
                 msg = self.pending.pop(f"{self.name}/{local}", None)
                 if msg is None:
-                    return True
+                    return None
                 if ok:
                     self.accept_cancel(msg)
                 else:
@@ -101,8 +101,8 @@ class ExternalCore(SubsystemCore):
                         )
                     )
             case _:
-                return False
-        return True
+                return NotImplemented
+        return None
 
     def abandon(self) -> None:
         """The process is gone: every cancel still waiting is answered ``subsystem_gone``."""

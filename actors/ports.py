@@ -17,8 +17,11 @@ class Clock(Protocol):
 
 
 class Timers(Protocol):
-    def arm(self, key: str, delay: float, message: Any) -> None:
-        """After ``delay`` seconds, tell the supervisor ``message``. Re-arming a key replaces it."""
+    def arm(self, key: str, delay: float, message: Any, target: Any = None) -> None:
+        """After ``delay`` seconds, tell ``target`` (default: the supervisor) ``message``.
+
+        Re-arming a key replaces it; keys are global, so subsystems prefix theirs.
+        """
         ...
 
     def disarm(self, key: str) -> None:

@@ -144,9 +144,15 @@ class SubsystemCore:
         self.accept_cancel(msg)
         self.remove(item.id)
 
-    def handle(self, message: Any) -> bool:
-        """Handle a subsystem-specific message; return False if it is not one."""
-        return False
+    def start(self) -> None:
+        """Called once the actor runs (also after a restart): arm timers, ask for work."""
+
+    def handle(self, message: Any) -> Any:
+        """Handle a subsystem-specific message and return the answer (for an ``ask``).
+
+        Return ``NotImplemented`` for a message this subsystem does not know.
+        """
+        return NotImplemented
 
 
 class SubsystemActor(pykka.ThreadingActor):
@@ -171,6 +177,7 @@ class SubsystemActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         try:
             self.core.report()
+            self.core.start()
         except Exception as exc:
             # pykka stops an actor whose on_start raises without calling on_failure.
             self.supervisor.tell(SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exc)))
@@ -188,8 +195,10 @@ class SubsystemActor(pykka.ThreadingActor):
             case Cancel():
                 core.cancel(message)
             case _:
-                if not core.handle(message):
+                result = core.handle(message)
+                if result is NotImplemented:
                     raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
+                return result
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:

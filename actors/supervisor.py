@@ -40,6 +40,7 @@ from .messages import (
     SubsystemFailed,
     Unregister,
 )
+from .peers import Peers
 from .ports import Clock, StatusSink, Timers
 from .status import Event, HistoryEntry, MaintenanceInfo, RemovedSubsystem, RunningSystems, Status, SubsystemInfo, iso
 from .types import (
@@ -95,7 +96,9 @@ class SupervisorCore:
         sink: StatusSink,
         restart_delay: float = 1.0,
         history_size: int = 1000,
+        peers: Peers | None = None,
     ) -> None:
+        self.peers = peers
         self.clock = clock
         self.timers = timers
         self.sink = sink
@@ -117,13 +120,18 @@ class SupervisorCore:
         if name in self.views:
             raise Conflict(f"a subsystem named {name!r} is already registered")
         view = SubsystemView(name, spawn, external=external)
-        view.start()
+        self.start_view(view)
         self.views[name] = view
         if self.drain_id is not None:
             view.ref.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
         self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
         return view
+
+    def start_view(self, view: SubsystemView) -> None:
+        view.start()
+        if self.peers is not None and not view.external:
+            self.peers.set(view.name, view.ref)
 
     def remove_subsystem(self, name: str, reason: str) -> None:
         view = self.views.pop(name, None)
@@ -261,7 +269,7 @@ class SupervisorCore:
         view.failed = False
         view.reported = False
         view.paused_for = view.drained_for = None
-        view.start()
+        self.start_view(view)
         if self.drain_id is not None:
             view.ref.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
@@ -419,9 +427,10 @@ class SupervisorActor(pykka.ThreadingActor):
         sink: StatusSink,
         restart_delay: float = 1.0,
         builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
+        peers: Peers | None = None,
     ) -> None:
         super().__init__()
-        self.core = SupervisorCore(clock=clock, timers=timers, sink=sink, restart_delay=restart_delay)
+        self.core = SupervisorCore(clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers)
         self.builtins = builtins
 
     @staticmethod

@@ -60,27 +60,28 @@ class TrioTimers:
         self.target: pykka.ActorRef[Any] | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
 
-    def arm(self, key: str, delay: float, message: Any) -> None:
-        self.bridge.call_soon(self._arm, key, delay, message)
+    def arm(self, key: str, delay: float, message: Any, target: Any = None) -> None:
+        self.bridge.call_soon(self._arm, key, delay, message, target)
 
     def disarm(self, key: str) -> None:
         self.bridge.call_soon(self._disarm, key)
 
-    def _arm(self, key: str, delay: float, message: Any) -> None:
+    def _arm(self, key: str, delay: float, message: Any, target: Any) -> None:
         self._disarm(key)
         scope = trio.CancelScope()
         self._scopes[key] = scope
-        self.nursery.start_soon(self._fire, key, delay, message, scope)
+        self.nursery.start_soon(self._fire, key, delay, message, target, scope)
 
     def _disarm(self, key: str) -> None:
         scope = self._scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
 
-    async def _fire(self, key: str, delay: float, message: Any, scope: trio.CancelScope) -> None:
+    async def _fire(self, key: str, delay: float, message: Any, target: Any, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(delay)
             if self._scopes.get(key) is scope:
                 del self._scopes[key]
-            if self.target is not None:
-                self.target.tell(message)
+            target = target or self.target
+            if target is not None:
+                target.tell(message)

@@ -6,25 +6,15 @@ what was expected, e.g. ``maintd.toml: Expected `int`, got `str` - at `$.control
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+from actors.definitions import Duration, MaterialDef, PipelineDef, check_pipelines, parse_duration
 
-Duration = Annotated[str, Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$", description="e.g. 30s, 5m, 2h")]
-
-
-def parse_duration(text: str) -> float:
-    """``"90"``, ``"90s"``, ``"1.5m"``, ``"2h"``, ``"250ms"`` -> seconds. Raises ValueError."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (use a number with ms, s, m, h or d, e.g. 30m)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+__all__ = ["Config", "ConfigError", "load", "parse_duration"]
 
 
 class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,10 +36,19 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)$")] = "info"
 
 
+class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    count: Annotated[int, Meta(ge=0, le=256)] = 2
+    cancel_grace: Duration = "10s"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     maintenance: MaintenanceConfig = msgspec.field(default_factory=MaintenanceConfig)
+    agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    materials: list[MaterialDef] = []
+    config_repos: list[MaterialDef] = []
+    pipelines: list[PipelineDef] = []
 
 
 class ConfigError(Exception):
@@ -64,8 +63,43 @@ def load(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     try:
-        return msgspec.toml.decode(data, type=Config)
+        config = msgspec.toml.decode(data, type=Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    errors = check(config)
+    if errors:
+        raise ConfigError(f"{path}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return resolve_urls(config, path.parent)
+
+
+def check(config: Config) -> list[str]:
+    """The rules msgspec's types cannot state, with the same `$.key` paths."""
+    errors: list[str] = []
+    names: set[str] = set()
+    for where, defs in (("materials", config.materials), ("config_repos", config.config_repos)):
+        for i, m in enumerate(defs):
+            if m.name in names:
+                errors.append(f"material name {m.name!r} is used twice - at `$.{where}[{i}].name`")
+            names.add(m.name)
+            for key in ("poll_interval", "poll_timeout"):
+                if parse_duration(getattr(m, key)) <= 0:
+                    errors.append(f"{key} must be more than zero - at `$.{where}[{i}].{key}`")
+    errors += check_pipelines(config.pipelines, {m.name for m in config.materials})
+    return errors
+
+
+def resolve_urls(config: Config, base: Path) -> Config:
+    """A material URL that is a relative path is relative to the config file's folder."""
+
+    def resolve(m: MaterialDef) -> MaterialDef:
+        if "://" in m.url or ":" in m.url.split("/")[0] or Path(m.url).is_absolute():
+            return m
+        return msgspec.structs.replace(m, url=str((base / m.url).resolve()))
+
+    return msgspec.structs.replace(
+        config,
+        materials=[resolve(m) for m in config.materials],
+        config_repos=[resolve(m) for m in config.config_repos],
+    )

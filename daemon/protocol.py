@@ -66,6 +66,46 @@ class CancelRequest(Request, tag="cancel"):
     reason: Text | None = None
 
 
+class PipelinesRequest(Request, tag="pipelines"):
+    pass
+
+
+class AgentsRequest(Request, tag="agents"):
+    pass
+
+
+class RunsRequest(Request, tag="runs"):
+    pipeline: Annotated[str, Meta(max_length=100)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 20
+
+
+class LogsRequest(Request, tag="logs"):
+    job: Annotated[int, Meta(ge=1, le=2**62)]
+    max_bytes: Annotated[int, Meta(ge=1, le=16 << 20)] = 65536
+
+
+class TriggerRequest(Request, tag="trigger"):
+    pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class PipelinePauseRequest(Request, tag="pipeline_pause"):
+    pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class PipelineUnpauseRequest(Request, tag="pipeline_unpause"):
+    pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class ReloadRequest(Request, tag="reload"):
+    pass
+
+
+class CancelRunRequest(Request, tag="cancel_run"):
+    pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
+    counter: Annotated[int, Meta(ge=1, le=2**62)]
+    stage: Annotated[str, Meta(max_length=100)] | None = None
+
+
 class RegisterRequest(Request, tag="register"):
     name: Name
 
@@ -108,6 +148,15 @@ AnyRequest = Union[
     DisableRequest,
     CancelRequest,
     RegisterRequest,
+    PipelinesRequest,
+    AgentsRequest,
+    RunsRequest,
+    LogsRequest,
+    TriggerRequest,
+    PipelinePauseRequest,
+    PipelineUnpauseRequest,
+    ReloadRequest,
+    CancelRunRequest,
     InFlightMessage,
     IntakePausedMessage,
     DrainedMessage,

@@ -103,7 +103,10 @@ class ConnectionLink:
 
 
 class ControlServer:
-    def __init__(self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config) -> None:
+    def __init__(
+        self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config, jobs: Any = None
+    ) -> None:
+        self.jobs = jobs
         self.bridge = bridge
         self.supervisor = supervisor
         self.hub = hub
@@ -247,6 +250,10 @@ class ControlServer:
                     raise BadRequest(f"{request.__struct_config__.tag} is for registered subsystems; send register first")
                 self.supervisor.tell(FromExternal(name=name, message=self.to_actor(conn, name, request)))
                 return {"accepted": True} if request.id is not None else NO_REPLY
+        if self.jobs is not None:
+            result = await self.jobs.handle(request, peer, self.config.admin_group)
+            if result is not NotImplemented:
+                return result
         raise BadRequest(f"unhandled request type {request.__struct_config__.tag}")
 
     async def ask(self, message: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.config import parse_duration
+from actors.definitions import parse_duration
 from daemon.paths import default_socket
 
 from . import render

@@ -25,18 +25,18 @@ class FakeTimers:
         self.armed: dict[str, tuple[float, Any]] = {}
         self.lock = threading.Lock()
 
-    def arm(self, key: str, delay: float, message: Any) -> None:
+    def arm(self, key: str, delay: float, message: Any, target: Any = None) -> None:
         with self.lock:
-            self.armed[key] = (delay, message)
+            self.armed[key] = (delay, message, target)
 
     def disarm(self, key: str) -> None:
         with self.lock:
             self.armed.pop(key, None)
 
-    def fire(self, key: str, target: pykka.ActorRef[Any]) -> None:
+    def fire(self, key: str, supervisor: pykka.ActorRef[Any]) -> None:
         with self.lock:
-            _delay, message = self.armed.pop(key)
-        target.tell(message)
+            _delay, message, target = self.armed.pop(key)
+        (target or supervisor).tell(message)
 
 
 class FakeSink:
@@ -119,7 +119,7 @@ class WorkCore(SubsystemCore):
     def on_resume(self, drain_id: str) -> None:
         self.resumes.append(drain_id)
 
-    def handle(self, message: Any) -> bool:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, AddWork):
             self.add(message.item)
         elif isinstance(message, TryStartWork):
@@ -132,8 +132,8 @@ class WorkCore(SubsystemCore):
         elif isinstance(message, Explode):
             raise RuntimeError("boom")
         else:
-            return False
-        return True
+            return NotImplemented
+        return None
 
 
 def item(

@@ -1,0 +1,157 @@
+"""The config guard: owns the pipeline configuration and every change to it.
+
+During maintenance (its intake paused) every configuration change is refused with
+``maintenance_mode``: pausing or unpausing a pipeline, reloading the config file. Pipeline
+files from config repositories (pipelines as code) are merged here; the material
+subsystem does not poll them while paused, so nothing arrives then.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from .definitions import PipelineDef, PipelineFile, check_pipelines
+from .errors import Conflict, MaintdError, NotFound
+from .materials import ConfigRepoFiles
+from .ports import Clock
+from .scheduler import PipelinesChanged
+from .subsystem import Emit, SubsystemCore
+
+log = logging.getLogger("maintd.config")
+
+
+
+class SetPipelinePaused(msgspec.Struct, frozen=True, kw_only=True):
+    pipeline: str
+    paused: bool
+    by: str
+
+
+class ApplyConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A configuration the shell has read and validated (``maintctl reload``, SIGHUP)."""
+
+    pipelines: tuple[PipelineDef, ...]
+    materials: frozenset[str]
+    by: str
+
+
+class PipelineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    source: str
+    paused: bool
+    materials: tuple[str, ...]
+    timer: str | None
+    stages: tuple[str, ...]
+
+
+def refuse_in_maintenance(action: str) -> MaintdError:
+    return MaintdError(f"maintenance mode is on: {action} is refused until it is turned off", code="maintenance_mode")
+
+
+class ConfigGuardCore(SubsystemCore):
+    def __init__(
+        self,
+        name: str,
+        emit: Emit,
+        items: Any = (),
+        *,
+        pipelines: list[PipelineDef],
+        materials: set[str],
+        store: Any,
+        peers: Any,
+        clock: Clock,
+        paused: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(name, emit, ())
+        self.base = {p.name: p for p in pipelines}
+        self.materials = set(materials)
+        self.from_repos: dict[str, dict[str, PipelineDef]] = {}
+        self.paused = set(paused)
+        self.store = store
+        self.peers = peers
+        self.clock = clock
+
+    def start(self) -> None:
+        self.publish()
+
+    def all_pipelines(self) -> dict[str, tuple[PipelineDef, str]]:
+        merged = {name: (p, "config file") for name, p in self.base.items()}
+        for repo, pipelines in self.from_repos.items():
+            for name, p in pipelines.items():
+                merged.setdefault(name, (p, f"config repo {repo}"))
+        return merged
+
+    def publish(self) -> None:
+        pipelines = tuple(p for p, _ in self.all_pipelines().values())
+        self.peers.tell("scheduler", PipelinesChanged(pipelines=pipelines, paused=frozenset(self.paused)))
+
+    def set_paused(self, msg: SetPipelinePaused) -> dict[str, Any]:
+        verb = "pause" if msg.paused else "unpause"
+        if not self.intake_open:
+            raise refuse_in_maintenance(f"{verb} of a pipeline")
+        if msg.pipeline not in self.all_pipelines():
+            raise NotFound(f"no pipeline named {msg.pipeline!r}")
+        if (msg.pipeline in self.paused) == msg.paused:
+            raise Conflict(f"pipeline {msg.pipeline!r} is already {'paused' if msg.paused else 'unpaused'}")
+        (self.paused.add if msg.paused else self.paused.discard)(msg.pipeline)
+        self.store.audit(f"pipeline_{verb}", msg.by, self.clock.now(), target=msg.pipeline)
+        log.info("%s %sd pipeline %s", msg.by, verb, msg.pipeline)
+        self.publish()
+        return {"pipeline": msg.pipeline, "paused": msg.paused}
+
+    def apply(self, msg: ApplyConfig) -> dict[str, Any]:
+        if not self.intake_open:
+            raise refuse_in_maintenance("a configuration reload")
+        self.base = {p.name: p for p in msg.pipelines}
+        self.materials = set(msg.materials)
+        self.store.audit("config_reload", msg.by, self.clock.now(), detail=f"{len(self.base)} pipeline(s)")
+        log.info("%s reloaded the configuration: %d pipeline(s)", msg.by, len(self.base))
+        self.publish()
+        return {"pipelines": len(self.all_pipelines())}
+
+    def merge_repo(self, msg: ConfigRepoFiles) -> None:
+        found: dict[str, PipelineDef] = {}
+        for path, text in sorted(msg.files.items()):
+            try:
+                parsed = msgspec.toml.decode(text.encode(), type=PipelineFile)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("config repo %s, %s at %s: %s; file skipped", msg.repo, path, msg.revision[:12], exc)
+                continue
+            errors = check_pipelines(parsed.pipelines, self.materials)
+            if errors:
+                log.warning("config repo %s, %s: %s; file skipped", msg.repo, path, errors[0])
+                continue
+            for p in parsed.pipelines:
+                if p.name in self.base or p.name in found:
+                    log.warning("config repo %s, %s: pipeline %s is defined elsewhere; skipped", msg.repo, path, p.name)
+                    continue
+                found[p.name] = p
+        self.from_repos[msg.repo] = found
+        log.info("config repo %s at %s: %d pipeline(s)", msg.repo, msg.revision[:12], len(found))
+        self.publish()
+
+    def info(self) -> list[PipelineInfo]:
+        return [
+            PipelineInfo(
+                name=name, source=source, paused=name in self.paused, materials=tuple(p.materials), timer=p.timer,
+                stages=tuple(s.name for s in p.stages),
+            )
+            for name, (p, source) in sorted(self.all_pipelines().items())
+        ]
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case SetPipelinePaused():
+                return self.set_paused(message)
+            case ApplyConfig():
+                return self.apply(message)
+            case ConfigRepoFiles():
+                self.merge_repo(message)
+            case "info":
+                return self.info()
+            case _:
+                return NotImplemented
+        return None

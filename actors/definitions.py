@@ -1,0 +1,118 @@
+"""What the job server is configured to do: materials, config repos, pipelines.
+
+Plain frozen Structs, decoded by msgspec from the daemon's TOML and from the pipeline
+files of config repositories alike, so both give the same key paths in their errors.
+Imports only msgspec and the standard library (maintctl uses :func:`parse_duration`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+Duration = Annotated[str, Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$", description="e.g. 30s, 5m, 2h")]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"1.5m"``, ``"2h"``, ``"250ms"`` -> seconds. Raises ValueError."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use a number with ms, s, m, h or d, e.g. 30m)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class Def(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class MaterialDef(Def, kw_only=True):
+    """A git repository polled with ``git ls-remote``; each poll is a material update."""
+
+    name: Name
+    url: Annotated[str, Meta(min_length=1, max_length=4096)]
+    branch: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,200}$")] = "main"
+    poll_interval: Duration = "60s"
+    poll_timeout: Duration = "5m"
+
+
+class JobDef(Def, kw_only=True):
+    """A job runs ``command`` (an argv list, no shell) or, only if written so, ``shell``."""
+
+    name: Name
+    command: Annotated[list[str], Meta(min_length=1)] | None = None
+    shell: str | None = None
+    timeout: Duration | None = None
+    env: dict[str, str] = {}
+
+
+class StageDef(Def, kw_only=True):
+    name: Name
+    jobs: Annotated[list[JobDef], Meta(min_length=1)]
+
+
+class PipelineDef(Def, kw_only=True):
+    name: Name
+    materials: list[Name] = []
+    timer: str | None = None
+    stages: Annotated[list[StageDef], Meta(min_length=1)]
+
+
+class PipelineFile(Def, kw_only=True):
+    """A pipeline file in a config repository (pipelines as code)."""
+
+    pipelines: list[PipelineDef] = []
+
+
+def check_pipelines(pipelines: list[PipelineDef], materials: set[str], where: str = "$.pipelines") -> list[str]:
+    """Rules msgspec cannot state: unique names, known materials, command xor shell, valid cron."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(pipelines):
+        at = f"{where}[{i}]"
+        if p.name in seen:
+            errors.append(f"pipeline name {p.name!r} is used twice - at `{at}.name`")
+        seen.add(p.name)
+        for m in p.materials:
+            if m not in materials:
+                errors.append(f"unknown material {m!r} - at `{at}.materials`")
+        if p.timer is not None and (problem := cron_problem(p.timer)):
+            errors.append(f"bad cron schedule {p.timer!r}: {problem} - at `{at}.timer`")
+        stage_names: set[str] = set()
+        for si, stage in enumerate(p.stages):
+            if stage.name in stage_names:
+                errors.append(f"stage name {stage.name!r} is used twice - at `{at}.stages[{si}].name`")
+            stage_names.add(stage.name)
+            job_names: set[str] = set()
+            for ji, job in enumerate(stage.jobs):
+                jat = f"{at}.stages[{si}].jobs[{ji}]"
+                if (job.command is None) == (job.shell is None):
+                    errors.append(f"a job needs exactly one of `command` (argv list) or `shell` - at `{jat}`")
+                if job.name in job_names:
+                    errors.append(f"job name {job.name!r} is used twice - at `{jat}.name`")
+                job_names.add(job.name)
+    return errors
+
+
+def cron_problem(expression: str) -> str | None:
+    from croniter import croniter
+
+    if len(expression.split()) != 5:
+        return "expected five fields: minute hour day-of-month month day-of-week"
+    return None if croniter.is_valid(expression) else "croniter does not accept it"
+
+
+def next_fire(expression: str, after: float) -> float:
+    """The next time (epoch seconds, local time zone) the cron ``expression`` fires after ``after``."""
+    import datetime as dt
+
+    from croniter import croniter
+
+    start = dt.datetime.fromtimestamp(after).astimezone()
+    return float(croniter(expression, start).get_next(float))

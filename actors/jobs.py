@@ -1,0 +1,95 @@
+"""Domain types of the job server: what a job is, how it ends, and the process port.
+
+The actors decide; the shell (``daemon/processes.py``) runs git and job processes and
+tells the asking actor how it went, with the messages at the end of this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import msgspec
+
+
+class JobState(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    BUILDING = "building"
+    PASSED = "passed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+TERMINAL = frozenset({JobState.PASSED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the shell needs to run one job on one agent.
+
+    ``argv`` runs without a shell; ``shell`` (only when the config says so) runs with
+    ``/bin/sh -c``. ``workspace`` and ``log`` are paths inside the state directory.
+    """
+
+    job_id: int
+    run_id: int
+    pipeline: str
+    pipeline_counter: int
+    stage: str
+    stage_counter: int
+    job: str
+    argv: tuple[str, ...] | None = None
+    shell: str | None = None
+    env: dict[str, str] = {}
+    workspace: str
+    log: str
+    agent: str
+    timeout: float | None = None
+
+
+class ProcessPort(Protocol):
+    """Runs processes for the actors. Every call returns at once; the answer comes as a message."""
+
+    def poll_material(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
+        """``git ls-remote``; then tell ``reply_to`` :class:`PollFinished`."""
+        ...
+
+    def fetch_files(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
+        """Read the files of ``revision`` of a config repo; then tell :class:`FilesFetched`."""
+        ...
+
+    def start_job(self, reply_to: Any, spec: JobSpec) -> None:
+        """Start the job in its own process group; tell :class:`JobStarted`, later :class:`JobExited`."""
+        ...
+
+    def stop_job(self, job_id: int, grace: float) -> None:
+        """SIGTERM to the job's process group, SIGKILL after ``grace`` seconds if it lives on."""
+        ...
+
+
+class PollFinished(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    revision: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+
+
+class FilesFetched(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    revision: str
+    files: dict[str, str] = {}
+    error: str | None = None
+
+
+class JobStarted(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: int
+    pid: int
+
+
+class JobExited(msgspec.Struct, frozen=True, kw_only=True):
+    """``returncode`` as subprocess gives it (negative: killed by that signal)."""
+
+    job_id: int
+    returncode: int | None
+    error: str | None = None
+    timed_out: bool = False

@@ -1,0 +1,139 @@
+"""The material subsystem: polls git repositories; each running poll is a material update.
+
+Paused, it starts no poll (config repositories included) and drains once the running
+polls finish. A material update is never cancelled (a partial clone can corrupt the
+repository); ``poll_timeout`` bounds it instead, so one hung remote cannot hold a drain.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from .definitions import MaterialDef, parse_duration
+from .jobs import FilesFetched, PollFinished, ProcessPort
+from .ports import Clock, Timers
+from .subsystem import Emit, SubsystemCore
+from .types import MATERIAL_UPDATE, InFlightItem, qualify
+
+log = logging.getLogger("maintd.materials")
+
+
+class PollDue(msgspec.Struct, frozen=True):
+    key: str
+
+
+class MaterialChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """To the scheduler: ``material`` has a new ``revision``."""
+
+    material: str
+    revision: str
+
+
+class ConfigRepoFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """To the config guard: the pipeline files of a config repository at ``revision``."""
+
+    repo: str
+    revision: str
+    files: dict[str, str]
+
+
+class MaterialsCore(SubsystemCore):
+    """``store`` records revisions and poll results; ``peers`` reaches the scheduler and config guard."""
+
+    def __init__(
+        self,
+        name: str,
+        emit: Emit,
+        items: Any = (),
+        *,
+        materials: list[MaterialDef],
+        config_repos: list[MaterialDef],
+        processes: ProcessPort,
+        timers: Timers,
+        clock: Clock,
+        store: Any,
+        peers: Any,
+        on_poll: Any = None,
+    ) -> None:
+        # Polls that were running when an earlier actor failed are still running in the shell;
+        # their answers come to this actor, so their items are kept.
+        super().__init__(name, emit, items)
+        self.defs: dict[str, tuple[MaterialDef, bool]] = {m.name: (m, False) for m in materials}
+        self.defs.update({f"config:{m.name}": (m, True) for m in config_repos})
+        self.processes = processes
+        self.timers = timers
+        self.clock = clock
+        self.store = store
+        self.peers = peers
+        self.me = peers.ref(name)
+        self.on_poll = on_poll or (lambda result: None)
+
+    def start(self) -> None:
+        for key in self.defs:
+            self.timers.arm(f"poll:{key}", 0, PollDue(key), self.me)
+
+    def on_pause(self, drain_id: str) -> None:
+        for key in self.defs:
+            self.timers.disarm(f"poll:{key}")
+
+    def on_resume(self, drain_id: str) -> None:
+        self.start()
+
+    def polling(self, key: str) -> bool:
+        return qualify(self.name, key) in self.items
+
+    def poll(self, key: str) -> None:
+        if key not in self.defs:
+            return
+        material, _ = self.defs[key]
+        if not self.intake_open:
+            log.info("poll of %s skipped: maintenance mode", key)
+            return
+        if self.polling(key):
+            return
+        self.add(
+            InFlightItem(
+                id=qualify(self.name, key), subsystem=self.name, kind=MATERIAL_UPDATE,
+                description=f"{'config repo' if key.startswith('config:') else 'material'} {material.name}: "
+                f"{material.url} ({material.branch})",
+                started_at=self.clock.now(), cancellable=False,
+            )
+        )
+        self.processes.poll_material(self.me, key, material.url, material.branch, parse_duration(material.poll_timeout))
+
+    def finished(self, result: PollFinished) -> None:
+        key = result.key
+        self.remove(qualify(self.name, key))
+        if key not in self.defs:
+            return
+        material, is_config_repo = self.defs[key]
+        outcome = "timeout" if result.timed_out else ("error" if result.error else "ok")
+        self.on_poll(outcome)
+        if result.error or result.revision is None:
+            log.warning("poll of %s failed: %s", key, "timed out" if result.timed_out else result.error)
+        elif self.store.record_revision(key, result.revision, self.clock.now()):
+            log.info("%s has a new revision %s", key, result.revision[:12])
+            if is_config_repo:
+                self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
+            else:
+                self.peers.tell("scheduler", MaterialChanged(material=key, revision=result.revision))
+        if self.intake_open:
+            self.timers.arm(f"poll:{key}", parse_duration(material.poll_interval), PollDue(key), self.me)
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case PollDue(key=key):
+                self.poll(key)
+            case PollFinished():
+                self.finished(message)
+            case FilesFetched(key=key, revision=revision, files=files, error=error):
+                if error:
+                    log.warning("cannot read the pipeline files of %s at %s: %s", key, revision[:12], error)
+                else:
+                    self.peers.tell("config", ConfigRepoFiles(repo=key.removeprefix("config:"), revision=revision, files=files))
+            case _:
+                return NotImplemented
+        return None

@@ -1,0 +1,358 @@
+"""The scheduling subsystem: triggers pipelines and queues their jobs (scheduled jobs).
+
+A pipeline is triggered by a new revision of one of its materials, by its cron timer, or
+by a user. Stages run in order; the jobs of a stage wait in the queue until an agent asks
+for work. Paused, nothing is triggered (timers and material changes are logged as
+skipped, a user's trigger is refused with ``maintenance_mode``), but a stage that
+completes still queues its next stage: scheduled jobs are durable and do not hold back a
+restart, so they are shown and cancellable, and only agents decide when they start.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any
+
+import msgspec
+
+from .definitions import PipelineDef, next_fire, parse_duration
+from .errors import Conflict, MaintdError, NotFound
+from .jobs import TERMINAL, JobSpec, JobState
+from .materials import MaterialChanged
+from .messages import Cancel
+from .ports import Clock, Timers
+from .subsystem import Emit, SubsystemCore
+from .types import SCHEDULED_JOB, InFlightItem, qualify
+
+log = logging.getLogger("maintd.scheduler")
+
+
+class TimerDue(msgspec.Struct, frozen=True):
+    pipeline: str
+
+
+class Trigger(msgspec.Struct, frozen=True, kw_only=True):
+    """Asked by the shell for ``maintctl trigger``; answers the new run."""
+
+    pipeline: str
+    by: str
+
+
+class CancelRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Cancel the scheduled and building jobs of a run (or of one stage of it)."""
+
+    pipeline: str
+    counter: int
+    by: str
+    stage: str | None = None
+
+
+class PipelinesChanged(msgspec.Struct, frozen=True, kw_only=True):
+    pipelines: tuple[PipelineDef, ...]
+    paused: frozenset[str] = frozenset()
+
+
+class WantWork(msgspec.Struct, frozen=True):
+    agent: str
+
+
+class AgentsPaused(msgspec.Struct, frozen=True):
+    pass
+
+
+class Requeue(msgspec.Struct, frozen=True):
+    spec: JobSpec
+
+
+class JobFinished(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: int
+    state: JobState
+
+
+class Assign(msgspec.Struct, frozen=True, kw_only=True):
+    """To the agents: run ``spec`` on ``agent``."""
+
+    agent: str
+    spec: JobSpec
+
+
+class CancelJobs(msgspec.Struct, frozen=True, kw_only=True):
+    job_ids: tuple[int, ...]
+    by: str
+
+
+class Run:
+    def __init__(self, run_id: int, pipeline: PipelineDef, counter: int, revisions: dict[str, str]) -> None:
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.counter = counter
+        self.revisions = revisions
+        self.stage_index = -1
+        self.pending: set[int] = set()
+        self.results: dict[int, JobState] = {}
+
+
+def job_item_id(job_id: int) -> str:
+    return f"job-{job_id}"
+
+
+class SchedulerCore(SubsystemCore):
+    def __init__(
+        self,
+        name: str,
+        emit: Emit,
+        items: Any = (),
+        *,
+        pipelines: list[PipelineDef],
+        store: Any,
+        peers: Any,
+        timers: Timers,
+        clock: Clock,
+        work_root: str,
+    ) -> None:
+        super().__init__(name, emit, ())
+        self.pipelines = {p.name: p for p in pipelines}
+        self.paused_pipelines: frozenset[str] = frozenset()
+        self.store = store
+        self.peers = peers
+        self.me = peers.ref(name)
+        self.timers = timers
+        self.clock = clock
+        self.work_root = work_root
+        self.queue: collections.deque[JobSpec] = collections.deque()
+        self.waiting: collections.deque[str] = collections.deque()
+        self.runs: dict[int, Run] = {}
+        self.run_of_job: dict[int, int] = {}
+
+    # -- start-up: the store is the truth ------------------------------------------------
+
+    def start(self) -> None:
+        self.restore()
+        self.arm_timers()
+        self.report()
+        self.check_drained()
+
+    def restore(self) -> None:
+        """Runs in progress and their scheduled jobs come back from the store (after any restart)."""
+        for row in self.store.recent_runs(limit=100_000):
+            if row.state != "running":
+                continue
+            pipeline = self.pipelines.get(row.pipeline)
+            jobs = row.jobs
+            if pipeline is None or not jobs:
+                continue
+            run = Run(row.id, pipeline, row.counter, dict(msgspec.json.decode(row.revisions)) if isinstance(row.revisions, str) else dict(row.revisions))
+            run.stage_index = max(j.stage_index for j in jobs)
+            self.runs[row.id] = run
+            for job in jobs:
+                if job.stage_index != run.stage_index:
+                    continue
+                self.run_of_job[job.id] = row.id
+                if job.state in TERMINAL:
+                    run.results[job.id] = JobState(job.state)
+                    continue
+                run.pending.add(job.id)
+                if job.state == JobState.SCHEDULED:
+                    stage = pipeline.stages[job.stage_index]
+                    job_def = next((j for j in stage.jobs if j.name == job.name), None)
+                    if job_def is None:
+                        self.store.set_job_state(job.id, JobState.CANCELLED, self.clock.now(), cancelled_by="maintd", detail="job no longer in the configuration")
+                        run.pending.discard(job.id)
+                        run.results[job.id] = JobState.CANCELLED
+                        continue
+                    self.queue.append(self.spec(run, job.stage_index, job_def, job.id, job.log_path))
+            if not run.pending:
+                self.stage_done(run)
+        self.items = {}
+        for spec in self.queue:
+            item = self.item_of(spec)
+            self.items[item.id] = item
+
+    def arm_timers(self) -> None:
+        now = self.clock.now()
+        for p in self.pipelines.values():
+            if p.timer:
+                self.timers.arm(f"cron:{p.name}", max(next_fire(p.timer, now) - now, 0.0), TimerDue(p.name), self.me)
+
+    # -- triggering --------------------------------------------------------------------
+
+    def trigger(self, pipeline_name: str, how: str, by: str) -> dict[str, Any]:
+        pipeline = self.pipelines.get(pipeline_name)
+        if pipeline is None:
+            raise NotFound(f"no pipeline named {pipeline_name!r} (`maintctl pipelines` lists them)")
+        if pipeline_name in self.paused_pipelines:
+            raise Conflict(f"pipeline {pipeline_name!r} is paused; unpause it first")
+        now = self.clock.now()
+        counter = self.store.next_counter(pipeline_name)
+        revisions = {m: rev for m in pipeline.materials if (rev := self.store.last_revision(m))}
+        run_id = self.store.create_run(pipeline_name, counter, how, by, revisions, now)
+        run = Run(run_id, pipeline, counter, revisions)
+        self.runs[run_id] = run
+        log.info("triggered %s/%d (%s by %s)", pipeline_name, counter, how, by)
+        self.queue_stage(run, 0)
+        return {"pipeline": pipeline_name, "counter": counter, "run_id": run_id}
+
+    def automatic(self, pipeline_name: str, how: str) -> None:
+        if not self.intake_open:
+            log.info("%s trigger of %s skipped: maintenance mode", how, pipeline_name)
+            return
+        if pipeline_name in self.paused_pipelines:
+            log.info("%s trigger of %s skipped: the pipeline is paused", how, pipeline_name)
+            return
+        self.trigger(pipeline_name, how, "maintd")
+
+    def spec(self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str) -> JobSpec:
+        stage = run.pipeline.stages[stage_index]
+        env = {
+            "GO_PIPELINE_NAME": run.pipeline.name,
+            "GO_PIPELINE_COUNTER": str(run.counter),
+            "GO_STAGE_NAME": stage.name,
+            "GO_STAGE_COUNTER": "1",
+            "GO_JOB_NAME": job_def.name,
+            **{f"GO_REVISION_{m.upper().replace('-', '_').replace('.', '_')}": rev for m, rev in run.revisions.items()},
+            **job_def.env,
+        }
+        return JobSpec(
+            job_id=job_id, run_id=run.run_id, pipeline=run.pipeline.name, pipeline_counter=run.counter,
+            stage=stage.name, stage_counter=1, job=job_def.name,
+            argv=tuple(job_def.command) if job_def.command else None, shell=job_def.shell, env=env,
+            workspace=os.path.join(self.work_root, "workspaces", run.pipeline.name, str(run.counter), stage.name, job_def.name),
+            log=log_path, agent="", timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
+        )
+
+    def queue_stage(self, run: Run, index: int) -> None:
+        run.stage_index = index
+        run.pending = set()
+        run.results = {}
+        stage = run.pipeline.stages[index]
+        now = self.clock.now()
+        for job_def in stage.jobs:
+            log_path = os.path.join(self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name, f"{job_def.name}.log")
+            job_id = self.store.create_job(run.run_id, run.pipeline.name, run.counter, stage.name, 1, index, job_def.name, now, log_path)
+            spec = self.spec(run, index, job_def, job_id, log_path)
+            run.pending.add(job_id)
+            self.run_of_job[job_id] = run.run_id
+            self.queue.append(spec)
+            self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
+        self.report()
+        self.dispatch()
+
+    def item_of(self, spec: JobSpec) -> InFlightItem:
+        return InFlightItem(
+            id=qualify(self.name, job_item_id(spec.job_id)), subsystem=self.name, kind=SCHEDULED_JOB,
+            description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job}",
+            started_at=self.clock.now(), cancellable=True, blocks_restart=False,
+            pipeline=spec.pipeline, stage=spec.stage, job=spec.job,
+        )
+
+    # -- handing jobs to agents --------------------------------------------------------
+
+    def dispatch(self) -> None:
+        moved = False
+        while self.queue and self.waiting:
+            agent = self.waiting.popleft()
+            spec = self.queue.popleft()
+            self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
+            self.peers.tell("agents", Assign(agent=agent, spec=msgspec.structs.replace(spec, agent=agent)))
+            moved = True
+        if moved:
+            self.report()
+
+    def finished(self, job_id: int, state: JobState) -> None:
+        run_id = self.run_of_job.pop(job_id, None)
+        run = self.runs.get(run_id) if run_id is not None else None
+        if run is None or job_id not in run.pending:
+            return
+        run.pending.discard(job_id)
+        run.results[job_id] = state
+        if not run.pending:
+            self.stage_done(run)
+
+    def stage_done(self, run: Run) -> None:
+        states = set(run.results.values())
+        if states <= {JobState.PASSED} and run.stage_index + 1 < len(run.pipeline.stages):
+            self.queue_stage(run, run.stage_index + 1)
+            return
+        final = "passed" if states <= {JobState.PASSED} else ("cancelled" if JobState.CANCELLED in states else "failed")
+        self.store.finish_run(run.run_id, final, self.clock.now())
+        log.info("%s/%d %s", run.pipeline.name, run.counter, final)
+        del self.runs[run.run_id]
+
+    # -- cancel --------------------------------------------------------------------------
+
+    def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
+        job_id = int(item.local_id.removeprefix("job-"))
+        self.cancel_scheduled(job_id, msg.by)
+        self.accept_cancel(msg)
+        self.report()
+
+    def cancel_scheduled(self, job_id: int, by: str) -> bool:
+        for spec in self.queue:
+            if spec.job_id == job_id:
+                self.queue.remove(spec)
+                self.items.pop(qualify(self.name, job_item_id(job_id)), None)
+                self.store.set_job_state(job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
+                self.finished(job_id, JobState.CANCELLED)
+                return True
+        return False
+
+    def cancel_run(self, msg: CancelRun) -> dict[str, Any]:
+        run = next((r for r in self.runs.values() if r.pipeline.name == msg.pipeline and r.counter == msg.counter), None)
+        if run is None:
+            raise NotFound(f"{msg.pipeline}/{msg.counter} is not running")
+        if msg.stage is not None and run.pipeline.stages[run.stage_index].name != msg.stage:
+            raise NotFound(f"stage {msg.stage!r} of {msg.pipeline}/{msg.counter} is not running")
+        building = []
+        for job_id in sorted(run.pending):
+            if not self.cancel_scheduled(job_id, msg.by):
+                building.append(job_id)
+        if building:
+            self.peers.tell("agents", CancelJobs(job_ids=tuple(building), by=msg.by))
+        self.report()
+        return {"pipeline": msg.pipeline, "counter": msg.counter, "cancelled_jobs": len(run.pending) + len(building)}
+
+    # -- messages ----------------------------------------------------------------------
+
+    def handle(self, message: Any) -> Any:  # noqa: C901 - one dispatch table
+        match message:
+            case MaterialChanged(material=material):
+                for p in self.pipelines.values():
+                    if material in p.materials:
+                        self.automatic(p.name, "material")
+            case TimerDue(pipeline=name):
+                if name in self.pipelines:
+                    self.automatic(name, "timer")
+                    self.arm_timers()
+            case Trigger(pipeline=name, by=by):
+                if not self.intake_open:
+                    raise MaintdError(
+                        "maintenance mode is on: pipelines cannot be triggered until it is turned off", code="maintenance_mode"
+                    )
+                return self.trigger(name, "user", by)
+            case WantWork(agent=agent):
+                if agent not in self.waiting:
+                    self.waiting.append(agent)
+                self.dispatch()
+            case AgentsPaused():
+                self.waiting.clear()
+            case Requeue(spec=spec):
+                self.queue.appendleft(msgspec.structs.replace(spec, agent=""))
+                self.items[qualify(self.name, job_item_id(spec.job_id))] = self.item_of(spec)
+                self.report()
+            case JobFinished(job_id=job_id, state=state):
+                self.finished(job_id, state)
+            case CancelRun():
+                return self.cancel_run(message)
+            case PipelinesChanged(pipelines=pipelines, paused=paused):
+                for key in {p for p in self.pipelines if self.pipelines[p].timer}:
+                    self.timers.disarm(f"cron:{key}")
+                self.pipelines = {p.name: p for p in pipelines}
+                self.paused_pipelines = paused
+                self.arm_timers()
+            case "queue_length":
+                return len(self.queue)
+            case _:
+                return NotImplemented
+        return None

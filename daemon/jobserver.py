@@ -1,0 +1,156 @@
+"""The job server's subsystems, wired together, and the control requests that reach them.
+
+Start order (DESIGN.md): store, then the subsystems in drain order (materials, scheduler,
+agents, config guard), started by the supervisor; the shell talks to a subsystem by
+asking its current actor (downward), never by waiting on it in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.agents import AgentsCore
+from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
+from actors.definitions import parse_duration
+from actors.errors import MaintdError, NotFound
+from actors.materials import MaterialsCore
+from actors.peers import Peers
+from actors.ports import Clock, Timers
+from actors.scheduler import CancelRun, SchedulerCore, Trigger
+
+from . import config as config_mod
+from . import protocol as p
+from .bridge import Bridge
+
+log = logging.getLogger("maintd.jobserver")
+
+ASK_TIMEOUT = 30.0
+SUBSYSTEM_ORDER = ("materials", "scheduler", "agents", "config")
+
+
+def build_subsystems(
+    cfg: config_mod.Config,
+    *,
+    peers: Peers,
+    store: Any,
+    processes: Any,
+    timers: Timers,
+    clock: Clock,
+    work_root: Path,
+    on_job: Callable[[str], None] | None = None,
+    on_poll: Callable[[str], None] | None = None,
+) -> tuple[tuple[str, Callable[..., Any]], ...]:
+    """(name, make_core) pairs for the supervisor, in drain order."""
+    material_names = {m.name for m in cfg.materials}
+
+    def materials(name: str, emit: Any, items: Any) -> MaterialsCore:
+        return MaterialsCore(
+            name, emit, items, materials=cfg.materials, config_repos=cfg.config_repos, processes=processes,
+            timers=timers, clock=clock, store=store, peers=peers, on_poll=on_poll,
+        )
+
+    def scheduler(name: str, emit: Any, items: Any) -> SchedulerCore:
+        return SchedulerCore(
+            name, emit, items, pipelines=cfg.pipelines, store=store, peers=peers, timers=timers, clock=clock,
+            work_root=str(work_root),
+        )
+
+    def agents(name: str, emit: Any, items: Any) -> AgentsCore:
+        return AgentsCore(
+            name, emit, items, count=cfg.agents.count, store=store, peers=peers, processes=processes, clock=clock,
+            grace=parse_duration(cfg.agents.cancel_grace), on_job=on_job,
+        )
+
+    def config_guard(name: str, emit: Any, items: Any) -> ConfigGuardCore:
+        return ConfigGuardCore(name, emit, items, pipelines=cfg.pipelines, materials=material_names, store=store, peers=peers, clock=clock)
+
+    return (("materials", materials), ("scheduler", scheduler), ("agents", agents), ("config", config_guard))
+
+
+class JobServerRequests:
+    """Handles the job server's control requests; ``handle`` returns NotImplemented for others."""
+
+    def __init__(self, bridge: Bridge, peers: Peers, store_proxy: Any, config_path: Path | None, state_dir: Path) -> None:
+        self.bridge = bridge
+        self.peers = peers
+        self.store = store_proxy
+        self.config_path = config_path
+        self.state_dir = state_dir.resolve()
+
+    async def ask(self, subsystem: str, message: Any) -> Any:
+        ref = self.peers.current(subsystem)
+        if ref is None:
+            raise MaintdError(f"the {subsystem} subsystem is restarting; try again", code="unavailable")
+        return await self.bridge.ask(ref, message, ASK_TIMEOUT)
+
+    async def stored(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), ASK_TIMEOUT)
+
+    async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:  # noqa: C901, PLR0911
+        match request:
+            case p.PipelinesRequest():
+                return {"pipelines": await self.ask("config", "info")}
+            case p.AgentsRequest():
+                return {"agents": await self.ask("agents", "info")}
+            case p.RunsRequest(pipeline=pipeline, limit=limit):
+                return {"runs": await self.stored("recent_runs", limit=limit, pipeline=pipeline)}
+            case p.LogsRequest(job=job_id, max_bytes=max_bytes):
+                return await self.logs(job_id, max_bytes)
+            case p.TriggerRequest(pipeline=pipeline):
+                peer.require_admin("trigger", admin_group)
+                result = await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user))
+                await self.stored("audit", "trigger", peer.user, time.time(), target=f"{pipeline}/{result['counter']}")
+                return result
+            case p.PipelinePauseRequest(pipeline=pipeline) | p.PipelineUnpauseRequest(pipeline=pipeline):
+                paused = isinstance(request, p.PipelinePauseRequest)
+                peer.require_admin("pipeline pause" if paused else "pipeline unpause", admin_group)
+                return await self.ask("config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user))
+            case p.ReloadRequest():
+                peer.require_admin("reload", admin_group)
+                return await self.reload(peer.user)
+            case p.CancelRunRequest(pipeline=pipeline, counter=counter, stage=stage):
+                peer.require_admin("cancel_run", admin_group)
+                result = await self.ask("scheduler", CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user))
+                target = f"{pipeline}/{counter}" + (f"/{stage}" if stage else "")
+                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target)
+                return result
+        return NotImplemented
+
+    async def reload(self, by: str) -> Any:
+        if self.config_path is None:
+            raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
+        try:
+            cfg = await trio.to_thread.run_sync(config_mod.load, self.config_path)
+        except config_mod.ConfigError as exc:
+            raise MaintdError(f"the configuration was not reloaded: {exc}", code="bad_config") from None
+        return await self.ask(
+            "config",
+            ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by),
+        )
+
+    async def logs(self, job_id: int, max_bytes: int) -> Any:
+        row = await self.stored("job", job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        path = Path(row.log_path).resolve()
+        if not path.is_relative_to(self.state_dir):
+            raise MaintdError(f"job {job_id}'s log is outside the state directory", code="forbidden")
+
+        def tail() -> tuple[bytes, int]:
+            try:
+                with path.open("rb") as f:
+                    size = f.seek(0, 2)
+                    f.seek(max(size - max_bytes, 0))
+                    return f.read(max_bytes), size
+            except FileNotFoundError:
+                return b"", 0
+
+        data, size = await trio.to_thread.run_sync(tail)
+        return {"job": job_id, "state": row.state, "size": size, "truncated": size > len(data), "text": data.decode(errors="replace")}
+
