@@ -1,0 +1,402 @@
+"""The process runner: git polls, config-repo reads and job processes, run by trio.
+
+Implements :class:`actors.jobs.ProcessPort`. Every port method is called from an actor's
+thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio task in the
+runner's nursery, and the answer goes back with ``reply_to.tell(message)``.
+
+Every child runs in a session (and so a process group) of its own, so a timeout or a stop
+reaches the whole tree it started (``ssh`` under ``git``, ``sleep`` under ``sh``), not just
+the process we spawned. No task lets an exception out: a failure becomes the ``error`` of
+the reply, or a log line, and the nursery lives on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
+from daemon.bridge import Bridge
+
+__all__ = ["MAX_CONFIG_FILES", "MAX_CONFIG_FILE_BYTES", "ProcessRunner"]
+
+log = logging.getLogger("maintd.processes")
+
+MAX_CONFIG_FILES = 100
+MAX_CONFIG_FILE_BYTES = 256 * 1024
+_REAP_TIMEOUT = 5.0  # after a SIGKILL, how long to wait for the kernel to let the process go
+
+
+def _killpg(pid: int, sig: int) -> None:
+    """Signal the process group led by ``pid``; a group that is gone already is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _kill_group(proc: trio.Process) -> None:
+    """``deliver_cancel`` for :func:`trio.run_process`: SIGKILL to the child's whole group."""
+    _killpg(proc.pid, signal.SIGKILL)
+
+
+def _first_error_line(stderr: bytes) -> str | None:
+    """The line of git's stderr that says what went wrong (a ``fatal:``/``error:`` line first)."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[0] if lines else None
+
+
+def _git_failure(step: str, result: subprocess.CompletedProcess[bytes]) -> str:
+    return _first_error_line(result.stderr) or f"git {step} exited with {result.returncode}"
+
+
+@dataclass(eq=False)
+class _Job:
+    spec: JobSpec
+    process: trio.Process | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    stop_grace: float | None = None  # a stop asked for before the process was there
+    reported: bool = False
+
+
+class _Skipped(Exception):
+    pass
+
+
+class ProcessRunner:
+    """Runs git and job processes for the actors (:class:`actors.jobs.ProcessPort`)."""
+
+    def __init__(self, bridge: Bridge, nursery: trio.Nursery, *, git: str = "git", kill_grace: float = 10.0) -> None:
+        self.bridge = bridge
+        self.nursery = nursery
+        self.git = git
+        self.kill_grace = kill_grace  # between SIGTERM and SIGKILL when a job's timeout passes
+        self._jobs: dict[int, _Job] = {}
+        self._closed = False
+
+    # -- the port: called from actor threads, nothing but call_soon ----------------------
+
+    def poll_material(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
+        self.bridge.call_soon(self._spawn, self._poll, reply_to, key, url, branch, timeout)
+
+    def fetch_files(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
+        self.bridge.call_soon(self._spawn, self._fetch, reply_to, key, url, revision, timeout)
+
+    def start_job(self, reply_to: Any, spec: JobSpec) -> None:
+        self.bridge.call_soon(self._start_job, reply_to, spec)
+
+    def stop_job(self, job_id: int, grace: float) -> None:
+        self.bridge.call_soon(self._stop_job, job_id, grace)
+
+    # -- for the daemon (trio thread) ------------------------------------------------------
+
+    def running(self) -> int:
+        """How many jobs are live (started or being started, not yet exited)."""
+        return len(self._jobs)
+
+    async def aclose(self) -> None:
+        """Shutdown: SIGKILL every live job's process group and wait (bounded) for them to go."""
+        self._closed = True
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            job.stop_grace = 0.0
+            if job.process is not None and job.process.returncode is None:
+                _killpg(job.process.pid, signal.SIGKILL)
+        with trio.move_on_after(_REAP_TIMEOUT):
+            for job in jobs:
+                await job.exited.wait()
+
+    # -- trio side -------------------------------------------------------------------------
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        """Start ``fn(*args)`` in the nursery. Runs through ``run_sync_soon``: must not raise."""
+        try:
+            self.nursery.start_soon(fn, *args)
+        except Exception:
+            log.exception("cannot start a task for %s", getattr(fn, "__name__", fn))
+
+    @staticmethod
+    def _tell(reply_to: Any, message: Any) -> None:
+        try:
+            reply_to.tell(message)
+        except Exception as exc:  # noqa: BLE001 - an actor that has stopped meanwhile: nobody left to tell
+            log.warning("cannot deliver %s: %r", type(message).__name__, exc)
+
+    def _git_env(self) -> dict[str, str]:
+        return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "LC_ALL": "C"}
+
+    async def _git(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        """Run git in a session of its own; when cancelled, its whole group is killed."""
+        return await trio.run_process(
+            [self.git, *args],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=self._git_env(),
+            start_new_session=True,
+            deliver_cancel=_kill_group,
+        )
+
+    # polls
+
+    async def _poll(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
+        try:
+            message = await self._poll_message(key, url, branch, timeout)
+        except Exception as exc:
+            log.exception("poll of %s failed", key)
+            message = PollFinished(key=key, error=f"poll failed: {exc}")
+        self._tell(reply_to, message)
+
+    async def _poll_message(self, key: str, url: str, branch: str, timeout: float) -> PollFinished:
+        ref = f"refs/heads/{branch}"
+        try:
+            with trio.move_on_after(timeout) as scope:
+                result = await self._git(["ls-remote", "--heads", "--", url, ref])
+        except OSError as exc:
+            return PollFinished(key=key, error=f"cannot run git: {exc}")
+        if scope.cancelled_caught:
+            return PollFinished(key=key, error=f"git ls-remote timed out after {timeout:g}s", timed_out=True)
+        if result.returncode != 0:
+            return PollFinished(key=key, error=_git_failure("ls-remote", result))
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            sha, _, name = line.partition("\t")
+            if name.strip() == ref and sha:
+                return PollFinished(key=key, revision=sha.strip())
+        return PollFinished(key=key, error=f"branch {branch} not found")
+
+    # config-repo files
+
+    async def _fetch(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
+        try:
+            message = await self._fetch_message(key, url, revision, timeout)
+        except Exception as exc:
+            log.exception("fetch of %s at %s failed", key, revision)
+            message = FilesFetched(key=key, revision=revision, error=f"fetch failed: {exc}")
+        self._tell(reply_to, message)
+
+    async def _fetch_message(self, key: str, url: str, revision: str, timeout: float) -> FilesFetched:
+        if not revision or revision.startswith("-") or any(c.isspace() or c == "\0" for c in revision):
+            return FilesFetched(key=key, revision=revision, error=f"invalid revision {revision!r}")
+        tmp = tempfile.mkdtemp(prefix="maintd-fetch-")
+        try:
+            with trio.move_on_after(timeout) as scope:
+                files, error = await self._read_files(os.path.join(tmp, "repo.git"), url, revision)
+            if scope.cancelled_caught:
+                return FilesFetched(key=key, revision=revision, error=f"fetch timed out after {timeout:g}s")
+            return FilesFetched(key=key, revision=revision, files=files, error=error)
+        except OSError as exc:
+            return FilesFetched(key=key, revision=revision, error=f"cannot run git: {exc}")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
+
+    async def _read_files(self, repo: str, url: str, revision: str) -> tuple[dict[str, str], str | None]:
+        clone = await self._git(["clone", "--bare", "--quiet", "--", url, repo])
+        if clone.returncode != 0:
+            return {}, _git_failure("clone", clone)
+        gd = f"--git-dir={repo}"
+        parsed = await self._git([gd, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"])
+        if parsed.returncode != 0 or not parsed.stdout.strip():
+            return {}, f"revision {revision} not found"
+        commit = parsed.stdout.decode().strip()
+        tree = await self._git([gd, "ls-tree", "-r", "-l", "-z", "--full-tree", commit])
+        if tree.returncode != 0:
+            return {}, _git_failure("ls-tree", tree)
+        wanted: list[tuple[str, str, str]] = []  # (path, blob id, size)
+        for entry in tree.stdout.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, raw_path = entry.partition(b"\t")
+            parts = meta.split()
+            path = raw_path.decode("utf-8", "replace")
+            # regular files only: no symlinks (120000) or submodules (commit)
+            if len(parts) == 4 and parts[1] == b"blob" and parts[0] in (b"100644", b"100755") and path.endswith(".toml"):
+                wanted.append((path, parts[2].decode(), parts[3].decode()))
+        files: dict[str, str] = {}
+        skipped: list[str] = []
+        if len(wanted) > MAX_CONFIG_FILES:
+            skipped.append(f"{len(wanted) - MAX_CONFIG_FILES} .toml files over the limit of {MAX_CONFIG_FILES}")
+            wanted = wanted[:MAX_CONFIG_FILES]
+        for path, blob, size in wanted:
+            try:
+                files[path] = await self._read_blob(gd, blob, size)
+            except _Skipped as why:
+                skipped.append(f"{path} ({why})")
+        return files, (f"skipped: {'; '.join(skipped)}" if skipped else None)
+
+    async def _read_blob(self, gd: str, blob: str, size: str) -> str:
+        if not size.isdigit() or int(size) > MAX_CONFIG_FILE_BYTES:
+            raise _Skipped(f"{size} bytes, over the limit of {MAX_CONFIG_FILE_BYTES}")
+        result = await self._git([gd, "cat-file", "blob", blob])
+        if result.returncode != 0:
+            raise _Skipped(_git_failure("cat-file", result))
+        try:
+            return result.stdout.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Skipped("not UTF-8") from None
+
+    # jobs
+
+    def _start_job(self, reply_to: Any, spec: JobSpec) -> None:
+        """Runs through ``run_sync_soon``: must not raise."""
+        try:
+            if self._closed:
+                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error="cannot start: the runner is closed"))
+                return
+            if spec.job_id in self._jobs:
+                log.warning("job %s is running already; a second start is ignored", spec.job_id)
+                return
+            job = _Job(spec)
+            self._jobs[spec.job_id] = job  # at once, so that a stop_job right behind finds it
+            try:
+                self.nursery.start_soon(self._run_job, reply_to, job)
+            except Exception:
+                del self._jobs[spec.job_id]
+                raise
+        except Exception as exc:
+            log.exception("cannot start job %s", spec.job_id)
+            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=f"cannot start: {exc}"))
+
+    def _stop_job(self, job_id: int, grace: float) -> None:
+        """Runs through ``run_sync_soon``: must not raise."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        grace = max(0.0, grace) if isinstance(grace, int | float) and not math.isnan(grace) else 0.0
+        if job.process is None:
+            job.stop_grace = grace if job.stop_grace is None else min(job.stop_grace, grace)
+            return
+        self._spawn(self._terminate, job.process, grace)
+
+    async def _terminate(self, proc: trio.Process, grace: float) -> None:
+        """SIGTERM to the group; SIGKILL to it if the process has not exited after ``grace``."""
+        try:
+            if proc.returncode is not None:
+                return
+            _killpg(proc.pid, signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await proc.wait()
+            if proc.returncode is None:
+                _killpg(proc.pid, signal.SIGKILL)
+        except Exception:
+            log.exception("cannot stop process %s", proc.pid)
+
+    async def _run_job(self, reply_to: Any, job: _Job) -> None:
+        spec = job.spec
+        try:
+            await self._run_job_process(reply_to, job)
+        except Exception as exc:
+            log.exception("job %s: the runner failed", spec.job_id)
+            if not job.reported:
+                job.reported = True
+                code = job.process.returncode if job.process is not None else None
+                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=code, error=f"runner error: {exc}"))
+        finally:
+            if self._jobs.get(spec.job_id) is job:
+                del self._jobs[spec.job_id]
+            job.exited.set()
+
+    async def _run_job_process(self, reply_to: Any, job: _Job) -> None:
+        spec = job.spec
+        try:
+            argv = _job_argv(spec)
+            log_file = _open_log(spec)
+        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
+            error = f"cannot start: {exc}"
+            _append_log(spec.log, error)
+            job.reported = True
+            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=error))
+            return
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                cwd=spec.workspace,
+                env=_job_env(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
+            error = f"cannot start: {exc}"
+            with contextlib.suppress(OSError, ValueError):
+                log_file.write(f"maintd: {error}\n".encode())
+            job.reported = True
+            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=error))
+            return
+        finally:
+            log_file.close()
+
+        job.process = proc
+        timed_out = False
+        try:
+            self._tell(reply_to, JobStarted(job_id=spec.job_id, pid=proc.pid))
+            if self._closed:
+                _killpg(proc.pid, signal.SIGKILL)
+            elif job.stop_grace is not None:
+                self._spawn(self._terminate, proc, job.stop_grace)
+            deadline = math.inf if spec.timeout is None else trio.current_time() + spec.timeout
+            with trio.move_on_at(deadline) as scope:
+                await proc.wait()
+            if scope.cancelled_caught:
+                timed_out = True
+                log.info("job %s: timed out after %ss, stopping it", spec.job_id, spec.timeout)
+                await self._terminate(proc, self.kill_grace)
+                await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled (shutdown) or a failure above: leave nothing behind
+                _killpg(proc.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True), trio.move_on_after(_REAP_TIMEOUT):
+                    await proc.wait()
+            # whatever the job left running in its group goes with it
+            _killpg(proc.pid, signal.SIGKILL)
+            if not job.reported:
+                job.reported = True
+                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out))
+
+
+def _job_argv(spec: JobSpec) -> list[str]:
+    if spec.shell is not None:
+        return ["/bin/sh", "-c", spec.shell]
+    if not spec.argv:
+        raise ValueError("the job has neither argv nor shell")
+    return list(spec.argv)
+
+
+def _job_env(spec: JobSpec) -> dict[str, str]:
+    base = {
+        "PATH": os.environ.get("PATH") or os.defpath,
+        "HOME": spec.workspace,
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+    }
+    return {**base, **spec.env}
+
+
+def _open_log(spec: JobSpec) -> IO[bytes]:
+    Path(spec.workspace).mkdir(parents=True, exist_ok=True)
+    Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
+    return open(spec.log, "wb")  # closed by the caller once the child has it
+
+
+def _append_log(path: str, error: str) -> None:
+    """Best effort: the reason a job could not start, in its log for whoever reads it."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(f"maintd: {error}\n".encode())
+    except OSError:
+        pass
