@@ -1,0 +1,445 @@
+"""The SQLite store: runs, jobs, job events, material revisions and the audit log.
+
+:class:`Store` is a plain class over one ``sqlite3`` connection; every method is one
+transaction, so a failure never leaves half a record. :class:`StoreActor` owns a Store in
+its own thread (a connection belongs to the thread that opened it) and answers through
+pykka proxies; :class:`SyncStore` lets other actors call it as if it were the plain Store
+(they ask downward to the store, never the other way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pykka
+
+from .errors import MaintdError
+from .future import CallbackFuture
+from .jobs import TERMINAL, JobState
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("material", "timer", "user")
+RUN_STATES = ("running", "passed", "failed", "cancelled", "interrupted")
+RESTART_DETAIL = "daemon restarted while building"
+RUN_INTERRUPTED_DETAIL = "its run was interrupted by a daemon restart"
+
+# One list of statements per schema version; PRAGMA user_version says how many ran.
+_JOB_STATES = ", ".join(f"'{s.value}'" for s in JobState)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, counter INTEGER NOT NULL,
+            trigger TEXT NOT NULL CHECK (trigger IN ('material', 'timer', 'user')), triggered_by TEXT NOT NULL,
+            revisions TEXT NOT NULL DEFAULT '{{}}',
+            state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in RUN_STATES)})),
+            created_at REAL NOT NULL, finished_at REAL, UNIQUE (pipeline, counter))""",
+        f"""CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs (id), pipeline TEXT NOT NULL,
+            pipeline_counter INTEGER NOT NULL, stage TEXT NOT NULL, stage_counter INTEGER NOT NULL,
+            stage_index INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ({_JOB_STATES})),
+            agent TEXT, scheduled_at REAL NOT NULL, started_at REAL, finished_at REAL, returncode INTEGER,
+            cancelled_by TEXT, log_path TEXT NOT NULL)""",
+        "CREATE INDEX jobs_by_run ON jobs (run_id)",
+        "CREATE INDEX jobs_by_state ON jobs (state)",
+        """CREATE TABLE job_events (
+            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs (id), at REAL NOT NULL,
+            state TEXT NOT NULL, detail TEXT)""",
+        "CREATE INDEX job_events_by_job ON job_events (job_id)",
+        """CREATE TABLE revisions (
+            id INTEGER PRIMARY KEY, material TEXT NOT NULL, revision TEXT NOT NULL, seen_at REAL NOT NULL)""",
+        "CREATE INDEX revisions_by_material ON revisions (material, id)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, by TEXT NOT NULL,
+            reason TEXT, target TEXT, detail TEXT)""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(MaintdError):
+    """The store could not read or record something (disk full, state directory not writable, ...)."""
+
+    code = "store_unavailable"
+
+
+class JobRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    run_id: int
+    pipeline: str
+    pipeline_counter: int
+    stage: str
+    stage_counter: int
+    stage_index: int
+    name: str
+    state: str
+    agent: str | None
+    scheduled_at: float
+    started_at: float | None
+    finished_at: float | None
+    returncode: int | None
+    cancelled_by: str | None
+    log_path: str
+
+
+class RunRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    pipeline: str
+    counter: int
+    trigger: str
+    triggered_by: str
+    revisions: dict[str, str]
+    state: str
+    created_at: float
+    finished_at: float | None
+    jobs: tuple[JobRow, ...] = ()
+
+
+class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: int
+    at: float
+    state: str
+    detail: str | None
+
+
+class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    at: float
+    action: str
+    by: str
+    reason: str | None
+    target: str | None
+    detail: str | None
+
+
+_JOB_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(JobRow))
+_RUN_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(RunRow) if f.name != "jobs")
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    return JobRow(**dict(zip(row.keys(), row, strict=True)))
+
+
+def _run(row: sqlite3.Row, jobs: list[JobRow]) -> RunRow:
+    return RunRow(**{**dict(zip(row.keys(), row, strict=True)), "revisions": json.loads(row["revisions"]), "jobs": tuple(jobs)})
+
+
+def _event(db: sqlite3.Connection, job_id: int, at: float, state: str, detail: str | None = None) -> None:
+    db.execute("INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)", (job_id, at, state, detail))
+
+
+class Store:
+    """One SQLite database. Use it from the thread that opened it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        db: sqlite3.Connection | None = None
+        try:
+            self._db = db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            if path != ":memory:" and (mode := db.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
+                raise StoreError(f"cannot open the store at {path}: it cannot use WAL mode (it stays in {mode!r} mode)")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open the store at {path}: {exc} (is the state directory there and writable?)") from exc
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the store at {self.path} has schema version {version}; this maintd knows up to {SCHEMA_VERSION}")
+        for number in range(version, SCHEMA_VERSION):
+            with self._tx(f"schema version {number + 1}") as db:
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self, what: str, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction: committed whole, or rolled back and reported as a :class:`StoreError`."""
+        db = self._db
+        try:
+            db.execute(begin)
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise ValueError(f"the store refused {what}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                verb = "record" if begin == "BEGIN IMMEDIATE" else "read"
+                raise StoreError(f"the store at {self.path} could not {verb} {what}: {exc}") from exc
+            raise
+
+    def _read(self, what: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._tx(what, begin="BEGIN")
+
+    # -- runs and jobs -------------------------------------------------------------------
+
+    def next_counter(self, pipeline: str) -> int:
+        with self._read(f"the counter of {pipeline}") as db:
+            return db.execute("SELECT COALESCE(MAX(counter), 0) + 1 FROM runs WHERE pipeline = ?", (pipeline,)).fetchone()[0]
+
+    def create_run(
+        self, pipeline: str, counter: int, trigger: str, triggered_by: str, revisions: dict[str, str], at: float
+    ) -> int:
+        if trigger not in TRIGGERS:
+            raise ValueError(f"unknown trigger {trigger!r} (one of {', '.join(TRIGGERS)})")
+        with self._tx(f"the new run {pipeline}/{counter}") as db:
+            cur = db.execute(
+                "INSERT INTO runs (pipeline, counter, trigger, triggered_by, revisions, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                (pipeline, counter, trigger, triggered_by, json.dumps(revisions, sort_keys=True), at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def create_job(
+        self,
+        run_id: int,
+        pipeline: str,
+        pipeline_counter: int,
+        stage: str,
+        stage_counter: int,
+        stage_index: int,
+        name: str,
+        at: float,
+        log_path: str,
+    ) -> int:
+        with self._tx(f"the new job {pipeline}/{pipeline_counter}/{stage}/{name}") as db:
+            cur = db.execute(
+                "INSERT INTO jobs (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, state,"
+                " scheduled_at, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, 'scheduled', ?, ?)",
+                (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, at, log_path),
+            )
+            job_id = int(cur.lastrowid or 0)
+            _event(db, job_id, at, JobState.SCHEDULED.value)
+            return job_id
+
+    def set_job_state(
+        self,
+        job_id: int,
+        state: JobState | str,
+        at: float,
+        *,
+        agent: str | None = None,
+        returncode: int | None = None,
+        cancelled_by: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Move a job to ``state``; raises ValueError for a job that has already ended."""
+        new = JobState(state)
+        with self._tx(f"job {job_id} becoming {new.value}") as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"no job {job_id} in the store")
+            if JobState(row["state"]) in TERMINAL:
+                raise ValueError(f"job {job_id} is already {row['state']}; it cannot become {new.value}")
+            db.execute(
+                "UPDATE jobs SET state = ?, agent = COALESCE(?, agent), returncode = COALESCE(?, returncode),"
+                " cancelled_by = COALESCE(?, cancelled_by),"
+                " started_at = CASE WHEN ? THEN COALESCE(started_at, ?) ELSE started_at END,"
+                " finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
+                (new.value, agent, returncode, cancelled_by, new is JobState.BUILDING, at, new in TERMINAL, at, job_id),
+            )
+            _event(db, job_id, at, new.value, detail)
+
+    def finish_run(self, run_id: int, state: str, at: float) -> bool:
+        """End a running run; returns False (and changes nothing) for a run that has already ended."""
+        if state not in RUN_STATES or state == "running":
+            raise ValueError(f"a run cannot finish as {state!r} (one of {', '.join(RUN_STATES[1:])})")
+        with self._tx(f"run {run_id} finishing {state}") as db:
+            row = db.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"no run {run_id} in the store")
+            if row["state"] != "running":
+                return False
+            db.execute("UPDATE runs SET state = ?, finished_at = ? WHERE id = ?", (state, at, run_id))
+            return True
+
+    def recover(self, at: float) -> tuple[list[int], list[int]]:
+        """At start-up: jobs a previous process left building become interrupted, and so do their runs.
+
+        Scheduled jobs of those runs are interrupted with them; other scheduled jobs stay
+        scheduled to be queued again. Returns (interrupted job ids, scheduled job ids).
+        """
+        with self._tx("the interrupted jobs of the previous process") as db:
+            building = db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
+            changes = [(row["id"], RESTART_DETAIL) for row in building]
+            for run_id in sorted({row["run_id"] for row in building}):
+                db.execute(
+                    "UPDATE runs SET state = 'interrupted', finished_at = ? WHERE id = ? AND state = 'running'", (at, run_id)
+                )
+                orphans = db.execute("SELECT id FROM jobs WHERE run_id = ? AND state = 'scheduled'", (run_id,)).fetchall()
+                changes += [(row["id"], RUN_INTERRUPTED_DETAIL) for row in orphans]
+            for job_id, detail in changes:
+                db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? WHERE id = ?", (at, job_id))
+                _event(db, job_id, at, JobState.INTERRUPTED.value, detail)
+            queued = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE state = 'scheduled' ORDER BY id")]
+            return sorted(job_id for job_id, _ in changes), queued
+
+    # -- revisions and audit -------------------------------------------------------------
+
+    def record_revision(self, material: str, revision: str, at: float) -> bool:
+        """Store ``revision`` if it is new for ``material``; True when it differs from the newest one."""
+        with self._tx(f"revision {revision} of {material}") as db:
+            row = db.execute("SELECT revision FROM revisions WHERE material = ? ORDER BY id DESC LIMIT 1", (material,)).fetchone()
+            if row is not None and row["revision"] == revision:
+                return False
+            db.execute("INSERT INTO revisions (material, revision, seen_at) VALUES (?, ?, ?)", (material, revision, at))
+            return True
+
+    def last_revision(self, material: str) -> str | None:
+        with self._read(f"the last revision of {material}") as db:
+            row = db.execute("SELECT revision FROM revisions WHERE material = ? ORDER BY id DESC LIMIT 1", (material,)).fetchone()
+            return None if row is None else str(row["revision"])
+
+    def audit(
+        self, action: str, by: str, at: float, reason: str | None = None, target: str | None = None, detail: str | None = None
+    ) -> int:
+        with self._tx(f"the audit entry {action!r} by {by}") as db:
+            cur = db.execute(
+                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (at, action, by, reason, target, detail),
+            )
+            return int(cur.lastrowid or 0)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> JobRow | None:
+        with self._read(f"job {job_id}") as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _job(row)
+
+    def jobs_of_run(self, run_id: int) -> list[JobRow]:
+        with self._read(f"the jobs of run {run_id}") as db:
+            return [_job(r) for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY id", (run_id,))]
+
+    def recent_runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
+        """The newest runs first, each with its jobs in the order they were created."""
+        with self._read("the recent runs") as db:
+            where, args = ("WHERE pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
+            runs = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            jobs: dict[int, list[JobRow]] = {r["id"]: [] for r in runs}
+            if runs:
+                marks = ", ".join("?" * len(runs))
+                for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id IN ({marks}) ORDER BY id", list(jobs)):
+                    jobs[r["run_id"]].append(_job(r))
+            return [_run(r, jobs[r["id"]]) for r in runs]
+
+    def scheduled_jobs(self) -> list[JobRow]:
+        with self._read("the scheduled jobs") as db:
+            return [_job(r) for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'scheduled' ORDER BY id")]
+
+    def job_events(self, job_id: int) -> list[JobEvent]:
+        with self._read(f"the events of job {job_id}") as db:
+            rows = db.execute("SELECT job_id, at, state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+            return [JobEvent(job_id=r["job_id"], at=r["at"], state=r["state"], detail=r["detail"]) for r in rows]
+
+    def audit_entries(self, limit: int = 100) -> list[AuditRow]:
+        """The newest ``limit`` entries, oldest first (newest last)."""
+        with self._read("the audit log") as db:
+            rows = db.execute("SELECT id, at, action, by, reason, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+            return [AuditRow(**dict(zip(r.keys(), r, strict=True))) for r in reversed(rows.fetchall())]
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state, zeros included)."""
+        with self._read("the job counts") as db:
+            counts = {s.value: 0 for s in JobState}
+            counts.update({r["state"]: r["n"] for r in db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")})
+            return counts
+
+
+#: The Store methods that StoreActor answers and SyncStore forwards.
+METHODS = (
+    "next_counter", "create_run", "create_job", "set_job_state", "finish_run", "recover", "record_revision",
+    "last_revision", "audit", "job", "jobs_of_run", "recent_runs", "scheduled_jobs", "job_events",
+    "audit_entries", "counts_by_state",
+)  # fmt: skip
+
+
+class StoreActor(pykka.ThreadingActor):
+    """Owns one :class:`Store`, opened in the actor's own thread.
+
+    If the store cannot be opened the actor stays up and answers every call with that
+    :class:`StoreError`, so the asker learns why rather than just that the actor died.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+        self._store: Store | None = None
+        self._error: StoreError | None = None
+
+    @staticmethod
+    def _create_future() -> CallbackFuture:
+        return CallbackFuture()
+
+    def on_start(self) -> None:
+        try:
+            self._store = Store(self._path)
+        except StoreError as exc:
+            log.error("%s", exc)
+            self._error = exc
+
+    def on_stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _open(self) -> Store:
+        if self._store is None:
+            raise StoreError(self._error.message if self._error else f"the store at {self._path} is closed")
+        return self._store
+
+
+class SyncStore:
+    """The Store's methods over a :class:`StoreActor` proxy, each blocking for its answer."""
+
+    def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
+        self._proxy = proxy
+        self._timeout = timeout
+
+
+def _actor_method(name: str) -> Callable[..., Any]:
+    @functools.wraps(getattr(Store, name))
+    def call(self: StoreActor, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._open(), name)(*args, **kwargs)
+
+    return call
+
+
+def _sync_method(name: str) -> Callable[..., Any]:
+    @functools.wraps(getattr(Store, name))
+    def call(self: SyncStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._proxy, name)(*args, **kwargs).get(timeout=self._timeout)
+        except pykka.Timeout:
+            raise StoreError(f"the store did not answer {name} within {self._timeout:g}s") from None
+        except pykka.ActorDeadError:
+            raise StoreError(f"the store has stopped; {name} was not carried out") from None
+
+    return call
+
+
+for _name in METHODS:
+    setattr(StoreActor, _name, _actor_method(_name))
+    setattr(SyncStore, _name, _sync_method(_name))
