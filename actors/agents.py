@@ -86,10 +86,16 @@ class AgentsCore(SubsystemCore):
         self.store.set_job_state(spec.job_id, JobState.BUILDING, self.clock.now(), agent=agent)
         self.add(
             InFlightItem(
-                id=qualify(self.name, job_item_id(spec.job_id)), subsystem=self.name, kind=BUILDING_JOB,
+                id=qualify(self.name, job_item_id(spec.job_id)),
+                subsystem=self.name,
+                kind=BUILDING_JOB,
                 description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job} on {agent}",
-                started_at=self.clock.now(), cancellable=True, agent=agent,
-                pipeline=spec.pipeline, stage=spec.stage, job=spec.job,
+                started_at=self.clock.now(),
+                cancellable=True,
+                agent=agent,
+                pipeline=spec.pipeline,
+                stage=spec.stage,
+                job=spec.job,
             )
         )
         self.processes.start_job(self.me, spec)
@@ -139,8 +145,11 @@ class AgentsCore(SubsystemCore):
             item = self.items.get(qualify(self.name, job_item_id(job_id)))
             out.append(
                 AgentInfo(
-                    name=agent, state="building", job=item.description if item else str(job_id),
-                    pid=self.pids.get(job_id), since=item.started_at if item else None,
+                    name=agent,
+                    state="building",
+                    job=item.description if item else str(job_id),
+                    pid=self.pids.get(job_id),
+                    since=item.started_at if item else None,
                 )
             )
         return out

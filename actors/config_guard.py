@@ -23,7 +23,6 @@ from .subsystem import Emit, SubsystemCore
 log = logging.getLogger("maintd.config")
 
 
-
 class SetPipelinePaused(msgspec.Struct, frozen=True, kw_only=True):
     pipeline: str
     paused: bool
@@ -136,7 +135,11 @@ class ConfigGuardCore(SubsystemCore):
     def info(self) -> list[PipelineInfo]:
         return [
             PipelineInfo(
-                name=name, source=source, paused=name in self.paused, materials=tuple(p.materials), timer=p.timer,
+                name=name,
+                source=source,
+                paused=name in self.paused,
+                materials=tuple(p.materials),
+                timer=p.timer,
                 stages=tuple(s.name for s in p.stages),
             )
             for name, (p, source) in sorted(self.all_pipelines().items())

@@ -103,8 +103,8 @@ def check_pipelines(pipelines: list[PipelineDef], materials: set[str], where: st
 def cron_problem(expression: str) -> str | None:
     from croniter import croniter
 
-    if len(expression.split()) != 5:
-        return "expected five fields: minute hour day-of-month month day-of-week"
+    if len(expression.split()) not in (5, 6):
+        return "expected five fields (minute hour day-of-month month day-of-week) and an optional sixth for seconds"
     return None if croniter.is_valid(expression) else "croniter does not accept it"
 
 

@@ -96,10 +96,13 @@ class MaterialsCore(SubsystemCore):
             return
         self.add(
             InFlightItem(
-                id=qualify(self.name, key), subsystem=self.name, kind=MATERIAL_UPDATE,
+                id=qualify(self.name, key),
+                subsystem=self.name,
+                kind=MATERIAL_UPDATE,
                 description=f"{'config repo' if key.startswith('config:') else 'material'} {material.name}: "
                 f"{material.url} ({material.branch})",
-                started_at=self.clock.now(), cancellable=False,
+                started_at=self.clock.now(),
+                cancellable=False,
             )
         )
         self.processes.poll_material(self.me, key, material.url, material.branch, parse_duration(material.poll_timeout))
@@ -130,9 +133,10 @@ class MaterialsCore(SubsystemCore):
             case PollFinished():
                 self.finished(message)
             case FilesFetched(key=key, revision=revision, files=files, error=error):
+                # An error with files means some files were skipped (too big, not UTF-8).
                 if error:
-                    log.warning("cannot read the pipeline files of %s at %s: %s", key, revision[:12], error)
-                else:
+                    log.warning("pipeline files of %s at %s: %s", key, revision[:12], error)
+                if files or not error:
                     self.peers.tell("config", ConfigRepoFiles(repo=key.removeprefix("config:"), revision=revision, files=files))
             case _:
                 return NotImplemented

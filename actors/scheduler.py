@@ -143,7 +143,7 @@ class SchedulerCore(SubsystemCore):
             jobs = row.jobs
             if pipeline is None or not jobs:
                 continue
-            run = Run(row.id, pipeline, row.counter, dict(msgspec.json.decode(row.revisions)) if isinstance(row.revisions, str) else dict(row.revisions))
+            run = Run(row.id, pipeline, row.counter, dict(row.revisions))
             run.stage_index = max(j.stage_index for j in jobs)
             self.runs[row.id] = run
             for job in jobs:
@@ -158,7 +158,13 @@ class SchedulerCore(SubsystemCore):
                     stage = pipeline.stages[job.stage_index]
                     job_def = next((j for j in stage.jobs if j.name == job.name), None)
                     if job_def is None:
-                        self.store.set_job_state(job.id, JobState.CANCELLED, self.clock.now(), cancelled_by="maintd", detail="job no longer in the configuration")
+                        self.store.set_job_state(
+                            job.id,
+                            JobState.CANCELLED,
+                            self.clock.now(),
+                            cancelled_by="maintd",
+                            detail="job no longer in the configuration",
+                        )
                         run.pending.discard(job.id)
                         run.results[job.id] = JobState.CANCELLED
                         continue
@@ -215,11 +221,20 @@ class SchedulerCore(SubsystemCore):
             **job_def.env,
         }
         return JobSpec(
-            job_id=job_id, run_id=run.run_id, pipeline=run.pipeline.name, pipeline_counter=run.counter,
-            stage=stage.name, stage_counter=1, job=job_def.name,
-            argv=tuple(job_def.command) if job_def.command else None, shell=job_def.shell, env=env,
+            job_id=job_id,
+            run_id=run.run_id,
+            pipeline=run.pipeline.name,
+            pipeline_counter=run.counter,
+            stage=stage.name,
+            stage_counter=1,
+            job=job_def.name,
+            argv=tuple(job_def.command) if job_def.command else None,
+            shell=job_def.shell,
+            env=env,
             workspace=os.path.join(self.work_root, "workspaces", run.pipeline.name, str(run.counter), stage.name, job_def.name),
-            log=log_path, agent="", timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
+            log=log_path,
+            agent="",
+            timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
         )
 
     def queue_stage(self, run: Run, index: int) -> None:
@@ -229,8 +244,12 @@ class SchedulerCore(SubsystemCore):
         stage = run.pipeline.stages[index]
         now = self.clock.now()
         for job_def in stage.jobs:
-            log_path = os.path.join(self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name, f"{job_def.name}.log")
-            job_id = self.store.create_job(run.run_id, run.pipeline.name, run.counter, stage.name, 1, index, job_def.name, now, log_path)
+            log_path = os.path.join(
+                self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name, f"{job_def.name}.log"
+            )
+            job_id = self.store.create_job(
+                run.run_id, run.pipeline.name, run.counter, stage.name, 1, index, job_def.name, now, log_path
+            )
             spec = self.spec(run, index, job_def, job_id, log_path)
             run.pending.add(job_id)
             self.run_of_job[job_id] = run.run_id
@@ -241,10 +260,16 @@ class SchedulerCore(SubsystemCore):
 
     def item_of(self, spec: JobSpec) -> InFlightItem:
         return InFlightItem(
-            id=qualify(self.name, job_item_id(spec.job_id)), subsystem=self.name, kind=SCHEDULED_JOB,
+            id=qualify(self.name, job_item_id(spec.job_id)),
+            subsystem=self.name,
+            kind=SCHEDULED_JOB,
             description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job}",
-            started_at=self.clock.now(), cancellable=True, blocks_restart=False,
-            pipeline=spec.pipeline, stage=spec.stage, job=spec.job,
+            started_at=self.clock.now(),
+            cancellable=True,
+            blocks_restart=False,
+            pipeline=spec.pipeline,
+            stage=spec.stage,
+            job=spec.job,
         )
 
     # -- handing jobs to agents --------------------------------------------------------
@@ -315,7 +340,7 @@ class SchedulerCore(SubsystemCore):
 
     # -- messages ----------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:  # noqa: C901 - one dispatch table
+    def handle(self, message: Any) -> Any:
         match message:
             case MaterialChanged(material=material):
                 for p in self.pipelines.values():

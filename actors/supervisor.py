@@ -428,8 +428,10 @@ class SupervisorActor(pykka.ThreadingActor):
         restart_delay: float = 1.0,
         builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
         peers: Peers | None = None,
+        start_in_maintenance: Enable | None = None,
     ) -> None:
         super().__init__()
+        self.start_in_maintenance = start_in_maintenance
         self.core = SupervisorCore(clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers)
         self.builtins = builtins
 
@@ -441,15 +443,22 @@ class SupervisorActor(pykka.ThreadingActor):
         from .subsystem import SubsystemActor
 
         me = self.actor_ref
+        core = self.core
+        if self.start_in_maintenance is not None:
+            core.enable(self.start_in_maintenance)
         for name, make_core in self.builtins:
 
             def spawn(
                 generation: int, items: tuple[InFlightItem, ...], name: str = name, make_core: Callable[..., Any] = make_core
             ) -> Any:
-                return SubsystemActor.start(make_core(name, me.tell, items), me, generation)
+                subsystem = make_core(name, me.tell, items)
+                # During maintenance a (re)started subsystem comes up with its intake already
+                # closed; the PauseIntake that follows makes it acknowledge.
+                subsystem.paused_for = core.drain_id
+                return SubsystemActor.start(subsystem, me, generation)
 
-            self.core.add_subsystem(name, spawn, external=False)
-        self.core.publish("started", message="maintd started")
+            core.add_subsystem(name, spawn, external=False)
+        core.publish("started", message="maintd started")
 
     def register(self, msg: Register) -> dict[str, Any]:
         me = self.actor_ref

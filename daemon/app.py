@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,20 @@ import pykka
 import pykka.debug
 import trio
 
+from actors.errors import MaintdError
 from actors.messages import Enable
+from actors.peers import Peers
+from actors.store import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 
 from . import config as config_mod
 from . import paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .hub import StatusHub
+from .jobserver import JobServerRequests, build_subsystems
 from .listener import ListenerError, open_unix_listener
 from .notify import notify
+from .processes import ProcessRunner
 from .server import ControlServer
 
 log = logging.getLogger("maintd")
@@ -36,10 +42,12 @@ log = logging.getLogger("maintd")
 VERSION = "0.1.0"
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+STORE_TIMEOUT = 60.0
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     config: config_mod.Config
+    config_path: Path | None
     socket: Path
     state_dir: Path
     start_in_maintenance: bool
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     settings = Settings(
         config=cfg,
+        config_path=args.config.resolve() if args.config else None,
         socket=args.socket or (Path(cfg.control.socket) if cfg.control.socket else paths.runtime_dir() / paths.SOCKET_NAME),
         state_dir=state_dir,
         start_in_maintenance=args.start_in_maintenance or cfg.maintenance.start_in_maintenance,
@@ -116,44 +125,88 @@ async def run(settings: Settings) -> int:
         async with trio.open_nursery() as nursery:
             hub = StatusHub(bridge, on_fatal)
             timers = TrioTimers(bridge, nursery)
+            processes = ProcessRunner(bridge, nursery)
             bound = False
             try:
+                try:
+                    store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
+                    store_proxy = store_ref.proxy()
+                    interrupted, queued = await bridge.wait(store_proxy.recover(time.time()), STORE_TIMEOUT)
+                except (MaintdError, pykka.ActorDeadError) as exc:
+                    log.error("cannot open the store in %s: %s", settings.state_dir, exc)
+                    return EXIT_FAILURE
+                if interrupted:
+                    log.warning("%d job(s) were building when maintd last stopped; marked interrupted", len(interrupted))
+                if queued:
+                    log.info("%d scheduled job(s) queued again", len(queued))
+                peers = Peers()
+                clock = WallClock()
+                builtins = build_subsystems(
+                    cfg,
+                    peers=peers,
+                    store=SyncStore(store_proxy),
+                    processes=processes,
+                    timers=timers,
+                    clock=clock,
+                    work_root=settings.state_dir,
+                )
                 supervisor = SupervisorActor.start(
-                    clock=WallClock(),
+                    clock=clock,
                     timers=timers,
                     sink=hub,
                     restart_delay=config_mod.parse_duration(cfg.maintenance.subsystem_restart_delay),
+                    builtins=builtins,
+                    peers=peers,
+                    start_in_maintenance=(
+                        Enable(by="maintd", reason="started with --start-in-maintenance")
+                        if settings.start_in_maintenance
+                        else None
+                    ),
                 )
                 timers.target = supervisor
+                with trio.fail_after(STORE_TIMEOUT):
+                    await hub.ready.wait()  # serve nobody before the supervisor's first status
                 try:
                     listener = await open_unix_listener(settings.socket, int(cfg.control.mode, 8), cfg.control.admin_group)
                 except ListenerError as exc:
                     log.error("%s", exc)
                     return EXIT_FAILURE
                 bound = True
-                server = ControlServer(bridge, supervisor, hub, cfg)
+                jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
+                server = ControlServer(bridge, supervisor, hub, cfg, jobs)
                 await nursery.start(server.serve, listener)
-                if settings.start_in_maintenance:
-                    await bridge.ask(supervisor, Enable(by="maintd", reason="started with --start-in-maintenance"))
                 notify("READY=1", f"STATUS=serving {settings.socket}")
                 log.info("maintd %s ready: control socket %s, state %s", VERSION, settings.socket, settings.state_dir)
-                nursery.start_soon(_watch_signals, signals, stop)
+                nursery.start_soon(_watch_signals, signals, stop, lambda: nursery.start_soon(_reload, jobs))
                 await stop.wait()
                 notify("STOPPING=1")
                 log.info("stopping")
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(pykka.ActorRegistry.stop_all)
+                    # Jobs still building are killed; the next start marks them interrupted.
+                    await processes.aclose()
                 nursery.cancel_scope.cancel()
                 if bound:
                     _remove_socket(settings.socket)
     return EXIT_FAILURE if failure else 0
 
 
-async def _watch_signals(signals: Any, stop: trio.Event) -> None:
+async def _reload(jobs: JobServerRequests) -> None:
+    try:
+        result = await jobs.reload("SIGHUP")
+    except MaintdError as exc:
+        log.warning("reload refused: %s", exc.message)
+    else:
+        log.info("configuration reloaded: %s pipeline(s)", result["pipelines"])
+
+
+async def _watch_signals(signals: Any, stop: trio.Event, on_hup: Any = None) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
-            log.info("SIGHUP: nothing to reload in this version")
+            log.info("SIGHUP: reloading the configuration")
+            if on_hup is not None:
+                on_hup()
             continue
         log.info("received %s", signal.Signals(signum).name)
         stop.set()

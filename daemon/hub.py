@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
+import trio
 
 from actors.status import Event, Status
 
@@ -34,6 +35,7 @@ class StatusHub:
         self.watchers: set[Watcher] = set()
         self.listeners: list[Callable[[Status, Event | None], None]] = []
         self._status_json: bytes | None = None
+        self.ready = trio.Event()
         self._inflight_json: bytes | None = None
 
     # -- the port (any thread) -------------------------------------------------------------
@@ -48,6 +50,7 @@ class StatusHub:
 
     def _apply(self, status: Status, event: Event | None) -> None:
         self.status = status
+        self.ready.set()
         self._status_json = self._inflight_json = None
         for listener in self.listeners:
             try:

@@ -51,24 +51,50 @@ def build_subsystems(
 
     def materials(name: str, emit: Any, items: Any) -> MaterialsCore:
         return MaterialsCore(
-            name, emit, items, materials=cfg.materials, config_repos=cfg.config_repos, processes=processes,
-            timers=timers, clock=clock, store=store, peers=peers, on_poll=on_poll,
+            name,
+            emit,
+            items,
+            materials=cfg.materials,
+            config_repos=cfg.config_repos,
+            processes=processes,
+            timers=timers,
+            clock=clock,
+            store=store,
+            peers=peers,
+            on_poll=on_poll,
         )
 
     def scheduler(name: str, emit: Any, items: Any) -> SchedulerCore:
         return SchedulerCore(
-            name, emit, items, pipelines=cfg.pipelines, store=store, peers=peers, timers=timers, clock=clock,
+            name,
+            emit,
+            items,
+            pipelines=cfg.pipelines,
+            store=store,
+            peers=peers,
+            timers=timers,
+            clock=clock,
             work_root=str(work_root),
         )
 
     def agents(name: str, emit: Any, items: Any) -> AgentsCore:
         return AgentsCore(
-            name, emit, items, count=cfg.agents.count, store=store, peers=peers, processes=processes, clock=clock,
-            grace=parse_duration(cfg.agents.cancel_grace), on_job=on_job,
+            name,
+            emit,
+            items,
+            count=cfg.agents.count,
+            store=store,
+            peers=peers,
+            processes=processes,
+            clock=clock,
+            grace=parse_duration(cfg.agents.cancel_grace),
+            on_job=on_job,
         )
 
     def config_guard(name: str, emit: Any, items: Any) -> ConfigGuardCore:
-        return ConfigGuardCore(name, emit, items, pipelines=cfg.pipelines, materials=material_names, store=store, peers=peers, clock=clock)
+        return ConfigGuardCore(
+            name, emit, items, pipelines=cfg.pipelines, materials=material_names, store=store, peers=peers, clock=clock
+        )
 
     return (("materials", materials), ("scheduler", scheduler), ("agents", agents), ("config", config_guard))
 
@@ -92,7 +118,7 @@ class JobServerRequests:
     async def stored(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), ASK_TIMEOUT)
 
-    async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:  # noqa: C901, PLR0911
+    async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:
         match request:
             case p.PipelinesRequest():
                 return {"pipelines": await self.ask("config", "info")}
@@ -152,5 +178,10 @@ class JobServerRequests:
                 return b"", 0
 
         data, size = await trio.to_thread.run_sync(tail)
-        return {"job": job_id, "state": row.state, "size": size, "truncated": size > len(data), "text": data.decode(errors="replace")}
-
+        return {
+            "job": job_id,
+            "state": row.state,
+            "size": size,
+            "truncated": size > len(data),
+            "text": data.decode(errors="replace"),
+        }

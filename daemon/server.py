@@ -103,9 +103,7 @@ class ConnectionLink:
 
 
 class ControlServer:
-    def __init__(
-        self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config, jobs: Any = None
-    ) -> None:
+    def __init__(self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config, jobs: Any = None) -> None:
         self.jobs = jobs
         self.bridge = bridge
         self.supervisor = supervisor

@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     wait = sub.add_parser("wait", parents=[common], help="wait until it is safe to restart (exit 0), or the timeout (exit 4)")
     wait.add_argument("--timeout", type=duration, metavar="DURATION", help="give up after this long (default: wait forever)")
     sub.add_parser("history", parents=[common], help="who turned maintenance on and off, and what was cancelled")
+    sub.add_parser("pipelines", parents=[common], help="the configured pipelines (config file and config repos)")
+    trigger = sub.add_parser("trigger", parents=[common], help="run a pipeline now (refused during maintenance)")
+    trigger.add_argument("pipeline")
+    runs = sub.add_parser("runs", parents=[common], help="recent pipeline runs and their job results")
+    runs.add_argument("--pipeline")
+    runs.add_argument("--limit", type=int, default=10)
+    sub.add_parser("agents", parents=[common], help="the agents and what each is building")
+    logs = sub.add_parser("logs", parents=[common], help="the output of a job (its id as `maintctl runs` shows it)")
+    logs.add_argument("job", type=int)
+    logs.add_argument("--bytes", type=int, default=65536, help="show at most this many bytes from the end")
+    pipeline = sub.add_parser("pipeline", parents=[common], help="pause or unpause a pipeline (refused during maintenance)")
+    pipeline.add_argument("action", choices=("pause", "unpause"))
+    pipeline.add_argument("pipeline")
+    sub.add_parser("reload", parents=[common], help="re-read the config file's pipelines (refused during maintenance)")
+    cancel_run = sub.add_parser("cancel-run", parents=[common], help="cancel a run's (or a stage's) building and scheduled jobs")
+    cancel_run.add_argument("run", metavar="PIPELINE/COUNTER")
+    cancel_run.add_argument("--stage")
     return parser
 
 
@@ -213,7 +230,73 @@ def cmd_history(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_pipelines(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("pipelines")
+    out(result, as_json, render.pipelines(result["pipelines"]))
+    return EXIT_OK
+
+
+def cmd_trigger(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("trigger", pipeline=args.pipeline)
+    out(result, as_json, f"triggered {result['pipeline']}/{result['counter']}")
+    return EXIT_OK
+
+
+def cmd_runs(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("runs", pipeline=args.pipeline, limit=args.limit)
+    out(result, as_json, render.runs(result["runs"]))
+    return EXIT_OK
+
+
+def cmd_agents(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("agents")
+    out(result, as_json, render.agents(result["agents"]))
+    return EXIT_OK
+
+
+def cmd_logs(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("logs", job=args.job, max_bytes=args.bytes)
+    if as_json:
+        out(result, True, "")
+    else:
+        if result["truncated"]:
+            print(f"[... showing the last {len(result['text'].encode())} of {result['size']} bytes]")
+        sys.stdout.write(result["text"])
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_pipeline(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request(f"pipeline_{args.action}", pipeline=args.pipeline)
+    out(result, as_json, f"pipeline {args.pipeline} {args.action}d")
+    return EXIT_OK
+
+
+def cmd_reload(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("reload")
+    out(result, as_json, f"configuration reloaded: {result['pipelines']} pipeline(s)")
+    return EXIT_OK
+
+
+def cmd_cancel_run(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    pipeline, _, counter = args.run.rpartition("/")
+    if not pipeline or not counter.isdigit():
+        print("maintctl: give the run as PIPELINE/COUNTER, e.g. build/12", file=sys.stderr)
+        return EXIT_USAGE
+    result = client.request("cancel_run", pipeline=pipeline, counter=int(counter), stage=args.stage)
+    out(result, as_json, f"cancelling {result['cancelled_jobs']} job(s) of {pipeline}/{counter}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "pipelines": cmd_pipelines,
+    "trigger": cmd_trigger,
+    "runs": cmd_runs,
+    "agents": cmd_agents,
+    "logs": cmd_logs,
+    "pipeline": cmd_pipeline,
+    "reload": cmd_reload,
+    "cancel-run": cmd_cancel_run,
     "status": cmd_status,
     "enable": cmd_enable,
     "disable": cmd_disable,

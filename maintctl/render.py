@@ -105,3 +105,38 @@ def progress(result: dict[str, Any]) -> str:
     if waiting:
         text += f"; waiting for {', '.join(waiting)}"
     return text
+
+
+def pipelines(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no pipelines configured"
+    lines = [f"  {'PIPELINE':<24} {'STATE':<8} {'MATERIALS':<24} {'TIMER':<16} STAGES   (SOURCE)"]
+    for p in rows:
+        lines.append(
+            f"  {p['name']:<24} {'paused' if p['paused'] else 'active':<8} {','.join(p['materials']) or '-':<24} "
+            f"{p['timer'] or '-':<16} {' > '.join(p['stages'])}   ({p['source']})"
+        )
+    return "\n".join(lines)
+
+
+def runs(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs yet"
+    lines = []
+    for r in rows:
+        lines.append(
+            f"{r['pipeline']}/{r['counter']}  {r['state']:<11} {r['trigger']} by {r['triggered_by']} at {when(r['created_at'])}"
+        )
+        for j in r.get("jobs", []):
+            extra = f" (cancelled by {j['cancelled_by']})" if j.get("cancelled_by") else ""
+            agent = f" on {j['agent']}" if j.get("agent") else ""
+            lines.append(f"    job {j['id']:<6} {j['stage']}/{j['name']:<20} {j['state']:<11}{agent}{extra}")
+    return "\n".join(lines)
+
+
+def agents(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for a in rows:
+        doing = f" {a['job']} (pid {a['pid']}) since {when(a.get('since'))}" if a["state"] == "building" else ""
+        lines.append(f"  {a['name']:<10} {a['state']:<9}{doing}")
+    return "\n".join(lines) or "no agents"

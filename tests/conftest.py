@@ -90,7 +90,7 @@ class Line:
 class Daemon:
     """A real ``maintd`` process for one test."""
 
-    def __init__(self, tmp: Path, *args: str, config: str | None = None) -> None:
+    def __init__(self, tmp: Path, *args: str, config: str | None = None, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.socket = tmp / "run" / "control.sock"
@@ -102,12 +102,13 @@ class Daemon:
             path.write_text(config)
             cmd += ["--config", str(path)]
         self.cmd = cmd + list(args)
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.clients: list[Line] = []
 
     def start(self) -> Daemon:
         self._log_file = self.log.open("ab")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT)
         wait_for(self._ready, 15, f"maintd to serve {self.socket}")
         return self
 
@@ -168,8 +169,8 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 def make_daemon(tmp_path: Path) -> Iterator[Any]:
     made: list[Daemon] = []
 
-    def make(*args: str, config: str | None = None, start: bool = True) -> Daemon:
-        d = Daemon(tmp_path / f"d{len(made)}", *args, config=config)
+    def make(*args: str, config: str | None = None, start: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(tmp_path / f"d{len(made)}", *args, config=config, env=env)
         d.tmp.mkdir(parents=True, exist_ok=True)
         made.append(d)
         return d.start() if start else d

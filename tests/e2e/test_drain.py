@@ -20,6 +20,11 @@ def register(d: Daemon, name: str, items: list[dict] | None = None) -> Line:
     return sub
 
 
+def ext(s: dict) -> list[dict]:
+    """The external subsystems (the built-in ones are always there)."""
+    return [x for x in s["subsystems"] if x["external"]]
+
+
 def status(d: Daemon) -> dict:
     c = Line(d.socket)
     try:
@@ -53,7 +58,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     assert s["maintenance"]["state"] == "draining" and not s["maintenance"]["safe_to_restart"]
     assert s["maintenance"]["updated_by"] == "root" and s["maintenance"]["reason"] == "kernel upgrade"
     assert [i["id"] for i in s["running_systems"]["building_jobs"]] == ["exporter/job-7"]
-    assert s["subsystems"] == [
+    assert ext(s) == [
         {
             "name": "exporter",
             "state": "pausing",
@@ -66,7 +71,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     ]
 
     sub.send(type="intake_paused", drain_id=pause["drain_id"])
-    wait_status(daemon, lambda s: s["subsystems"][0]["state"] == "paused", "paused")
+    wait_status(daemon, lambda s: ext(s)[0]["state"] == "paused", "paused")
 
     waited = daemon.maintctl("wait", "--timeout", "200ms")
     assert waited.returncode == 4
@@ -90,7 +95,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     resume = sub.next_event(lambda m: m.get("type") == "resume_intake")
     assert resume["drain_id"] == pause["drain_id"]
     s = status(daemon)
-    assert s["maintenance"]["state"] == "normal" and s["subsystems"][0]["state"] == "running"
+    assert s["maintenance"]["state"] == "normal" and ext(s)[0]["state"] == "running"
 
 
 def test_drained_is_not_believed_while_the_process_still_reports_work(daemon: Daemon) -> None:
@@ -102,7 +107,7 @@ def test_drained_is_not_believed_while_the_process_still_reports_work(daemon: Da
     # Messages from one subsystem are handled in order: once this report shows, so has drained.
     sub.send(type="in_flight", items=[{**JOB, "description": "still going"}])
     s = wait_status(daemon, lambda s: s["running_systems"]["building_jobs"][0]["description"] == "still going", "report")
-    assert s["maintenance"]["state"] == "draining" and s["subsystems"][0]["state"] == "paused"
+    assert s["maintenance"]["state"] == "draining" and ext(s)[0]["state"] == "paused"
 
 
 def test_cancel_reaches_the_owner_and_its_answer_reaches_maintctl(daemon: Daemon) -> None:
@@ -148,7 +153,7 @@ def test_the_deadline_marks_the_drain_overdue_and_cancels_what_can_be_cancelled(
     sub = register(daemon, "worker", [JOB, BATCH])
     watcher = daemon.client()
     watcher.request("watch")
-    wait_status(daemon, lambda s: s["subsystems"][0]["in_flight"] == 2, "the report")
+    wait_status(daemon, lambda s: ext(s)[0]["in_flight"] == 2, "the report")
     assert daemon.maintctl("enable", "--deadline", "300ms", "--cancel-at-deadline").returncode == 0
     overdue = watcher.next_event(lambda m: m.get("event") == "overdue")
     assert {i["id"] for i in overdue["items"]} == {"worker/job-7", "worker/b1"}
@@ -168,12 +173,12 @@ def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(da
     watcher = daemon.client()
     watcher.request("watch")
     sub = register(daemon, "flaky", [JOB])
-    wait_status(daemon, lambda s: s["subsystems"] and s["subsystems"][0]["in_flight"] == 1, "the report")
+    wait_status(daemon, lambda s: ext(s) and ext(s)[0]["in_flight"] == 1, "the report")
     daemon.maintctl("enable")
     sub.close()
     removed = watcher.next_event(lambda m: m.get("event") == "subsystem_removed")
     assert removed["subsystem"] == "flaky" and [i["id"] for i in removed["items"]] == ["flaky/job-7"]
-    s = wait_status(daemon, lambda s: not s["subsystems"], "removal")
+    s = wait_status(daemon, lambda s: not ext(s), "removal")
     assert s["maintenance"]["state"] == "drained"
     (gone,) = s["removed"]
     assert gone["name"] == "flaky" and [i["id"] for i in gone["abandoned"]] == ["flaky/job-7"]
@@ -202,12 +207,12 @@ def test_start_in_maintenance_is_on_from_the_start_by_maintd(make_daemon) -> Non
 
 def test_maintctl_status_text_and_json(daemon: Daemon) -> None:
     register(daemon, "exporter", [JOB])
-    wait_status(daemon, lambda s: s["subsystems"][0]["in_flight"] == 1, "the report")
+    wait_status(daemon, lambda s: ext(s)[0]["in_flight"] == 1, "the report")
     text = daemon.maintctl("status")
     assert text.returncode == 0
     assert "Maintenance mode: off" in text.stdout and "exporter" in text.stdout and "build #7" in text.stdout
     as_json = json.loads(daemon.maintctl("status", "--json").stdout)
-    assert as_json["subsystems"][0]["name"] == "exporter"
+    assert [x["name"] for x in as_json["subsystems"] if x["external"]][0] == "exporter"
     assert daemon.maintctl("disable").returncode == 1  # not on: conflict
 
 
