@@ -186,13 +186,18 @@ def decode_request(line: bytes) -> AnyRequest:
     """Decode one line, or raise :class:`ProtocolError` that says what is wrong with it."""
     try:
         return decoder.decode(line)
-    except msgspec.DecodeError as exc:
-        error = exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string.
+        error: Exception = exc
+    except RecursionError:
+        raise ProtocolError("bad_request", "invalid JSON: nested too deeply") from None
     # Slow path, only for bad input: find the id to echo and tell an unknown type apart.
     try:
         raw = _any_decoder.decode(line)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_request", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("bad_request", "invalid JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ProtocolError("bad_request", "a request is a JSON object, one a line")
     request_id = raw.get("id")
