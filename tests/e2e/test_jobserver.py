@@ -242,3 +242,68 @@ def test_the_timer_triggers_runs_except_in_maintenance(world: World) -> None:
     assert world.d is not None
     wait_for(lambda: world.d.log_text().count("timer trigger of build skipped: maintenance mode") >= 2, 15, "skipped timers")
     assert len(world.runs()) == before
+
+
+def test_scheduled_jobs_survive_the_restart_that_maintenance_made_safe(world: World) -> None:
+    d = world.start()
+    world.wait_status(lambda s: world.building(s) == ["unit"], "a job to build")
+    world.ctl("enable", "--reason", "upgrade")
+    world.finish("unit")
+    s = world.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "safe to restart")
+    assert world.scheduled(s) == ["tarball"]
+    assert d.stop() == 0  # the restart the operator was waiting for
+    d.start()
+    s = world.wait_status(lambda s: world.building(s) == ["tarball"], "the scheduled job to run after the restart")
+    assert s["maintenance"]["enabled"] is False
+    world.finish("tarball")
+    wait_for(lambda: world.runs()[0]["state"] == "passed", 15, "the run to pass")
+
+
+def test_pipelines_as_code_are_merged_and_config_repos_are_not_polled_in_maintenance(world: World, tmp_path: Path) -> None:
+    repo = tmp_path / "pipelines"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "deploy.toml").write_text(
+        '[[pipelines]]\nname = "deploy"\nmaterials = ["app"]\n'
+        '[[pipelines.stages]]\nname = "ship"\n[[pipelines.stages.jobs]]\nname = "ship"\ncommand = ["true"]\n'
+    )
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "deploy")
+    extra = f'[[config_repos]]\nname = "pipelines"\nurl = "{repo}"\npoll_interval = "200ms"\n'
+    world.start(extra=extra)
+    wait_for(lambda: "deploy" in [p["name"] for p in world.ctl_json("pipelines")["pipelines"]], 15, "the merged pipeline")
+    source = next(p["source"] for p in world.ctl_json("pipelines")["pipelines"] if p["name"] == "deploy")
+    assert source == "config repo pipelines"
+
+    world.ctl("enable")
+    world.wait_status(lambda s: s["maintenance"]["state"] != "normal", "maintenance")
+    (repo / "later.toml").write_text(
+        '[[pipelines]]\nname = "later"\n[[pipelines.stages]]\nname = "s"\n[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
+    )
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "later")
+    world.finish("unit")
+    world.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "drained")
+    assert "later" not in [p["name"] for p in world.ctl_json("pipelines")["pipelines"]]
+    world.ctl("disable")
+    wait_for(lambda: "later" in [p["name"] for p in world.ctl_json("pipelines")["pipelines"]], 15, "the repo polled again")
+    world.finish("tarball")
+
+
+def test_agents_and_pipelines_are_listed(world: World) -> None:
+    world.start(agents=2)
+    world.wait_status(lambda s: world.building(s) == ["unit"], "a job to build")
+    agents = world.ctl_json("agents")["agents"]
+    assert sorted(a["state"] for a in agents) == ["building", "idle"]
+    busy = next(a for a in agents if a["state"] == "building")
+    assert busy["pid"] and "build/1/test/unit" in busy["job"]
+    text = world.ctl("agents").stdout
+    assert "building" in text and "idle" in text
+    (pipeline,) = world.ctl_json("pipelines")["pipelines"]
+    assert (pipeline["name"], pipeline["stages"], pipeline["paused"]) == ("build", ["test", "package"], False)
+    paused = world.ctl("pipeline", "pause", "build")
+    assert paused.returncode == 0 and world.ctl_json("pipelines")["pipelines"][0]["paused"] is True
+    refused = world.ctl("trigger", "build")
+    assert refused.returncode == 1 and "paused" in refused.stderr
+    world.finish("unit")
+    world.finish("tarball")
