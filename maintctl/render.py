@@ -130,7 +130,8 @@ def runs(rows: list[dict[str, Any]]) -> str:
         for j in r.get("jobs", []):
             extra = f" (cancelled by {j['cancelled_by']})" if j.get("cancelled_by") else ""
             agent = f" on {j['agent']}" if j.get("agent") else ""
-            lines.append(f"    job {j['id']:<6} {j['stage']}/{j['name']:<20} {j['state']:<11}{agent}{extra}")
+            label = f"{j['stage']}/{j['name']}"
+            lines.append(f"    job {j['id']:<6} {label:<28} {j['state']:<11}{agent}{extra}")
     return "\n".join(lines)
 
 
