@@ -1,0 +1,477 @@
+"""The job server's plain cores, without threads: a real in-memory Store, recording fakes for
+peers, processes and timers, a fake clock, and ``emit`` as ``list.append``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from actors.agents import AgentsCore
+from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
+from actors.definitions import JobDef, MaterialDef, PipelineDef, StageDef
+from actors.errors import MaintdError
+from actors.jobs import FilesFetched, JobExited, JobSpec, JobState, PollFinished
+from actors.materials import ConfigRepoFiles, MaterialChanged, MaterialsCore, PollDue
+from actors.messages import Cancel, Cancelled, CancelRefused, Drained, InFlightReport, IntakePaused
+from actors.peers import PeerRef
+from actors.scheduler import (
+    AgentsPaused,
+    Assign,
+    CancelJobs,
+    CancelRun,
+    JobFinished,
+    PipelinesChanged,
+    Requeue,
+    SchedulerCore,
+    TimerDue,
+    Trigger,
+    WantWork,
+)
+from actors.store import Store
+from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
+from tests.actors.fakes import FakeClock, FakeTimers
+
+# --- fakes ----------------------------------------------------------------------------
+
+
+class FakePeers:
+    """Records ``tell(name, message)``; ``ref(name)`` is the real PeerRef over it, one per name."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, Any]] = []
+        self.refs: dict[str, PeerRef] = {}
+
+    def tell(self, name: str, message: Any) -> None:
+        self.told.append((name, message))
+
+    def ref(self, name: str) -> PeerRef:
+        return self.refs.setdefault(name, PeerRef(self, name))  # type: ignore[arg-type]
+
+    def to(self, name: str, kind: type = object) -> list[Any]:
+        return [m for n, m in self.told if n == name and isinstance(m, kind)]
+
+
+class FakeProcesses:
+    """The ProcessPort: each call is recorded as (method, *args)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def poll_material(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
+        self.calls.append(("poll_material", reply_to, key, url, branch, timeout))
+
+    def fetch_files(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
+        self.calls.append(("fetch_files", reply_to, key, url, revision, timeout))
+
+    def start_job(self, reply_to: Any, spec: JobSpec) -> None:
+        self.calls.append(("start_job", reply_to, spec))
+
+    def stop_job(self, job_id: int, grace: float) -> None:
+        self.calls.append(("stop_job", job_id, grace))
+
+    def of(self, method: str) -> list[tuple[Any, ...]]:
+        return [c[1:] for c in self.calls if c[0] == method]
+
+
+class World:
+    def __init__(self) -> None:
+        self.store, self.peers, self.procs = Store(":memory:"), FakePeers(), FakeProcesses()
+        self.timers, self.clock, self.sent = FakeTimers(), FakeClock(), []
+
+    def emitted(self, kind: type) -> list[Any]:
+        return [m for m in self.sent if isinstance(m, kind)]
+
+    def drained(self) -> bool:
+        return any(m.drain_id == "d1" for m in self.emitted(Drained))
+
+    def job(self, job_id: int) -> tuple[str, str | None, str | None]:
+        row = self.store.job(job_id)
+        assert row is not None
+        return row.state, row.agent, row.cancelled_by
+
+    def job_ids(self, run_id: int = 1) -> dict[str, int]:
+        return {j.name: j.id for j in self.store.jobs_of_run(run_id)}
+
+
+@pytest.fixture
+def w() -> World:
+    return World()
+
+
+def maintd_error(code: str) -> Any:
+    return pytest.raises(MaintdError, check=lambda e: e.code == code)
+
+
+# --- definitions and cores ----------------------------------------------------------------
+
+APP = MaterialDef(name="app", url="https://git.example/app.git", poll_interval="30s", poll_timeout="2m")
+PIPES = MaterialDef(name="pipes", url="https://git.example/pipes.git", poll_interval="45s", poll_timeout="1m")
+PIPE = PipelineDef(
+    name="app",
+    materials=["app"],
+    stages=[
+        StageDef(name="build", jobs=[JobDef(name="compile", command=["make"]), JobDef(name="package", command=["tar"])]),
+        StageDef(name="test", jobs=[JobDef(name="unit", command=["pytest"])]),
+    ],
+)
+OTHER = PipelineDef(name="docs", stages=[StageDef(name="site", jobs=[JobDef(name="render", shell="make site")])])
+
+
+def materials(w: World, poll: str | None = None) -> MaterialsCore:
+    core = MaterialsCore(
+        "materials", w.sent.append, materials=[APP], config_repos=[PIPES], processes=w.procs,
+        timers=w.timers, clock=w.clock, store=w.store, peers=w.peers,
+    )  # fmt: skip
+    if poll is not None:
+        core.handle(PollDue(poll))
+    return core
+
+
+def scheduler(w: World, *, trigger: bool = True, agents: int = 0) -> SchedulerCore:
+    """A scheduler; by default ``app`` is triggered (run 1) and ``agents`` agents took its oldest jobs."""
+    core = SchedulerCore(
+        "scheduler", w.sent.append, pipelines=[PIPE], store=w.store, peers=w.peers,
+        timers=w.timers, clock=w.clock, work_root="/srv/maintd",
+    )  # fmt: skip
+    if trigger:
+        core.handle(Trigger(pipeline="app", by="alice"))
+    for i in range(agents):
+        core.handle(WantWork(f"agent-{i + 1}"))
+    return core
+
+
+def queued(core: SchedulerCore) -> list[str]:
+    return [spec.job for spec in core.queue]
+
+
+def agents(w: World, items: Any = ()) -> AgentsCore:
+    return AgentsCore(
+        "agents", w.sent.append, items, count=2, store=w.store, peers=w.peers, processes=w.procs, clock=w.clock, grace=5.0
+    )
+
+
+def new_spec(w: World, job: str = "compile") -> JobSpec:
+    """A job scheduled in the store, as the scheduler hands it to an agent."""
+    counter = w.store.next_counter("app")
+    run_id = w.store.create_run("app", counter, "user", "alice", {}, w.clock.now())
+    job_id = w.store.create_job(run_id, "app", counter, "build", 1, 0, job, w.clock.now(), f"/logs/{job}.log")
+    return JobSpec(
+        job_id=job_id, run_id=run_id, pipeline="app", pipeline_counter=counter, stage="build", stage_counter=1,
+        job=job, argv=(job,), workspace="/ws", log=f"/logs/{job}.log", agent="",
+    )  # fmt: skip
+
+
+def building(w: World) -> tuple[AgentsCore, JobSpec]:
+    core, spec = agents(w), new_spec(w)
+    core.handle(Assign(agent="agent-1", spec=spec))
+    return core, spec
+
+
+def guard(w: World) -> ConfigGuardCore:
+    return ConfigGuardCore(
+        "config", w.sent.append, pipelines=[PIPE], materials={"app"}, store=w.store, peers=w.peers, clock=w.clock
+    )
+
+
+# --- materials ----------------------------------------------------------------------------
+
+
+def test_materials_start_arms_every_poll_timer_at_zero_and_paused_they_poll_nothing(w: World) -> None:
+    core = materials(w)
+    core.start()
+    me = w.peers.ref("materials")
+    assert w.timers.armed == {"poll:app": (0, PollDue("app"), me), "poll:config:pipes": (0, PollDue("config:pipes"), me)}
+    core.pause("d1")
+    assert w.timers.armed == {}  # disarmed
+    core.handle(PollDue("app"))
+    core.handle(PollDue("config:pipes"))
+    assert w.procs.calls == [] and core.items == {}
+
+
+def test_poll_due_starts_one_material_update_that_refuses_cancel(w: World) -> None:
+    core = materials(w, poll="app")
+    core.handle(PollDue("app"))  # already polling: nothing more
+    (item,) = core.items.values()
+    assert (item.id, item.kind, item.cancellable, item.blocks_restart) == ("materials/app", MATERIAL_UPDATE, False, True)
+    assert w.procs.calls == [("poll_material", w.peers.ref("materials"), "app", APP.url, "main", 120.0)]
+    assert w.emitted(InFlightReport)[-1].items == (item,)
+    core.cancel(Cancel(item_id="materials/app", by="alice"))
+    (refusal,) = w.emitted(CancelRefused)
+    assert refusal.code == "not_cancellable" and "partial clone" in refusal.reason
+    assert "materials/app" in core.items and w.emitted(Cancelled) == []
+
+
+def test_a_paused_materials_core_drains_only_when_the_running_poll_finishes(w: World) -> None:
+    core = materials(w, poll="app")
+    core.pause("d1")
+    assert w.emitted(IntakePaused) == [IntakePaused(subsystem="materials", drain_id="d1")] and not w.drained()
+    core.handle(PollFinished(key="app", revision="r1"))
+    assert w.emitted(Drained) == [Drained(subsystem="materials", drain_id="d1")]
+    assert "poll:app" not in w.timers.armed  # not re-armed while paused
+
+
+def test_a_new_revision_is_recorded_and_told_to_the_scheduler_once(w: World) -> None:
+    core = materials(w, poll="app")
+    core.handle(PollFinished(key="app", revision="r1"))
+    assert w.store.last_revision("app") == "r1" and core.items == {}
+    assert w.peers.told == [("scheduler", MaterialChanged(material="app", revision="r1"))]
+    assert w.timers.armed["poll:app"][:2] == (30.0, PollDue("app"))
+    core.handle(PollDue("app"))
+    core.handle(PollFinished(key="app", revision="r1"))  # the same revision again
+    assert len(w.peers.told) == 1
+
+
+@pytest.mark.parametrize(
+    "result",
+    [PollFinished(key="app", error="fatal: could not read from remote"), PollFinished(key="app", timed_out=True, error="killed")],
+    ids=["failed", "timed-out"],
+)
+def test_a_failed_or_timed_out_poll_tells_nobody_and_rearms_at_the_interval(w: World, result: PollFinished) -> None:
+    core = materials(w, poll="app")
+    core.handle(result)
+    assert w.peers.told == [] and w.store.last_revision("app") is None and core.items == {}
+    assert w.timers.armed["poll:app"][0] == 30.0
+
+
+def test_a_config_repo_revision_fetches_its_files_for_the_config_guard(w: World) -> None:
+    core = materials(w, poll="config:pipes")
+    core.handle(PollFinished(key="config:pipes", revision="c1"))
+    assert w.procs.of("fetch_files") == [(w.peers.ref("materials"), "config:pipes", PIPES.url, "c1", 60.0)]
+    assert w.peers.told == []  # the scheduler hears nothing of a config repo
+    core.handle(FilesFetched(key="config:pipes", revision="c1", files={"a.toml": "x"}))
+    assert w.peers.told == [("config", ConfigRepoFiles(repo="pipes", revision="c1", files={"a.toml": "x"}))]
+
+
+def test_a_drain_does_not_end_while_a_config_repo_fetch_it_started_is_running(w: World) -> None:
+    # Else the configuration changes after the daemon said it was safe to restart.
+    core = materials(w, poll="config:pipes")
+    core.pause("d1")
+    core.handle(PollFinished(key="config:pipes", revision="c1"))
+    fetching = bool(w.procs.of("fetch_files"))
+    assert not (fetching and w.drained()), "Drained was sent while fetch_files was still running"
+
+
+# --- scheduler ----------------------------------------------------------------------------
+
+
+def test_trigger_queues_stage_one_as_scheduled_jobs_and_want_work_dispatches_the_oldest(w: World) -> None:
+    core = scheduler(w, trigger=False)
+    result = core.handle(Trigger(pipeline="app", by="alice"))
+    (run,) = w.store.recent_runs()
+    assert result == {"pipeline": "app", "counter": 1, "run_id": run.id}
+    assert (run.state, run.trigger, run.triggered_by) == ("running", "user", "alice")
+    ids = w.job_ids(run.id)
+    assert list(ids) == ["compile", "package"] and {j.state for j in run.jobs} == {"scheduled"}
+    assert set(core.items) == {f"scheduler/job-{i}" for i in ids.values()}
+    for item in core.items.values():
+        assert (item.kind, item.blocks_restart, item.cancellable) == (SCHEDULED_JOB, False, True)
+    core.handle(WantWork("agent-1"))
+    (assign,) = w.peers.to("agents", Assign)
+    assert (assign.agent, assign.spec.job_id, assign.spec.agent) == ("agent-1", ids["compile"], "agent-1")
+    assert assign.spec.env["GO_PIPELINE_NAME"] == "app" and assign.spec.argv == ("make",)
+    assert set(core.items) == {f"scheduler/job-{ids['package']}"} and queued(core) == ["package"]
+
+
+def test_a_paused_scheduler_is_drained_with_jobs_scheduled_and_triggers_nothing(w: World) -> None:
+    core = scheduler(w)
+    core.pause("d1")
+    assert w.drained() and len(core.items) == 2  # scheduled jobs do not block
+    with maintd_error("maintenance_mode"):
+        core.handle(Trigger(pipeline="app", by="alice"))
+    core.handle(MaterialChanged(material="app", revision="r1"))
+    core.handle(TimerDue("app"))
+    assert len(w.store.recent_runs()) == 1 and queued(core) == ["compile", "package"]
+    core.resume("d1")
+    core.handle(MaterialChanged(material="app", revision="r2"))
+    assert [r.trigger for r in w.store.recent_runs()] == ["material", "user"]
+
+
+def test_a_passed_stage_queues_the_next_one_even_while_paused(w: World) -> None:
+    core = scheduler(w, agents=2)
+    core.pause("d1")
+    ids = w.job_ids()
+    core.handle(JobFinished(job_id=ids["compile"], state=JobState.PASSED))
+    assert queued(core) == []  # package is still running
+    core.handle(JobFinished(job_id=ids["package"], state=JobState.PASSED))
+    assert queued(core) == ["unit"]
+    unit = w.store.job(w.job_ids()["unit"])
+    assert unit is not None and (unit.stage, unit.stage_index, unit.state) == ("test", 1, "scheduled")
+
+
+def test_a_failed_job_ends_the_run_failed_and_queues_nothing_more(w: World) -> None:
+    core = scheduler(w, agents=2)
+    ids = w.job_ids()
+    core.handle(JobFinished(job_id=ids["compile"], state=JobState.FAILED))
+    core.handle(JobFinished(job_id=ids["package"], state=JobState.PASSED))
+    (run,) = w.store.recent_runs()
+    assert (run.state, run.finished_at) == ("failed", w.clock.now())
+    assert queued(core) == [] and "unit" not in w.job_ids()
+
+
+def test_cancel_of_a_scheduled_job_records_who_cancelled_it(w: World) -> None:
+    core = scheduler(w)
+    package = w.job_ids()["package"]
+    core.cancel(Cancel(item_id=f"scheduler/job-{package}", by="bob"))
+    assert w.job(package) == ("cancelled", None, "bob")
+    assert [m.item_id for m in w.emitted(Cancelled)] == [f"scheduler/job-{package}"]
+    assert queued(core) == ["compile"] and f"scheduler/job-{package}" not in core.items
+
+
+def test_cancel_run_cancels_scheduled_jobs_and_asks_agents_to_stop_building_ones(w: World) -> None:
+    core = scheduler(w, agents=1)  # compile is building
+    ids = w.job_ids()
+    core.handle(CancelRun(pipeline="app", counter=1, by="bob"))
+    assert w.job(ids["package"]) == ("cancelled", None, "bob")
+    assert w.peers.to("agents", CancelJobs) == [CancelJobs(job_ids=(ids["compile"],), by="bob")]
+    assert core.items == {} and w.store.recent_runs()[0].state == "running"
+    core.handle(JobFinished(job_id=ids["compile"], state=JobState.CANCELLED))
+    assert w.store.recent_runs()[0].state == "cancelled"
+
+
+def test_cancel_run_answers_how_many_jobs_it_cancelled(w: World) -> None:
+    core = scheduler(w)
+    result = core.handle(CancelRun(pipeline="app", counter=1, by="bob"))
+    assert w.store.recent_runs()[0].state == "cancelled"
+    assert result["cancelled_jobs"] == 2  # both scheduled jobs
+
+
+def test_requeue_puts_a_job_back_at_the_front(w: World) -> None:
+    core = scheduler(w, agents=1)
+    (assign,) = w.peers.to("agents", Assign)
+    core.handle(Requeue(assign.spec))
+    assert queued(core) == ["compile", "package"] and core.queue[0].agent == ""
+    assert f"scheduler/job-{assign.spec.job_id}" in core.items
+    core.handle(WantWork("agent-2"))
+    assert w.peers.to("agents", Assign)[-1] == Assign(agent="agent-2", spec=msgspec.structs.replace(assign.spec, agent="agent-2"))
+
+
+def test_a_new_scheduler_on_the_same_store_requeues_the_scheduled_jobs(w: World) -> None:
+    scheduler(w, agents=1)
+    ids = w.job_ids()
+    w.store.set_job_state(ids["compile"], JobState.BUILDING, w.clock.now(), agent="agent-1")
+    w.peers.told.clear()
+    restarted = scheduler(w, trigger=False)
+    restarted.start()
+    assert queued(restarted) == ["package"] and set(restarted.items) == {f"scheduler/job-{ids['package']}"}
+    restarted.handle(WantWork("agent-2"))
+    assert [a.spec.job for a in w.peers.to("agents", Assign)] == ["package"]
+    restarted.handle(JobFinished(job_id=ids["compile"], state=JobState.PASSED))
+    restarted.handle(JobFinished(job_id=ids["package"], state=JobState.PASSED))
+    assert queued(restarted) == ["unit"]  # the restored run goes on to its next stage
+
+
+# --- agents -------------------------------------------------------------------------------
+
+
+def test_assign_starts_the_job_and_shows_it_building_on_its_agent(w: World) -> None:
+    core, spec = building(w)
+    assert w.procs.calls == [("start_job", w.peers.ref("agents"), spec)]
+    item = core.items[f"agents/job-{spec.job_id}"]
+    assert (item.kind, item.agent, item.cancellable, item.blocks_restart) == (BUILDING_JOB, "agent-1", True, True)
+    assert w.job(spec.job_id) == ("building", "agent-1", None)
+
+
+def test_paused_agents_tell_the_scheduler_and_send_assignments_back(w: World) -> None:
+    core, spec = agents(w), new_spec(w)
+    core.pause("d1")
+    core.handle(Assign(agent="agent-1", spec=spec))
+    assert w.peers.told == [("scheduler", AgentsPaused()), ("scheduler", Requeue(spec))]
+    assert w.procs.calls == [] and core.items == {} and w.job(spec.job_id)[0] == "scheduled"
+
+
+def test_paused_agents_drain_only_after_the_building_job_exits(w: World) -> None:
+    core, spec = building(w)
+    core.pause("d1")
+    assert not w.drained()
+    core.handle(JobExited(job_id=spec.job_id, returncode=0))
+    assert w.drained() and core.items == {}
+    assert w.peers.to("scheduler", WantWork) == []  # paused: no new work
+
+
+@pytest.mark.parametrize(("returncode", "state"), [(0, JobState.PASSED), (1, JobState.FAILED)])
+def test_a_job_exit_is_recorded_and_the_scheduler_told(w: World, returncode: int, state: JobState) -> None:
+    core, spec = building(w)
+    core.handle(JobExited(job_id=spec.job_id, returncode=returncode))
+    row = w.store.job(spec.job_id)
+    assert row is not None and (row.state, row.returncode) == (state.value, returncode)
+    assert w.peers.to("scheduler", JobFinished) == [JobFinished(job_id=spec.job_id, state=state)]
+    assert w.peers.to("scheduler", WantWork) == [WantWork("agent-1")] and core.items == {}
+
+
+def test_cancel_stops_the_job_and_it_stays_in_flight_until_it_exits(w: World) -> None:
+    core, spec = building(w)
+    core.cancel(Cancel(item_id=f"agents/job-{spec.job_id}", by="carol"))
+    core.handle(CancelJobs(job_ids=(spec.job_id, 999), by="bob"))  # the scheduler's cancel-run too
+    assert w.procs.of("stop_job") == [(spec.job_id, 5.0)] * 2 and len(w.emitted(Cancelled)) == 1
+    assert f"agents/job-{spec.job_id}" in core.items
+    core.handle(JobExited(job_id=spec.job_id, returncode=-15))
+    assert w.job(spec.job_id) == ("cancelled", "agent-1", "carol")
+    assert w.peers.to("scheduler", JobFinished) == [JobFinished(job_id=spec.job_id, state=JobState.CANCELLED)]
+
+
+def test_agents_ask_for_work_for_each_idle_agent_and_a_restarted_core_keeps_old_jobs_busy(w: World) -> None:
+    agents(w).start()
+    assert w.peers.told == [("scheduler", WantWork("agent-1")), ("scheduler", WantWork("agent-2"))]
+    old, first = building(w)
+    second = new_spec(w, "package")
+    w.peers.told.clear()
+    core = agents(w, items=tuple(old.items.values()))
+    core.start()
+    assert w.peers.told == [("scheduler", WantWork("agent-2"))]
+    core.handle(Assign(agent="agent-1", spec=second))
+    assert w.peers.to("scheduler", Requeue) == [Requeue(second)]
+    core.handle(JobExited(job_id=first.job_id, returncode=0))
+    assert w.job(first.job_id)[0] == "passed"
+    assert w.peers.to("scheduler", JobFinished) == [JobFinished(job_id=first.job_id, state=JobState.PASSED)]
+
+
+# --- config guard -----------------------------------------------------------------------
+
+
+def test_configuration_changes_are_refused_in_maintenance(w: World) -> None:
+    core = guard(w)
+    core.pause("d1")
+    with maintd_error("maintenance_mode"):
+        core.handle(SetPipelinePaused(pipeline="app", paused=True, by="alice"))
+    with maintd_error("maintenance_mode"):
+        core.handle(ApplyConfig(pipelines=(PIPE, OTHER), materials=frozenset({"app"}), by="alice"))
+    assert w.peers.told == [] and w.store.audit_entries() == [] and core.paused == set()
+
+
+def test_pausing_a_pipeline_publishes_it_and_writes_an_audit_row(w: World) -> None:
+    core = guard(w)
+    with maintd_error("not_found"):
+        core.handle(SetPipelinePaused(pipeline="nope", paused=True, by="alice"))
+    assert core.handle(SetPipelinePaused(pipeline="app", paused=True, by="alice")) == {"pipeline": "app", "paused": True}
+    assert w.peers.told == [("scheduler", PipelinesChanged(pipelines=(PIPE,), paused=frozenset({"app"})))]
+    with maintd_error("conflict"):
+        core.handle(SetPipelinePaused(pipeline="app", paused=True, by="alice"))
+    assert [(e.action, e.by, e.target) for e in w.store.audit_entries()] == [("pipeline_pause", "alice", "app")]
+
+
+def test_applying_a_config_publishes_it_and_writes_an_audit_row(w: World) -> None:
+    core = guard(w)
+    assert core.handle(ApplyConfig(pipelines=(PIPE, OTHER), materials=frozenset({"app"}), by="alice")) == {"pipelines": 2}
+    assert w.peers.told == [("scheduler", PipelinesChanged(pipelines=(PIPE, OTHER)))]
+    assert [(e.action, e.by) for e in w.store.audit_entries()] == [("config_reload", "alice")]
+
+
+PIPELINE_FILE = '[[pipelines]]\nname = "{name}"\nmaterials = ["{material}"]\n[[pipelines.stages]]\nname = "build"\n'
+PIPELINE_FILE += '[[pipelines.stages.jobs]]\nname = "make"\ncommand = ["make"]\n'
+
+
+def test_config_repo_files_merge_the_valid_pipelines_only(w: World) -> None:
+    core = guard(w)
+    files = {
+        "good.toml": PIPELINE_FILE.format(name="from-repo", material="app"),
+        "broken.toml": "[[pipelines]\nname = ",
+        "unknown-material.toml": PIPELINE_FILE.format(name="lost", material="nowhere"),
+        "clash.toml": PIPELINE_FILE.format(name="app", material="app"),
+    }
+    core.handle(ConfigRepoFiles(repo="pipes", revision="c1", files=files))
+    (published,) = w.peers.to("scheduler", PipelinesChanged)
+    assert [p.name for p in published.pipelines] == ["app", "from-repo"]
+    assert published.pipelines[0] == PIPE  # the config file's "app" wins over the repo's
+    assert {p.name: p.source for p in core.handle("info")} == {"app": "config file", "from-repo": "config repo pipes"}
