@@ -16,7 +16,7 @@ import msgspec
 from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
 from .messages import Cancel
 from .ports import Clock
-from .scheduler import AgentsPaused, Assign, CancelJobs, JobFinished, Requeue, WantWork, job_item_id
+from .scheduler import AgentsPaused, AnnounceIdle, Assign, CancelJobs, JobFinished, Requeue, WantWork, job_item_id
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 
@@ -166,6 +166,8 @@ class AgentsCore(SubsystemCore):
                 for job_id in job_ids:
                     if qualify(self.name, job_item_id(job_id)) in self.items:
                         self.cancel_job(job_id, by)
+            case AnnounceIdle():
+                self.ask_for_work()
             case "info":
                 return self.info()
             case _:

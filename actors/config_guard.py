@@ -69,12 +69,18 @@ class ConfigGuardCore(SubsystemCore):
         self.materials = set(materials)
         self.from_repos: dict[str, dict[str, PipelineDef]] = {}
         self.paused = set(paused)
+        self.held: dict[str, ConfigRepoFiles] = {}
         self.store = store
         self.peers = peers
         self.clock = clock
 
     def start(self) -> None:
         self.publish()
+
+    def on_resume(self, drain_id: str) -> None:
+        held, self.held = self.held, {}
+        for message in held.values():
+            self.merge_repo(message)
 
     def all_pipelines(self) -> dict[str, tuple[PipelineDef, str]]:
         merged = {name: (p, "config file") for name, p in self.base.items()}
@@ -152,7 +158,11 @@ class ConfigGuardCore(SubsystemCore):
             case ApplyConfig():
                 return self.apply(message)
             case ConfigRepoFiles():
-                self.merge_repo(message)
+                if self.intake_open:
+                    self.merge_repo(message)
+                else:  # a config change: held until maintenance is over
+                    log.info("config repo %s at %s held until maintenance is over", message.repo, message.revision[:12])
+                    self.held[message.repo] = message
             case "info":
                 return self.info()
             case _:

@@ -109,21 +109,45 @@ class MaterialsCore(SubsystemCore):
 
     def finished(self, result: PollFinished) -> None:
         key = result.key
-        self.remove(qualify(self.name, key))
+        item_id = qualify(self.name, key)
         if key not in self.defs:
+            self.remove(item_id)
             return
         material, is_config_repo = self.defs[key]
         outcome = "timeout" if result.timed_out else ("error" if result.error else "ok")
         self.on_poll(outcome)
+        fetching = False
         if result.error or result.revision is None:
             log.warning("poll of %s failed: %s", key, "timed out" if result.timed_out else result.error)
+        elif not self.intake_open:
+            # Not recorded: the first poll after maintenance sees the revision as new and acts on it.
+            log.info("poll of %s ended during maintenance; its revision is taken up after it", key)
+        elif is_config_repo:
+            if self.store.last_revision(key) != result.revision:
+                # The fetch is part of this material update: the item stays until FilesFetched.
+                self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
+                fetching = True
         elif self.store.record_revision(key, result.revision, self.clock.now()):
             log.info("%s has a new revision %s", key, result.revision[:12])
-            if is_config_repo:
-                self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
-            else:
-                self.peers.tell("scheduler", MaterialChanged(material=key, revision=result.revision))
-        if self.intake_open:
+            self.peers.tell("scheduler", MaterialChanged(material=key, revision=result.revision))
+        if not fetching:
+            self.remove(item_id)
+            self.rearm(key)
+
+    def fetched(self, msg: FilesFetched) -> None:
+        key = msg.key
+        self.remove(qualify(self.name, key))
+        # An error with files means some files were skipped (too big, not UTF-8).
+        if msg.error:
+            log.warning("pipeline files of %s at %s: %s", key, msg.revision[:12], msg.error)
+        if msg.files or not msg.error:
+            self.store.record_revision(key, msg.revision, self.clock.now())
+            self.peers.tell("config", ConfigRepoFiles(repo=key.removeprefix("config:"), revision=msg.revision, files=msg.files))
+        self.rearm(key)
+
+    def rearm(self, key: str) -> None:
+        if self.intake_open and key in self.defs:
+            material, _ = self.defs[key]
             self.timers.arm(f"poll:{key}", parse_duration(material.poll_interval), PollDue(key), self.me)
 
     def handle(self, message: Any) -> Any:
@@ -132,12 +156,8 @@ class MaterialsCore(SubsystemCore):
                 self.poll(key)
             case PollFinished():
                 self.finished(message)
-            case FilesFetched(key=key, revision=revision, files=files, error=error):
-                # An error with files means some files were skipped (too big, not UTF-8).
-                if error:
-                    log.warning("pipeline files of %s at %s: %s", key, revision[:12], error)
-                if files or not error:
-                    self.peers.tell("config", ConfigRepoFiles(repo=key.removeprefix("config:"), revision=revision, files=files))
+            case FilesFetched():
+                self.fetched(message)
             case _:
                 return NotImplemented
         return None

@@ -78,6 +78,10 @@ class Assign(msgspec.Struct, frozen=True, kw_only=True):
     spec: JobSpec
 
 
+class AnnounceIdle(msgspec.Struct, frozen=True):
+    """To the agents: a (re)started scheduler knows no waiting agents; idle ones ask again."""
+
+
 class CancelJobs(msgspec.Struct, frozen=True, kw_only=True):
     job_ids: tuple[int, ...]
     by: str
@@ -133,6 +137,7 @@ class SchedulerCore(SubsystemCore):
         self.arm_timers()
         self.report()
         self.check_drained()
+        self.peers.tell("agents", AnnounceIdle())
 
     def restore(self) -> None:
         """Runs in progress and their scheduled jobs come back from the store (after any restart)."""
@@ -330,13 +335,16 @@ class SchedulerCore(SubsystemCore):
         if msg.stage is not None and run.pipeline.stages[run.stage_index].name != msg.stage:
             raise NotFound(f"stage {msg.stage!r} of {msg.pipeline}/{msg.counter} is not running")
         building = []
+        scheduled = 0
         for job_id in sorted(run.pending):
-            if not self.cancel_scheduled(job_id, msg.by):
+            if self.cancel_scheduled(job_id, msg.by):
+                scheduled += 1
+            else:
                 building.append(job_id)
         if building:
             self.peers.tell("agents", CancelJobs(job_ids=tuple(building), by=msg.by))
         self.report()
-        return {"pipeline": msg.pipeline, "counter": msg.counter, "cancelled_jobs": len(run.pending) + len(building)}
+        return {"pipeline": msg.pipeline, "counter": msg.counter, "cancelled_jobs": scheduled + len(building)}
 
     # -- messages ----------------------------------------------------------------------
 
