@@ -41,11 +41,19 @@ class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     cancel_grace: Duration = "10s"
 
 
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The read-only HTTP server (``/metrics``, the status page, GoCD's info API); loopback by default."""
+
+    enabled: bool = True
+    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")] = "127.0.0.1:9187"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     maintenance: MaintenanceConfig = msgspec.field(default_factory=MaintenanceConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     materials: list[MaterialDef] = []
     config_repos: list[MaterialDef] = []
     pipelines: list[PipelineDef] = []
@@ -86,6 +94,8 @@ def check(config: Config) -> list[str]:
             for key in ("poll_interval", "poll_timeout"):
                 if parse_duration(getattr(m, key)) <= 0:
                     errors.append(f"{key} must be more than zero - at `$.{where}[{i}].{key}`")
+    if int(config.http.listen.rpartition(":")[2]) > 65535:
+        errors.append("port must be 65535 or less - at `$.http.listen`")
     errors += check_pipelines(config.pipelines, {m.name for m in config.materials})
     return errors
 

@@ -1,0 +1,224 @@
+"""Prometheus metrics: the maintenance state machine, the drain and the job server's counters.
+
+:class:`Metrics` takes a ``CollectorRegistry`` (each test uses a fresh one; the daemon uses
+:func:`daemon_registry`). :meth:`Metrics.update` is a :class:`~daemon.hub.StatusHub`
+listener: it runs in the trio thread on every publication, so it only compares and sets.
+:meth:`Metrics.job_finished`, :meth:`Metrics.material_polled` and :meth:`Metrics.rejected`
+may be called from any thread (prometheus_client's metrics take their own locks).
+
+Label values are identifiers only: states, result codes, subsystem names and item kinds,
+which the control protocol restricts to ``[a-z0-9_.-]``. Free text (reasons, user names,
+descriptions) never goes into a label.
+
+prometheus_client's ``Enum`` names its state label after the metric, so the series read
+``maintd_maintenance_state{maintd_maintenance_state="drained"} 1`` and
+``maintd_subsystem_state{subsystem="agents",maintd_subsystem_state="paused"} 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    gc_collector,
+    platform_collector,
+    process_collector,
+)
+
+from actors.status import Event, Status
+from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, MaintenanceState, SubsystemState
+
+log = logging.getLogger("maintd.metrics")
+
+MAINTENANCE_STATES = tuple(s.value for s in MaintenanceState)  # normal, draining, drained
+SUBSYSTEM_STATES = tuple(s.value for s in SubsystemState)  # running, unknown, pausing, paused, drained, failed
+BUILTIN_KINDS = (MATERIAL_UPDATE, BUILDING_JOB, SCHEDULED_JOB)
+JOB_RESULTS = ("passed", "failed", "cancelled", "interrupted")
+POLL_RESULTS = ("ok", "error", "timeout")
+#: The error codes that count as a rejected request; :meth:`Metrics.rejected` ignores the others.
+REJECT_REASONS = ("maintenance_mode", "forbidden", "bad_request", "unknown_type", "too_large")
+#: A drain takes seconds (nothing in flight) to hours (a long build): 1 s to 4 h.
+DRAIN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, float("inf"))
+
+
+def daemon_registry() -> CollectorRegistry:
+    """A registry for the daemon: ours plus the process, platform and GC collectors.
+
+    A registry of its own rather than the global ``REGISTRY``, so that running the daemon
+    twice in one process (as a test may) never registers a name twice.
+    """
+    registry = CollectorRegistry()
+    process_collector.ProcessCollector(registry=registry)
+    platform_collector.PlatformCollector(registry=registry)
+    gc_collector.GCCollector(registry=registry)
+    return registry
+
+
+def _epoch(text: str | None) -> float:
+    """An ISO 8601 time as the status carries it (``...Z``) -> seconds since the epoch; 0 for none."""
+    if not text:
+        return 0.0
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, *, version: str = "unknown") -> None:
+        self.registry = registry
+        self.version = version
+        r = registry
+        self.maintenance_state = Enum(
+            "maintd_maintenance_state",
+            "Maintenance mode state: normal, draining (intake stopped, work in flight) or drained (safe to restart)",
+            states=list(MAINTENANCE_STATES),
+            registry=r,
+        )
+        self.safe_to_restart = Gauge("maintd_safe_to_restart", "1 when the server is safe to restart (drained)", registry=r)
+        self.state_changed = Gauge(
+            "maintd_maintenance_state_changed_timestamp_seconds",
+            "When the maintenance state last changed (seconds since the epoch)",
+            registry=r,
+        )
+        self.deadline = Gauge(
+            "maintd_drain_deadline_timestamp_seconds",
+            "The drain's deadline (seconds since the epoch); 0 when there is none",
+            registry=r,
+        )
+        self.overdue = Gauge("maintd_drain_overdue", "1 when the drain deadline passed and the drain is not done", registry=r)
+        self.subsystem_state = Enum(
+            "maintd_subsystem_state",
+            "What the supervisor knows of each subsystem",
+            ["subsystem"],
+            states=list(SUBSYSTEM_STATES),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "maintd_in_flight",
+            "Work in flight, by subsystem and kind (material_update, building_job, scheduled_job or an external kind)",
+            ["subsystem", "kind"],
+            registry=r,
+        )
+        self.drain_duration = Histogram(
+            "maintd_drain_duration_seconds",
+            "From turning maintenance mode on to drained (safe to restart), once per drain",
+            buckets=DRAIN_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Counter("maintd_jobs", "Jobs finished, by result", ["result"], registry=r)
+        self.polls = Counter("maintd_material_polls", "Material and config repo polls, by result", ["result"], registry=r)
+        self.rejections = Counter("maintd_rejected_requests", "Control requests refused, by error code", ["reason"], registry=r)
+        self.build = Info("maintd_build", "The running maintd", registry=r)
+        self.build.info({"version": version})
+        for result in JOB_RESULTS:
+            self.jobs.labels(result=result)
+        for result in POLL_RESULTS:
+            self.polls.labels(result=result)
+        for reason in REJECT_REASONS:
+            self.rejections.labels(reason=reason)
+        self.maintenance_state.state(MaintenanceState.NORMAL.value)
+
+        # What the last update saw (trio thread only).
+        self._state: str | None = None
+        self._deadline_text: str | None = None
+        self._kinds: dict[str, set[str]] = {}  # subsystem -> kinds it has series for
+        self._drain_id: str | None = None
+        self._drain_started: float | None = None  # time.monotonic() when the drain was first seen
+        self._drain_observed = False
+
+    # -- the StatusHub listener (trio thread) ----------------------------------------------
+
+    def update(self, status: Status, event: Event | None = None) -> None:
+        m = status.maintenance
+        if m.state != self._state:
+            self.maintenance_state.state(m.state)
+            self.state_changed.set(time.time())
+        self.safe_to_restart.set(1 if m.safe_to_restart else 0)
+        self.overdue.set(1 if m.overdue else 0)
+        if m.deadline != self._deadline_text:
+            self._deadline_text = m.deadline
+            self.deadline.set(_epoch(m.deadline))
+        self._update_drain(m.state, m.drain_id)
+        self._state = m.state
+
+        counts: dict[tuple[str, str], int] = {}
+        rs = status.running_systems
+        for group in (rs.material_update_in_progress, rs.building_jobs, rs.scheduled_jobs, rs.other):
+            for item in group:
+                key = (item.subsystem, item.kind)
+                counts[key] = counts.get(key, 0) + 1
+        present: set[str] = set()
+        for sub in status.subsystems:
+            present.add(sub.name)
+            if sub.state in SUBSYSTEM_STATES:
+                self.subsystem_state.labels(subsystem=sub.name).state(sub.state)
+            kinds = self._kinds.get(sub.name)
+            if kinds is None:
+                kinds = self._kinds[sub.name] = set() if sub.external else set(BUILTIN_KINDS)
+        for subsystem, kind in counts:
+            if subsystem in self._kinds:
+                self._kinds[subsystem].add(kind)
+        for name in list(self._kinds):
+            if name not in present:
+                self._forget(name)
+                continue
+            for kind in self._kinds[name]:
+                self.in_flight.labels(subsystem=name, kind=kind).set(counts.get((name, kind), 0))
+
+    def _update_drain(self, state: str, drain_id: str | None) -> None:
+        """Observe the drain's duration once, the first time a drain reaches drained."""
+        if state == MaintenanceState.NORMAL or drain_id is None:
+            self._drain_id = self._drain_started = None
+            self._drain_observed = False
+            return
+        if drain_id != self._drain_id:
+            self._drain_id = drain_id
+            self._drain_started = time.monotonic()
+            self._drain_observed = False
+        if state == MaintenanceState.DRAINED and not self._drain_observed and self._drain_started is not None:
+            self.drain_duration.observe(max(0.0, time.monotonic() - self._drain_started))
+            self._drain_observed = True
+
+    def _forget(self, subsystem: str) -> None:
+        """A subsystem went away: drop its series rather than leave them at their last value."""
+        for kind in self._kinds.pop(subsystem, ()):
+            with contextlib.suppress(KeyError):
+                self.in_flight.remove(subsystem, kind)
+        with contextlib.suppress(KeyError):
+            self.subsystem_state.remove(subsystem)
+
+    # -- counters (any thread) -------------------------------------------------------------
+
+    def job_finished(self, result: str) -> None:
+        """A job reached a terminal state: passed, failed, cancelled or interrupted."""
+        if result in JOB_RESULTS:
+            self.jobs.labels(result=result).inc()
+        else:
+            log.warning("job result %r is not counted (not one of %s)", result, ", ".join(JOB_RESULTS))
+
+    def material_polled(self, result: str) -> None:
+        """A material or config repo poll ended: ok, error or timeout."""
+        if result in POLL_RESULTS:
+            self.polls.labels(result=result).inc()
+        else:
+            log.warning("poll result %r is not counted (not one of %s)", result, ", ".join(POLL_RESULTS))
+
+    def rejected(self, reason: str) -> bool:
+        """Count a refused control request by its error code; codes outside :data:`REJECT_REASONS` are not counted.
+
+        Returns whether it was counted, so the caller may pass every error code it sends.
+        """
+        if reason not in REJECT_REASONS:
+            return False
+        self.rejections.labels(reason=reason).inc()
+        return True
