@@ -1,8 +1,18 @@
 """``maintd``: the daemon's entry point.
 
 Start order: supervisor (which starts the subsystems), then the control socket; then
-``READY=1``. Stop order on SIGTERM/SIGINT is the reverse: the socket stops taking
-connections, the actors stop (shielded, in ``finally``), then the channels they push into.
+``READY=1`` and the watchdog pings. Stop on SIGTERM/SIGINT (``systemctl stop``) runs in stages,
+each bounded and logged (Home Assistant's stop stages; ``tests/daemon/test_units.py`` checks
+that their sum fits under the unit's ``TimeoutStopSec``):
+
+1. drain: turn maintenance mode on (unless it is on already) and wait until it is safe to
+   restart, at most ``[daemon] stop_drain_timeout``; the control socket keeps serving, so
+   ``maintctl`` shows the drain and external subsystems report theirs. A second
+   SIGTERM/SIGINT ends this stage at once; a failure skips it.
+2. actors: stop them (shielded, in ``finally``, at most ``ACTORS_STOP_TIMEOUT``), then kill
+   the jobs still building (at most ``JOBS_STOP_TIMEOUT``; the next start marks them
+   interrupted); then the socket stops taking connections and the channels the actors
+   push into close.
 """
 
 from __future__ import annotations
@@ -24,16 +34,18 @@ import trio
 from actors.errors import MaintdError
 from actors.messages import Enable
 from actors.peers import Peers
+from actors.status import Event, Status
 from actors.store import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
+from actors.types import InFlightItem
 
 from . import config as config_mod
 from . import paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .hub import StatusHub
 from .jobserver import JobServerRequests, build_subsystems
-from .listener import ListenerError, open_unix_listener
-from .notify import notify
+from .listener import ListenerError, open_control_listener
+from .notify import Notifier, describe
 from .processes import ProcessRunner
 from .server import ControlServer
 
@@ -43,6 +55,11 @@ VERSION = "0.1.0"
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 STORE_TIMEOUT = 60.0
+ACTORS_STOP_TIMEOUT = 10.0  # stop stage 2: pykka's stop_all; its threads are left behind after this
+JOBS_STOP_TIMEOUT = 5.0  # stop stage 2: SIGKILL the jobs still building and reap them
+STOP_TIMEOUT = ACTORS_STOP_TIMEOUT + JOBS_STOP_TIMEOUT  # all of stage 2
+EXTEND_WINDOW = 60.0  # how much more time one step of drain progress asks systemd for
+STOP_REASON = "stopping: draining before exit"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,20 +130,24 @@ def main(argv: list[str] | None = None) -> int:
 async def run(settings: Settings) -> int:
     cfg = settings.config
     bridge = Bridge(trio.lowlevel.current_trio_token())
-    stop = trio.Event()
+    notifier = Notifier.from_environ()
+    stop = Stop()
     failure: list[str] = []
 
     def on_fatal(error: str) -> None:
         log.critical("%s; stopping", error)
         failure.append(error)
-        stop.set()
+        stop.now()
+
+    def on_status(status: Status, _event: Event | None) -> None:
+        notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status))
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             hub = StatusHub(bridge, on_fatal)
             timers = TrioTimers(bridge, nursery)
             processes = ProcessRunner(bridge, nursery)
-            bound = False
+            socket_path: Path | None = None  # set once this process bound the socket and must unlink it
             try:
                 try:
                     store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
@@ -167,29 +188,138 @@ async def run(settings: Settings) -> int:
                 with trio.fail_after(STORE_TIMEOUT):
                     await hub.ready.wait()  # serve nobody before the supervisor's first status
                 try:
-                    listener = await open_unix_listener(settings.socket, int(cfg.control.mode, 8), cfg.control.admin_group)
+                    listening = await open_control_listener(settings.socket, int(cfg.control.mode, 8), cfg.control.admin_group)
                 except ListenerError as exc:
                     log.error("%s", exc)
                     return EXIT_FAILURE
-                bound = True
+                if not listening.activated:
+                    socket_path = listening.path  # systemd's socket file is systemd's to remove
                 jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
                 server = ControlServer(bridge, supervisor, hub, cfg, jobs)
-                await nursery.start(server.serve, listener)
-                notify("READY=1", f"STATUS=serving {settings.socket}")
-                log.info("maintd %s ready: control socket %s, state %s", VERSION, settings.socket, settings.state_dir)
+                await nursery.start(server.serve, listening.listener)
+                notifier.send("READY=1")
+                hub.listeners.append(on_status)
+                if hub.status is not None:
+                    on_status(hub.status, None)
+                nursery.start_soon(notifier.watchdog)
+                log.info("maintd %s ready: control socket %s, state %s", VERSION, listening.path, settings.state_dir)
                 nursery.start_soon(_watch_signals, signals, stop, lambda: nursery.start_soon(_reload, jobs))
-                await stop.wait()
-                notify("STOPPING=1")
-                log.info("stopping")
+                await stop.requested.wait()
+                notifier.send("STOPPING=1")
+                if stop.drain and not failure:
+                    drain_timeout = config_mod.parse_duration(cfg.daemon.stop_drain_timeout)
+                    with stop.hurry:
+                        await _stop_drain(hub, bridge, supervisor, notifier, drain_timeout)
+                    stop.drain = False
             finally:
+                log.info("stop stage 2/2: stopping the actors, then the jobs still building (at most %gs)", STOP_TIMEOUT)
+                notifier.status("stopping: stopping the actors and the jobs still building")
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(pykka.ActorRegistry.stop_all)
+                    with trio.move_on_after(ACTORS_STOP_TIMEOUT) as actors_scope:
+                        await trio.to_thread.run_sync(pykka.ActorRegistry.stop_all, abandon_on_cancel=True)
+                    if actors_scope.cancelled_caught:
+                        log.error("the actors did not stop within %gs; leaving their threads behind", ACTORS_STOP_TIMEOUT)
                     # Jobs still building are killed; the next start marks them interrupted.
-                    await processes.aclose()
+                    with trio.move_on_after(JOBS_STOP_TIMEOUT):
+                        await processes.aclose()
                 nursery.cancel_scope.cancel()
-                if bound:
-                    _remove_socket(settings.socket)
+                if socket_path is not None:
+                    _remove_socket(socket_path)
+    notifier.close()
+    log.info("stopped")
     return EXIT_FAILURE if failure else 0
+
+
+class Stop:
+    """How the daemon stops. The first SIGTERM/SIGINT stops with a drain first; a second one
+    during the drain cuts it short (``hurry``); a failure stops without one. Any later
+    signal changes nothing."""
+
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.drain = False  # a drain is due or running
+        self.hurry = trio.CancelScope()
+
+    def by_signal(self, name: str) -> None:
+        if not self.requested.is_set():
+            log.info("received %s: stopping; draining first", name)
+            self.drain = True
+            self.requested.set()
+        elif self.drain and not self.hurry.cancel_called:
+            log.warning("received %s again: stopping now, without waiting for the drain", name)
+            self.hurry.cancel()
+        else:
+            log.info("received %s: already stopping", name)
+
+    def now(self) -> None:
+        self.requested.set()
+        self.hurry.cancel()
+
+
+def _blocking(status: Status | None) -> list[InFlightItem]:
+    """The work a restart would break: what the drain waits for."""
+    if status is None:
+        return []
+    rs = status.running_systems
+    return [i for i in (*rs.material_update_in_progress, *rs.building_jobs, *rs.scheduled_jobs, *rs.other) if i.blocks_restart]
+
+
+async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: Notifier, timeout: float) -> None:
+    """Stop stage 1: drain, at most ``timeout`` seconds; return early when a second signal
+    (the caller's cancel scope) or an operator's ``maintctl disable`` says to stop now.
+
+    systemd's stop timeout is extended (``EXTEND_TIMEOUT_USEC``) only when the number of
+    blocking items went down since the last extension: a drain that is stuck gets no more
+    than the unit's ``TimeoutStopSec``.
+    """
+    status = hub.status
+    if status is not None and status.maintenance.safe_to_restart:
+        log.info("stop stage 1/2: already drained; nothing to wait for")
+        return
+    if timeout <= 0:
+        log.info("stop stage 1/2: skipped (stop_drain_timeout is 0)")
+        return
+    log.info("stop stage 1/2: draining before exit (at most %gs)", timeout)
+    changed = trio.Event()
+
+    def on_status(_status: Status, _event: Event | None) -> None:
+        changed.set()
+
+    hub.listeners.append(on_status)
+    started = trio.current_time()
+    try:
+        if status is None or not status.maintenance.enabled:
+            try:
+                await bridge.ask(supervisor, Enable(by="maintd", reason=STOP_REASON), STORE_TIMEOUT)
+            except (MaintdError, pykka.ActorDeadError, trio.TooSlowError) as exc:
+                log.warning("cannot turn on maintenance mode to drain (%s); stopping now", exc)
+                return
+        mark = len(_blocking(hub.status))
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                status = hub.status
+                assert status is not None
+                if status.maintenance.safe_to_restart:
+                    log.info("stop stage 1/2 done: drained in %.1fs", trio.current_time() - started)
+                    return
+                if not status.maintenance.enabled:
+                    log.warning("maintenance mode was turned off during the stop drain; stopping now")
+                    return
+                if (left := len(_blocking(status))) < mark:
+                    mark = left
+                    notifier.extend_timeout(min(EXTEND_WINDOW, scope.deadline - trio.current_time()) + STOP_TIMEOUT)
+                    log.info("draining: %d blocking item(s) left", left)
+                await changed.wait()
+                changed = trio.Event()
+        left_items = _blocking(hub.status)
+        log.warning(
+            "stop stage 1/2: not drained after %gs; stopping anyway with %d blocking item(s): %s",
+            timeout,
+            len(left_items),
+            ", ".join(f"{i.id} ({i.description})" for i in left_items) or "none",
+        )
+    finally:
+        hub.listeners.remove(on_status)
 
 
 async def _reload(jobs: JobServerRequests) -> None:
@@ -201,16 +331,17 @@ async def _reload(jobs: JobServerRequests) -> None:
         log.info("configuration reloaded: %s pipeline(s)", result["pipelines"])
 
 
-async def _watch_signals(signals: Any, stop: trio.Event, on_hup: Any = None) -> None:
+async def _watch_signals(signals: Any, stop: Stop, on_hup: Any = None) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
+            if stop.requested.is_set():
+                log.info("SIGHUP while stopping: ignored")
+                continue
             log.info("SIGHUP: reloading the configuration")
             if on_hup is not None:
                 on_hup()
             continue
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-        return
+        stop.by_signal(signal.Signals(signum).name)
 
 
 def _remove_socket(path: Path) -> None:

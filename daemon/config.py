@@ -34,6 +34,8 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str | None = None
     log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)$")] = "info"
+    #: On SIGTERM (``systemctl stop``), how long to wait for the drain before stopping anyway.
+    stop_drain_timeout: Duration = "60s"
 
 
 class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

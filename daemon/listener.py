@@ -1,4 +1,14 @@
-"""The control socket's listener: bound here, with a stale socket file cleared first."""
+"""The control socket's listener: handed over by systemd, or bound here.
+
+Socket activation (sd_listen_fds(3)): when ``LISTEN_PID`` is this process, fds
+``3 .. 3 + LISTEN_FDS - 1`` are open listening sockets, named by ``LISTEN_FDNAMES``. The one
+named ``control`` (the socket unit's ``FileDescriptorName=``), else the first, is served.
+systemd owns that socket file: it is neither chmod-ed nor unlinked here, and clients that
+connect while maintd restarts wait in its backlog.
+
+Otherwise the path is bound here, with a stale socket file cleared first; the daemon
+unlinks it on exit.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +17,84 @@ import grp
 import logging
 import os
 import socket
+from collections.abc import MutableMapping
 from pathlib import Path
 
+import msgspec
 import trio
 
 log = logging.getLogger("maintd.control")
 
+SD_LISTEN_FDS_START = 3
+FD_NAME = "control"
+
 
 class ListenerError(Exception):
     """The socket cannot be served; the message says why and what to do."""
+
+
+class Listening(msgspec.Struct, frozen=True, kw_only=True):
+    """What to serve, where it is, and whether systemd owns the socket file."""
+
+    listener: trio.SocketListener
+    path: Path
+    activated: bool
+
+
+async def open_control_listener(
+    path: Path, mode: int, group: str | None, environ: MutableMapping[str, str] | None = None
+) -> Listening:
+    """The socket systemd passed, if any, else ``path`` bound here."""
+    sock = activated_socket(environ)
+    if sock is not None:
+        bound = sock.getsockname()
+        where = Path(bound) if isinstance(bound, str) and bound else path
+        if where != path:
+            log.info("serving the socket systemd passed, %s (not %s)", where, path)
+        return Listening(listener=trio.SocketListener(trio.socket.from_stdlib_socket(sock)), path=where, activated=True)
+    return Listening(listener=await open_unix_listener(path, mode, group), path=path, activated=False)
+
+
+def activated_socket(environ: MutableMapping[str, str] | None = None) -> socket.socket | None:
+    """The control socket from ``LISTEN_FDS``, or None if systemd passed none to this process.
+
+    Unsets ``LISTEN_PID``, ``LISTEN_FDS`` and ``LISTEN_FDNAMES`` and marks every passed fd
+    close-on-exec, so that no child inherits them. Raises :class:`ListenerError` when the
+    chosen fd is not a listening Unix stream socket.
+    """
+    env = os.environ if environ is None else environ
+    pid, count, names = env.pop("LISTEN_PID", None), env.pop("LISTEN_FDS", None), env.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None:
+        return None
+    if pid != str(os.getpid()):
+        log.info("LISTEN_PID=%s is not this process (%d): binding the socket here", pid, os.getpid())
+        return None
+    try:
+        n = int(count)
+    except ValueError:
+        raise ListenerError(f"LISTEN_FDS={count!r} is not a number") from None
+    if n <= 0:
+        return None
+    fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+    labels = names.split(":") if names else []
+    chosen = fds[labels.index(FD_NAME)] if FD_NAME in labels else fds[0]
+    if n > 1:
+        log.warning("systemd passed %d sockets (%s); serving fd %d, ignoring the rest", n, names or "unnamed", chosen)
+    try:
+        sock = socket.socket(fileno=chosen)
+    except OSError as exc:
+        raise ListenerError(f"fd {chosen} from systemd is not a socket: {exc.strerror}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ListenerError(f"fd {chosen} from systemd is not a Unix stream socket; use ListenStream=/path in the socket unit")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ListenerError(f"fd {chosen} from systemd is not listening")
+    log.info("socket activation: serving fd %d (%s)", chosen, sock.getsockname())
+    return sock
 
 
 async def open_unix_listener(path: Path, mode: int, group: str | None) -> trio.SocketListener:
