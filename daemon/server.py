@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -103,8 +104,17 @@ class ConnectionLink:
 
 
 class ControlServer:
-    def __init__(self, bridge: Bridge, supervisor: pykka.ActorRef[Any], hub: StatusHub, config: Config, jobs: Any = None) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        supervisor: pykka.ActorRef[Any],
+        hub: StatusHub,
+        config: Config,
+        jobs: Any = None,
+        on_reject: Callable[[str], object] | None = None,
+    ) -> None:
         self.jobs = jobs
+        self.on_reject = on_reject or (lambda code: False)
         self.bridge = bridge
         self.supervisor = supervisor
         self.hub = hub
@@ -162,12 +172,14 @@ class ControlServer:
                 line = bytes(buffer[start:end])
                 start = end + 1
                 if len(line) > limit:
+                    self.on_reject("too_large")
                     conn.push(p.error_reply(None, "too_large", f"a line may hold at most {limit} bytes"))
                     continue
                 if line.strip():
                     await self.dispatch(conn, line)
             del buffer[:start]
             if len(buffer) > limit:
+                self.on_reject("too_large")
                 conn.push(p.error_reply(None, "too_large", f"a line may hold at most {limit} bytes; closing"))
                 conn.close_reason = "line over the size limit"
                 return
@@ -176,11 +188,13 @@ class ControlServer:
         try:
             request = p.decode_request(line)
         except p.ProtocolError as exc:
+            self.on_reject(exc.code)
             conn.push(p.error_reply(exc.request_id, exc.code, exc.message))
             return
         try:
             result = await self.handle_request(conn, request)
         except MaintdError as exc:
+            self.on_reject(exc.code)
             if exc.code == "forbidden":
                 log.warning(
                     "refused %s from %s (uid %s): forbidden", request.__struct_config__.tag, conn.peer.user, conn.peer.uid
