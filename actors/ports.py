@@ -30,8 +30,9 @@ class Timers(Protocol):
 
 
 class StatusSink(Protocol):
-    def publish(self, status: Status, event: Event | None) -> None:
-        """The newest status, and the event that produced it (None for a quiet refresh)."""
+    def publish(self, status: Status | None, event: Event | None) -> None:
+        """The newest status (None: not rebuilt yet, a newer one follows) and the event
+        that produced it (None for a quiet refresh)."""
         ...
 
     def fatal(self, error: str) -> None:

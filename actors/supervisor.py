@@ -75,7 +75,8 @@ class SubsystemView:
         self.failed = False
         self.failures = 0
         self.last_error: str | None = None
-        self.items: tuple[InFlightItem, ...] = ()
+        self._items: tuple[InFlightItem, ...] = ()
+        self.blocking_count = 0
         self.paused_for: str | None = None
         self.drained_for: str | None = None
 
@@ -83,8 +84,13 @@ class SubsystemView:
         self.ref = self.spawn(self.generation, self.items)
 
     @property
-    def blocking(self) -> list[InFlightItem]:
-        return [item for item in self.items if item.blocks_restart]
+    def items(self) -> tuple[InFlightItem, ...]:
+        return self._items
+
+    @items.setter
+    def items(self, items: tuple[InFlightItem, ...]) -> None:
+        self._items = items
+        self.blocking_count = sum(1 for item in items if item.blocks_restart)
 
 
 class SupervisorCore:
@@ -111,6 +117,8 @@ class SupervisorCore:
         self.on_deadline: OnDeadline | None = None
         self.deadline_passed = False
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
+        self.defer_status = False
+        self.status_pending = False
         self.removed: collections.deque[RemovedSubsystem] = collections.deque(maxlen=REMOVED_SHOWN)
         self._seq = itertools.count(1)
 
@@ -216,7 +224,7 @@ class SupervisorCore:
             return SubsystemState.RUNNING
         if view.paused_for != self.drain_id:
             return SubsystemState.PAUSING
-        if view.drained_for == self.drain_id and not view.blocking:
+        if view.drained_for == self.drain_id and not view.blocking_count:
             return SubsystemState.DRAINED
         return SubsystemState.PAUSED
 
@@ -236,7 +244,7 @@ class SupervisorCore:
             return
         view.items = msg.items
         view.reported = True
-        if view.blocking:
+        if view.blocking_count:
             view.drained_for = None
         self.recompute()
         self.publish("in_flight_changed", subsystem=view.name, items=view.items)
@@ -372,7 +380,7 @@ class SupervisorCore:
                     name=view.name,
                     state=self.state_of(view).value,
                     in_flight=len(view.items),
-                    blocking=len(view.blocking),
+                    blocking=view.blocking_count,
                     external=view.external,
                     failures=view.failures,
                     last_error=view.last_error,
@@ -394,19 +402,30 @@ class SupervisorCore:
         items: tuple[InFlightItem, ...] | None = None,
         message: str | None = None,
     ) -> None:
-        status = self.status()
+        # In a burst of reports the whole status is built once, when the burst ends
+        # (see SupervisorActor.on_receive); each event still goes out at once.
+        status = None if self.defer_status else self.status()
+        self.status_pending = self.defer_status
         self.sink.publish(
             status,
             Event(
                 seq=next(self._seq),
                 at=iso(self.clock.now()) or "",
                 event=event,
-                maintenance=status.maintenance,
+                maintenance=status.maintenance if status is not None else self.maintenance_info(),
                 subsystem=subsystem,
                 items=items,
                 message=message,
             ),
         )
+
+    def flush_status(self) -> None:
+        if self.status_pending:
+            self.status_pending = False
+            self.sink.publish(self.status(), None)
+
+
+_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)
 
 
 class SupervisorActor(pykka.ThreadingActor):

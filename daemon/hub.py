@@ -40,7 +40,7 @@ class StatusHub:
 
     # -- the port (any thread) -------------------------------------------------------------
 
-    def publish(self, status: Status, event: Event | None) -> None:
+    def publish(self, status: Status | None, event: Event | None) -> None:
         self.bridge.call_soon(self._apply, status, event)
 
     def fatal(self, error: str) -> None:
@@ -48,13 +48,16 @@ class StatusHub:
 
     # -- trio thread -------------------------------------------------------------------
 
-    def _apply(self, status: Status, event: Event | None) -> None:
-        self.status = status
-        self.ready.set()
-        self._status_json = self._inflight_json = None
+    def _apply(self, status: Status | None, event: Event | None) -> None:
+        if status is not None:
+            self.status = status
+            self.ready.set()
+            self._status_json = self._inflight_json = None
+        if self.status is None:
+            return
         for listener in self.listeners:
             try:
-                listener(status, event)
+                listener(self.status, event)
             except Exception:
                 log.exception("status listener failed")
         if event is not None and self.watchers:

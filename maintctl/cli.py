@@ -187,8 +187,9 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     tty = sys.stderr.isatty() and not as_json
     status = client.request("watch")
+    safe = status["maintenance"]["safe_to_restart"]
     shown = ""
-    while not status["maintenance"]["safe_to_restart"]:
+    while not safe:
         if tty:
             line = render.progress(status)
             if line != shown:
@@ -211,10 +212,13 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             return EXIT_NOT_SAFE
         message = client.events.pop(0) if client.events else client.read(timeout=left)
         if message is not None and message.get("type") == "event":
-            status = client.request("status")
+            # Each event carries the maintenance state as of that event: it decides.
+            safe = message["maintenance"]["safe_to_restart"]
+            if tty and not safe:
+                status = client.request("status")
     if tty and shown:
         sys.stderr.write("\n")
-    out(status, as_json, "Safe to restart.")
+    out(status if not as_json else client.request("status"), as_json, "Safe to restart.")
     return EXIT_OK
 
 

@@ -46,9 +46,10 @@ class FakeSink:
         self.events: list[Event] = []
         self.fatal_errors: list[str] = []
 
-    def publish(self, status: Status, event: Event | None) -> None:
+    def publish(self, status: Status | None, event: Event | None) -> None:
         with self.cond:
-            self.status = status
+            if status is not None:
+                self.status = status
             if event is not None:
                 self.events.append(event)
             self.cond.notify_all()
