@@ -34,6 +34,7 @@ class Notifier:
         self.watchdog_usec = watchdog_usec
         self._status: str | None = None
         self._sock: socket.socket | None = None
+        self._failing = False  # warn once per run of failed sends, not on every ping
 
     @classmethod
     def from_environ(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
@@ -68,8 +69,13 @@ class Notifier:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
-            log.warning("cannot notify systemd at %s: %s", self.address.replace("\0", "@"), exc.strerror or exc)
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "cannot notify systemd at %s: %s", self.address.replace("\0", "@"), exc.strerror or exc)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("notifying systemd at %s again", self.address.replace("\0", "@"))
+            self._failing = False
         return True
 
     def status(self, text: str) -> None:
