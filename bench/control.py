@@ -490,7 +490,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     floor_sock = str(tmp / "floor.sock")
     daemon_cmd = [
         *[sys.executable, "-m", "daemon"],
-        *["--socket", daemon_sock, "--state-dir", str(tmp / "state"), "--log-level", "warning"],
+        *["--socket", daemon_sock, "--state-dir", str(tmp / "state"), "--log-level", "warning", "--http", "off"],
     ]
     with Server("maintd", daemon_cmd, daemon_sock, tmp, args, env) as daemon:
         daemon.wait_ready()

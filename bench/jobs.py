@@ -344,7 +344,7 @@ class Daemon:
         self.log_path = tmp / "maintd.log"
         cmd = [
             *[sys.executable, "-m", "daemon", "--config", str(config)],
-            *["--socket", self.sock, "--state-dir", str(tmp / "state"), "--log-level", "warning"],
+            *["--socket", self.sock, "--state-dir", str(tmp / "state"), "--log-level", "warning", "--http", "off"],
         ]
         self.proc: subprocess.Popen | None = None
         with open(self.log_path, "wb") as log:

@@ -42,9 +42,11 @@ from actors.types import InFlightItem
 from . import config as config_mod
 from . import paths
 from .bridge import Bridge, TrioTimers, WallClock
+from .http import HttpError, serve_http
 from .hub import StatusHub
 from .jobserver import JobServerRequests, build_subsystems
 from .listener import ListenerError, open_control_listener
+from .metrics import Metrics, daemon_registry
 from .notify import Notifier, describe
 from .processes import ProcessRunner
 from .server import ControlServer
@@ -68,6 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     socket: Path
     state_dir: Path
     start_in_maintenance: bool
+    http: str | None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--start-in-maintenance",
         action="store_true",
         help="start with maintenance mode on (updated_by is 'maintd'), to check a migrated server before it builds",
+    )
+    parser.add_argument(
+        "--http", metavar="HOST:PORT|off", help="serve /metrics and the status page here (overrides [http]); off: not at all"
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
     parser.add_argument("--version", action="version", version=f"maintd {VERSION}")
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         socket=args.socket or (Path(cfg.control.socket) if cfg.control.socket else paths.runtime_dir() / paths.SOCKET_NAME),
         state_dir=state_dir,
         start_in_maintenance=args.start_in_maintenance or cfg.maintenance.start_in_maintenance,
+        http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
     )
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     return trio.run(run, settings)
@@ -145,6 +152,8 @@ async def run(settings: Settings) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             hub = StatusHub(bridge, on_fatal)
+            metrics = Metrics(daemon_registry(), version=VERSION)
+            hub.listeners.append(metrics.update)
             timers = TrioTimers(bridge, nursery)
             processes = ProcessRunner(bridge, nursery)
             socket_path: Path | None = None  # set once this process bound the socket and must unlink it
@@ -156,6 +165,8 @@ async def run(settings: Settings) -> int:
                 except (MaintdError, pykka.ActorDeadError) as exc:
                     log.error("cannot open the store in %s: %s", settings.state_dir, exc)
                     return EXIT_FAILURE
+                for _ in interrupted:
+                    metrics.job_finished("interrupted")
                 if interrupted:
                     log.warning("%d job(s) were building when maintd last stopped; marked interrupted", len(interrupted))
                 if queued:
@@ -170,6 +181,8 @@ async def run(settings: Settings) -> int:
                     timers=timers,
                     clock=clock,
                     work_root=settings.state_dir,
+                    on_job=metrics.job_finished,
+                    on_poll=metrics.material_polled,
                 )
                 supervisor = SupervisorActor.start(
                     clock=clock,
@@ -195,8 +208,14 @@ async def run(settings: Settings) -> int:
                 if not listening.activated:
                     socket_path = listening.path  # systemd's socket file is systemd's to remove
                 jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
-                server = ControlServer(bridge, supervisor, hub, cfg, jobs)
+                server = ControlServer(bridge, supervisor, hub, cfg, jobs, on_reject=metrics.rejected)
                 await nursery.start(server.serve, listening.listener)
+                if settings.http is not None:
+                    try:
+                        await nursery.start(serve_http, settings.http, hub, metrics)
+                    except HttpError as exc:
+                        log.error("%s", exc)
+                        return EXIT_FAILURE
                 notifier.send("READY=1")
                 hub.listeners.append(on_status)
                 if hub.status is not None:

@@ -96,7 +96,17 @@ class Daemon:
         self.socket = tmp / "run" / "control.sock"
         self.state = tmp / "state"
         self.log = tmp / "maintd.log"
-        cmd = [sys.executable, "-m", "daemon", "--socket", str(self.socket), "--state-dir", str(self.state)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "daemon",
+            "--socket",
+            str(self.socket),
+            "--state-dir",
+            str(self.state),
+            "--http",
+            "127.0.0.1:0",
+        ]
         if config is not None:
             path = tmp / "maintd.toml"
             path.write_text(config)
@@ -156,6 +166,14 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+    def http_url(self) -> str:
+        """The base URL of this daemon's HTTP server (it listens on a free port)."""
+        import re
+
+        found = wait_for(lambda: re.findall(r"http on (\S+):(\d+)", self.log_text()), 10, "the http line in the log")
+        host, port = found[-1]
+        return f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -248,10 +248,15 @@ def test_a_bad_config_exits_2_naming_the_file_and_the_key(make_daemon) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_sigterm_stops_cleanly_and_removes_the_socket(daemon: Daemon) -> None:
-    register(daemon, "exporter", [JOB])
+def test_sigterm_drains_first_then_stops_cleanly_and_removes_the_socket(daemon: Daemon) -> None:
+    sub = register(daemon, "exporter", [JOB])
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
+    pause = sub.next_event(lambda m: m.get("type") == "pause_intake")  # the stop drains the subsystem first
+    assert daemon.proc.poll() is None
+    sub.send(type="intake_paused", drain_id=pause["drain_id"])
+    sub.send(type="in_flight", items=[])
+    sub.send(type="drained", drain_id=pause["drain_id"])
     assert daemon.proc.wait(15) == 0
     assert not daemon.socket.exists()
     assert "Traceback" not in daemon.log_text()
