@@ -40,7 +40,7 @@ from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod
-from . import paths
+from . import logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -106,14 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"maintd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=(args.log_level or cfg.daemon.log_level).upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pykka logs every exception an ask returns to its caller; ours are refusals the
-    # control socket already reports, so only its warnings (dead actors, failures) stay.
-    logging.getLogger("pykka").setLevel(logging.WARNING)
+    logs.setup(args.log_level or cfg.daemon.log_level)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)

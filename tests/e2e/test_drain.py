@@ -260,3 +260,13 @@ def test_sigterm_drains_first_then_stops_cleanly_and_removes_the_socket(daemon: 
     assert daemon.proc.wait(15) == 0
     assert not daemon.socket.exists()
     assert "Traceback" not in daemon.log_text()
+
+
+def test_under_systemd_every_log_line_has_a_priority_prefix_and_says_who(make_daemon) -> None:
+    d = make_daemon(env={"JOURNAL_STREAM": "8:12345"})
+    assert d.maintctl("enable", "--reason", "upgrade").returncode == 0
+    assert d.maintctl("trigger", "nothing").returncode == 1
+    wait_for(lambda: "turned on maintenance mode" in d.log_text(), 10, "the enable line")
+    lines = d.log_text().splitlines()
+    assert lines and all(line[:3] in {"<2>", "<3>", "<4>", "<6>", "<7>"} for line in lines), lines
+    assert "<6>maintd.control: root turned on maintenance mode (reason: upgrade)" in lines
