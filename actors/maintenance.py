@@ -53,11 +53,16 @@ class Machine:
         self.state = S.NORMAL
         self.last: Transition | None = None
 
-    def fire(self, event: MaintenanceEvent, *, by: str, at: float, reason: str | None = None) -> Transition:
+    def check(self, event: MaintenanceEvent) -> S:
+        """The state ``event`` would lead to; raises :class:`IllegalTransition` and changes nothing."""
         new = TRANSITIONS[self.state].get(event)
         if new is None:
             message = _REFUSALS.get((self.state, event), f"event {event.value!r} is not allowed in state {self.state.value!r}")
             raise IllegalTransition(message)
+        return new
+
+    def fire(self, event: MaintenanceEvent, *, by: str, at: float, reason: str | None = None) -> Transition:
+        new = self.check(event)
         transition = Transition(event=event, from_state=self.state, to_state=new, by=by, at=at, reason=reason)
         self.state = new
         self.last = transition

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,15 @@ from .types import (
 Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
 
 SYSTEM = "maintd"
+log = logging.getLogger("maintd.supervisor")
+
+
+def _deadline_detail(msg: Enable) -> str | None:
+    if msg.deadline_seconds is None:
+        return None
+    return f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}"
+
+
 DEADLINE_TIMER = "deadline"
 #: How many removed subsystems the status keeps showing.
 REMOVED_SHOWN = 20
@@ -103,7 +113,9 @@ class SupervisorCore:
         restart_delay: float = 1.0,
         history_size: int = 1000,
         peers: Peers | None = None,
+        audit_log: Callable[..., Any] | None = None,
     ) -> None:
+        self.audit_log = audit_log
         self.peers = peers
         self.clock = clock
         self.timers = timers
@@ -149,6 +161,7 @@ class SupervisorCore:
         if view.ref is not None:
             view.ref.stop(block=False)
         abandoned = view.items
+        self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
         self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
@@ -165,6 +178,9 @@ class SupervisorCore:
         if msg.deadline_seconds is not None and msg.deadline_seconds < 0:
             raise BadRequest("deadline_seconds must be zero or more")
         now = self.clock.now()
+        self.machine.check(MaintenanceEvent.ENABLE)
+        # Recorded before it takes effect: what cannot be recorded does not happen.
+        self.audit("enable", msg.by, now, reason=msg.reason, detail=_deadline_detail(msg))
         transition = self.machine.fire(MaintenanceEvent.ENABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         self.drain_id = f"drain-{secrets.token_hex(4)}"
@@ -183,7 +199,10 @@ class SupervisorCore:
         return self.maintenance_info()
 
     def disable(self, msg: Disable) -> MaintenanceInfo:
-        transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=self.clock.now(), reason=msg.reason)
+        now = self.clock.now()
+        self.machine.check(MaintenanceEvent.DISABLE)
+        self.audit("disable", msg.by, now, reason=msg.reason)
+        transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         drain_id, self.drain_id = self.drain_id or "", None
         self.deadline = self.on_deadline = None
@@ -307,11 +326,13 @@ class SupervisorCore:
             raise NotCancellable(f"{item.id} ({item.kind}) does not accept cancel")
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
+        self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id)
         view.ref.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply))
         return item.id
 
     def on_cancelled(self, msg: Cancelled) -> None:
         self.record("cancel", by=msg.by, reason=msg.reason, item=msg.item_id)
+        self.audit_after("cancel", msg.by, reason=msg.reason, target=msg.item_id)
         self.publish("cancelled", subsystem=msg.subsystem, message=f"{msg.item_id} cancelled by {msg.by}")
         if msg.reply is not None:
             msg.reply.set({"item": msg.item_id, "cancelled": True, "by": msg.by})
@@ -340,6 +361,18 @@ class SupervisorCore:
 
     def record(self, action: str, *, by: str, **fields: Any) -> None:
         self.history.append(HistoryEntry(at=iso(self.clock.now()) or "", action=action, by=by, **fields))
+
+    def audit(self, action: str, by: str, at: float, **fields: Any) -> None:
+        """Write to the persistent audit log; raises (a StoreError) if it cannot."""
+        if self.audit_log is not None:
+            self.audit_log(action, by, at, **fields)
+
+    def audit_after(self, action: str, by: str, **fields: Any) -> None:
+        """Audit something that has already happened: a failure is logged, it cannot be refused."""
+        try:
+            self.audit(action, by, self.clock.now(), **fields)
+        except MaintdError as exc:
+            log.error("could not record %s by %s in the audit log: %s", action, by, exc.message)
 
     def record_transition(self, t: Transition) -> None:
         self.record(
@@ -448,10 +481,13 @@ class SupervisorActor(pykka.ThreadingActor):
         builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
         peers: Peers | None = None,
         start_in_maintenance: Enable | None = None,
+        audit_log: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         self.start_in_maintenance = start_in_maintenance
-        self.core = SupervisorCore(clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers)
+        self.core = SupervisorCore(
+            clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers, audit_log=audit_log
+        )
         self.builtins = builtins
 
     @staticmethod

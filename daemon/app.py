@@ -166,10 +166,11 @@ async def run(settings: Settings) -> int:
                     log.info("%d scheduled job(s) queued again", len(queued))
                 peers = Peers()
                 clock = WallClock()
+                sync_store = SyncStore(store_proxy)
                 builtins = build_subsystems(
                     cfg,
                     peers=peers,
-                    store=SyncStore(store_proxy),
+                    store=sync_store,
                     processes=processes,
                     timers=timers,
                     clock=clock,
@@ -184,6 +185,7 @@ async def run(settings: Settings) -> int:
                     restart_delay=config_mod.parse_duration(cfg.maintenance.subsystem_restart_delay),
                     builtins=builtins,
                     peers=peers,
+                    audit_log=sync_store.audit,
                     start_in_maintenance=(
                         Enable(by="maintd", reason="started with --start-in-maintenance")
                         if settings.start_in_maintenance
@@ -307,6 +309,7 @@ async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier:
                 log.warning("cannot turn on maintenance mode to drain (%s); stopping now", exc)
                 return
         mark = len(_blocking(hub.status))
+        seen_on = False  # the hub's snapshot may lag behind the enable's reply for a burst
         with trio.move_on_after(timeout) as scope:
             while True:
                 status = hub.status
@@ -314,7 +317,8 @@ async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier:
                 if status.maintenance.safe_to_restart:
                     log.info("stop stage 1/2 done: drained in %.1fs", trio.current_time() - started)
                     return
-                if not status.maintenance.enabled:
+                seen_on = seen_on or status.maintenance.enabled
+                if seen_on and not status.maintenance.enabled:
                     log.warning("maintenance mode was turned off during the stop drain; stopping now")
                     return
                 if (left := len(_blocking(status))) < mark:

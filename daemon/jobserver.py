@@ -23,6 +23,7 @@ from actors.materials import MaterialsCore
 from actors.peers import Peers
 from actors.ports import Clock, Timers
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.status import iso
 
 from . import config as config_mod
 from . import protocol as p
@@ -148,6 +149,14 @@ class JobServerRequests:
                 return result
         return NotImplemented
 
+    async def history(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The audit log, oldest first, in the shape of the supervisor's history entries."""
+        rows = await self.stored("audit_entries", limit=limit)
+        return [
+            {"at": iso(r.at), "action": r.action, "by": r.by, "reason": r.reason, "item": r.target, "detail": r.detail}
+            for r in rows
+        ]
+
     async def reload(self, by: str) -> Any:
         if self.config_path is None:
             raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
@@ -164,11 +173,12 @@ class JobServerRequests:
         row = await self.stored("job", job_id)
         if row is None:
             raise NotFound(f"no job {job_id}")
-        path = Path(row.log_path).resolve()
-        if not path.is_relative_to(self.state_dir):
-            raise MaintdError(f"job {job_id}'s log is outside the state directory", code="forbidden")
+        state_dir = self.state_dir
 
         def tail() -> tuple[bytes, int]:
+            path = Path(row.log_path).resolve()
+            if not path.is_relative_to(state_dir):
+                raise MaintdError(f"job {job_id}'s log is outside the state directory", code="forbidden")
             try:
                 with path.open("rb") as f:
                     size = f.seek(0, 2)

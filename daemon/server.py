@@ -196,9 +196,7 @@ class ControlServer:
         except MaintdError as exc:
             self.on_reject(exc.code)
             if exc.code == "forbidden":
-                log.warning(
-                    "refused %s from %s (uid %s): forbidden", request.__struct_config__.tag, conn.peer.user, conn.peer.uid
-                )
+                await self.forbidden(conn, request.__struct_config__.tag)
             conn.push(p.error_reply(request.id, exc.code, exc.message))
         except trio.TooSlowError:
             conn.push(p.error_reply(request.id, "timeout", "no answer in time; the request may still take effect"))
@@ -230,6 +228,8 @@ class ControlServer:
                 conn.push(p.ok_reply_raw(request.id, self.hub.status_json()))
                 return NO_REPLY
             case p.HistoryRequest():
+                if self.jobs is not None:  # the persistent audit log
+                    return {"entries": await self.jobs.history()}
                 return {"entries": await self.ask(GetHistory())}
             case p.EnableRequest():
                 peer.require_admin("enable", self.config.admin_group)
@@ -267,6 +267,15 @@ class ControlServer:
             if result is not NotImplemented:
                 return result
         raise BadRequest(f"unhandled request type {request.__struct_config__.tag}")
+
+    async def forbidden(self, conn: Connection, action: str) -> None:
+        peer = conn.peer
+        log.warning("refused %s from %s (uid %s, pid %s): forbidden", action, peer.user, peer.uid, peer.pid)
+        if self.jobs is not None:
+            try:
+                await self.jobs.stored("audit", "forbidden", peer.user, time.time(), target=action, detail=f"uid {peer.uid}")
+            except (MaintdError, trio.TooSlowError) as exc:
+                log.error("could not record the refused %s in the audit log: %s", action, exc)
 
     async def ask(self, message: Any) -> Any:
         return await self.bridge.ask(self.supervisor, message, ASK_TIMEOUT)

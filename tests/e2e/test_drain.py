@@ -270,3 +270,16 @@ def test_under_systemd_every_log_line_has_a_priority_prefix_and_says_who(make_da
     lines = d.log_text().splitlines()
     assert lines and all(line[:3] in {"<2>", "<3>", "<4>", "<6>", "<7>"} for line in lines), lines
     assert "<6>maintd.control: root turned on maintenance mode (reason: upgrade)" in lines
+
+
+def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
+    assert daemon.maintctl("enable", "--reason", "upgrade", "--deadline", "30m").returncode == 0
+    assert daemon.maintctl("disable", "--reason", "done").returncode == 0
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait()
+    daemon.start()
+    entries = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
+    assert [(e["action"], e["by"], e["reason"]) for e in entries] == [("enable", "root", "upgrade"), ("disable", "root", "done")]
+    assert entries[0]["detail"] == "deadline 1800s, then wait"
+    assert status(daemon)["maintenance"]["enabled"] is False
