@@ -281,6 +281,18 @@ def test_sigterm_when_already_drained_stops_without_waiting(make_daemon: Any, no
     assert "stop stage 1/2: already drained" in d.log_text()
 
 
+def test_maintctl_disable_during_the_stop_drain_stops_at_once(
+    make_daemon: Any, tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    d, _release = start_building(make_daemon, tmp_path, notify_socket, stop_drain_timeout="10m")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    notify_socket.wait(lambda m: m.get("STATUS", "").startswith("stopping, draining"), "the stop drain")
+    assert d.maintctl("disable").returncode == 0
+    assert d.proc.wait(app.STOP_TIMEOUT + 10) == 0
+    assert "maintenance mode was turned off during the stop drain; stopping now" in d.log_text()
+
+
 # -- socket activation -----------------------------------------------------------------------
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
