@@ -83,7 +83,8 @@ class AgentsCore(SubsystemCore):
             self.peers.tell("scheduler", Requeue(spec))
             return
         self.agents[agent] = spec.job_id
-        self.store.set_job_state(spec.job_id, JobState.BUILDING, self.clock.now(), agent=agent)
+        # Not waited for: the store handles its messages in order (see SyncStore.later).
+        self.store.later("set_job_state", spec.job_id, JobState.BUILDING, self.clock.now(), agent=agent)
         self.add(
             InFlightItem(
                 id=qualify(self.name, job_item_id(spec.job_id)),
@@ -113,12 +114,10 @@ class AgentsCore(SubsystemCore):
         else:
             state = JobState.FAILED
         detail = msg.error or ("timed out" if msg.timed_out else None)
-        try:
-            self.store.set_job_state(
-                msg.job_id, state, self.clock.now(), returncode=msg.returncode, cancelled_by=by, detail=detail
-            )
-        except ValueError as exc:  # already terminal (e.g. recorded by an earlier actor)
-            log.warning("job %d: %s", msg.job_id, exc)
+        # Not waited for; a job already terminal (recorded by an earlier actor) is logged by the store.
+        self.store.later(
+            "set_job_state", msg.job_id, state, self.clock.now(), returncode=msg.returncode, cancelled_by=by, detail=detail
+        )
         self.pids.pop(msg.job_id, None)
         if item.agent in self.agents:
             self.agents[item.agent] = None

@@ -138,6 +138,13 @@ def _event(db: sqlite3.Connection, job_id: int, at: float, state: str, detail: s
 class Store:
     """One SQLite database. Use it from the thread that opened it."""
 
+    def later(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """As :meth:`SyncStore.later`; on the plain store the write happens at once."""
+        try:
+            getattr(self, name)(*args, **kwargs)
+        except (StoreError, ValueError) as exc:
+            log.error("the store could not record %s: %s", name, exc)
+
     def __init__(self, path: str) -> None:
         self.path = path
         db: sqlite3.Connection | None = None
@@ -417,6 +424,23 @@ class SyncStore:
     def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
         self._proxy = proxy
         self._timeout = timeout
+
+    def later(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Send a write without waiting for it; the store carries out its messages in order,
+        so later reads and writes see it. A failure is logged (it cannot be refused here)."""
+        try:
+            future = getattr(self._proxy, name)(*args, **kwargs)
+        except pykka.ActorDeadError:
+            log.error("the store has stopped; %s was not recorded", name)
+            return
+        future.add_done_callback(functools.partial(_log_failure, name))
+
+
+def _log_failure(name: str, future: Any) -> None:
+    try:
+        future.get(timeout=0)
+    except Exception as exc:  # noqa: BLE001 - logged: the caller has moved on
+        log.error("the store could not record %s: %s", name, exc)
 
 
 def _actor_method(name: str) -> Callable[..., Any]:

@@ -135,10 +135,15 @@ class Metrics:
         self._drain_id: str | None = None
         self._drain_started: float | None = None  # time.monotonic() when the drain was first seen
         self._drain_observed = False
+        self._last_status: Status | None = None
 
     # -- the StatusHub listener (trio thread) ----------------------------------------------
 
     def update(self, status: Status, event: Event | None = None) -> None:
+        # Events in a burst share one status object: the gauges only move when it changes.
+        if status is self._last_status:
+            return
+        self._last_status = status
         m = status.maintenance
         if m.state != self._state:
             self.maintenance_state.state(m.state)

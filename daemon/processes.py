@@ -314,7 +314,8 @@ class ProcessRunner:
         spec = job.spec
         try:
             argv = _job_argv(spec)
-            log_file = _open_log(spec)
+            # mkdir and open are filesystem calls: not in the loop that serves the socket.
+            log_file = await trio.to_thread.run_sync(_open_log, spec)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
             _append_log(spec.log, error)
