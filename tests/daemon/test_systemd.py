@@ -309,7 +309,7 @@ def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path, noti
     # systemd-socket-activate passes on only LISTEN_* and what -E names.
     cmd = [SOCKET_ACTIVATE, "-l", str(path), "--fdname=control", "-E", f"NOTIFY_SOCKET={notify_socket.path}"]
     cmd += ["-E", f"PATH={os.environ['PATH']}", sys.executable, "-m", "daemon"]
-    cmd += ["--socket", str(fallback), "--state-dir", str(tmp_path / "state")]
+    cmd += ["--socket", str(fallback), "--state-dir", str(tmp_path / "state"), "--http", "off"]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
