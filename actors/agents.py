@@ -16,7 +16,7 @@ import msgspec
 from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
 from .messages import Cancel
 from .ports import Clock
-from .scheduler import AgentsPaused, AnnounceIdle, Assign, CancelJobs, JobFinished, Requeue, WantWork, job_item_id
+from .scheduler import AgentsPaused, AnnounceIdle, Assign, CancelJobs, JobFinished, Requeue, WantWork, job_item, job_item_id
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 
@@ -85,20 +85,7 @@ class AgentsCore(SubsystemCore):
         self.agents[agent] = spec.job_id
         # Not waited for: the store handles its messages in order (see SyncStore.later).
         self.store.later("set_job_state", spec.job_id, JobState.BUILDING, self.clock.now(), agent=agent)
-        self.add(
-            InFlightItem(
-                id=qualify(self.name, job_item_id(spec.job_id)),
-                subsystem=self.name,
-                kind=BUILDING_JOB,
-                description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job} on {agent}",
-                started_at=self.clock.now(),
-                cancellable=True,
-                agent=agent,
-                pipeline=spec.pipeline,
-                stage=spec.stage,
-                job=spec.job,
-            )
-        )
+        self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, self.clock.now(), agent=agent))
         self.processes.start_job(self.me, spec)
 
     def exited(self, msg: JobExited) -> None:

@@ -13,10 +13,9 @@ from typing import Any
 
 import pykka
 
-from .errors import Conflict, SubsystemGone
+from .errors import Conflict, NotCancellable, SubsystemGone
 from .messages import (
     Cancel,
-    CancelRefused,
     ExternalCancelResult,
     ExternalDrained,
     ExternalInFlight,
@@ -53,22 +52,10 @@ class ExternalCore(SubsystemCore):
 
     def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
         if item.id in self.pending:
-            self.refuse_pending(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}"))
+            self.refuse(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}"))
             return
         self.pending[item.id] = msg
         self.link.send({"type": "cancel", "item": item.local_id})
-
-    def refuse_pending(self, msg: Cancel, error: Conflict | SubsystemGone) -> None:
-        self.emit(
-            CancelRefused(
-                subsystem=self.name,
-                item_id=msg.item_id,
-                code=error.code,
-                reason=error.message,
-                by=msg.by,
-                reply=msg.reply,
-            )
-        )
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -90,16 +77,7 @@ class ExternalCore(SubsystemCore):
                 if ok:
                     self.accept_cancel(msg)
                 else:
-                    self.emit(
-                        CancelRefused(
-                            subsystem=self.name,
-                            item_id=msg.item_id,
-                            code="not_cancellable",
-                            reason=reason or f"{self.name} refused to cancel {msg.item_id}",
-                            by=msg.by,
-                            reply=msg.reply,
-                        )
-                    )
+                    self.refuse(msg, NotCancellable(reason or f"{self.name} refused to cancel {msg.item_id}"))
             case _:
                 return NotImplemented
         return None

@@ -102,6 +102,23 @@ def job_item_id(job_id: int) -> str:
     return f"job-{job_id}"
 
 
+def job_item(subsystem: str, spec: JobSpec, kind: str, now: float, **extra: Any) -> InFlightItem:
+    """A job as an in-flight item: scheduled (in the scheduler) or building (on an agent)."""
+    where = f" on {spec.agent}" if spec.agent else ""
+    return InFlightItem(
+        id=qualify(subsystem, job_item_id(spec.job_id)),
+        subsystem=subsystem,
+        kind=kind,
+        description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job}{where}",
+        started_at=now,
+        cancellable=True,
+        pipeline=spec.pipeline,
+        stage=spec.stage,
+        job=spec.job,
+        **extra,
+    )
+
+
 class SchedulerCore(SubsystemCore):
     def __init__(
         self,
@@ -264,18 +281,7 @@ class SchedulerCore(SubsystemCore):
         self.dispatch()
 
     def item_of(self, spec: JobSpec) -> InFlightItem:
-        return InFlightItem(
-            id=qualify(self.name, job_item_id(spec.job_id)),
-            subsystem=self.name,
-            kind=SCHEDULED_JOB,
-            description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job}",
-            started_at=self.clock.now(),
-            cancellable=True,
-            blocks_restart=False,
-            pipeline=spec.pipeline,
-            stage=spec.stage,
-            job=spec.job,
-        )
+        return job_item(self.name, spec, SCHEDULED_JOB, self.clock.now(), blocks_restart=False)
 
     # -- handing jobs to agents --------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pykka
 
-from .errors import NotCancellable, NotFound
+from .errors import MaintdError, NotCancellable, NotFound
 from .future import CallbackFuture
 from .messages import (
     Cancel,
@@ -83,7 +83,7 @@ class SubsystemCore:
         else:
             self.on_cancel(item, msg)
 
-    def refuse(self, msg: Cancel, error: NotFound | NotCancellable) -> None:
+    def refuse(self, msg: Cancel, error: MaintdError) -> None:
         self.emit(
             CancelRefused(
                 subsystem=self.name,
