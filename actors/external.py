@@ -18,8 +18,10 @@ from .messages import (
     Cancel,
     ExternalCancelResult,
     ExternalDrained,
+    ExternalGone,
     ExternalInFlight,
     ExternalIntakePaused,
+    ExternalLeft,
 )
 from .ports import SubsystemLink
 from .subsystem import Emit, SubsystemActor, SubsystemCore
@@ -70,6 +72,10 @@ class ExternalCore(SubsystemCore):
                 if drain_id == self.paused_for:
                     self.said_drained_for = drain_id
                     self.check_drained()
+            case ExternalGone(reason=reason):
+                # Through this actor, so that the reports the process sent before it
+                # closed reach the supervisor before the removal does.
+                self.emit(ExternalLeft(subsystem=self.name, reason=reason))
             case ExternalCancelResult(item=local, ok=ok, reason=reason):
                 msg = self.pending.pop(f"{self.name}/{local}", None)
                 if msg is None:

@@ -155,6 +155,19 @@ class ExternalDrained(Msg):
     drain_id: str
 
 
+class ExternalGone(Msg):
+    """The process's connection closed; every line it sent before is already handled."""
+
+    reason: str
+
+
+class ExternalLeft(Msg):
+    """To the supervisor, from an external subsystem's actor: remove me (after my last report)."""
+
+    subsystem: str
+    reason: str
+
+
 class ExternalCancelResult(Msg):
     item: str
     ok: bool

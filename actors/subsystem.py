@@ -13,7 +13,7 @@ from typing import Any
 
 import pykka
 
-from .errors import MaintdError, NotCancellable, NotFound
+from .errors import MaintdError, NotCancellable, NotFound, SubsystemGone
 from .future import CallbackFuture
 from .messages import (
     Cancel,
@@ -202,4 +202,12 @@ class SubsystemActor(pykka.ThreadingActor):
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # pykka has marked this actor stopped: nothing new arrives. A cancel still queued
+        # here would never be answered, so it is answered now.
+        while not self.actor_inbox.empty():
+            message = self.actor_inbox.get_nowait().message
+            if isinstance(message, Cancel) and message.reply is not None and not message.reply.done:
+                message.reply.set_exception(
+                    SubsystemGone(f"{self.core.name} failed before it answered the cancel of {message.item_id}; try again")
+                )
         self.supervisor.tell(SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exception_value)))

@@ -29,6 +29,8 @@ from .messages import (
     Disable,
     Drained,
     Enable,
+    ExternalGone,
+    ExternalLeft,
     FromExternal,
     GetHistory,
     InFlightReport,
@@ -89,6 +91,7 @@ class SubsystemView:
         self.blocking_count = 0
         self.paused_for: str | None = None
         self.drained_for: str | None = None
+        self.leaving: str | None = None
 
     def start(self) -> None:
         self.ref = self.spawn(self.generation, self.items)
@@ -147,6 +150,20 @@ class SupervisorCore:
         self.recompute()
         self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
         return view
+
+    def unregister(self, name: str, reason: str) -> None:
+        """A process's connection closed: remove it once its actor has passed on what it sent."""
+        view = self.views.get(name)
+        if view is None:
+            return
+        view.leaving = reason
+        if view.ref is not None:
+            try:
+                view.ref.tell(ExternalGone(reason=reason))
+                return
+            except pykka.ActorDeadError:
+                pass
+        self.remove_subsystem(name, reason)
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()
@@ -279,6 +296,9 @@ class SupervisorCore:
     def on_failed(self, msg: SubsystemFailed) -> None:
         view = self.views.get(msg.subsystem)
         if view is None or msg.generation != view.generation:
+            return
+        if view.leaving is not None:  # its process is gone too: nothing to restart
+            self.remove_subsystem(view.name, view.leaving)
             return
         view.failed = True
         view.failures += 1
@@ -458,7 +478,7 @@ class SupervisorCore:
             self.sink.publish(self.status(), None)
 
 
-_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)
+_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)  # ExternalLeft publishes at once
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -556,6 +576,8 @@ class SupervisorActor(pykka.ThreadingActor):
             case Register():
                 return self.register(message)
             case Unregister(name=name, reason=reason):
+                core.unregister(name, reason)
+            case ExternalLeft(subsystem=name, reason=reason):
                 core.remove_subsystem(name, reason)
             case GetHistory():
                 return tuple(core.history)
