@@ -101,8 +101,9 @@ class ConfigGuardCore(SubsystemCore):
             raise NotFound(f"no pipeline named {msg.pipeline!r}")
         if (msg.pipeline in self.paused) == msg.paused:
             raise Conflict(f"pipeline {msg.pipeline!r} is already {'paused' if msg.paused else 'unpaused'}")
-        (self.paused.add if msg.paused else self.paused.discard)(msg.pipeline)
+        # Recorded first: a change the store cannot record is refused and not made.
         self.store.audit(f"pipeline_{verb}", msg.by, self.clock.now(), target=msg.pipeline)
+        (self.paused.add if msg.paused else self.paused.discard)(msg.pipeline)
         log.info("%s %sd pipeline %s", msg.by, verb, msg.pipeline)
         self.publish()
         return {"pipeline": msg.pipeline, "paused": msg.paused}
@@ -110,9 +111,9 @@ class ConfigGuardCore(SubsystemCore):
     def apply(self, msg: ApplyConfig) -> dict[str, Any]:
         if not self.intake_open:
             raise refuse_in_maintenance("a configuration reload")
+        self.store.audit("config_reload", msg.by, self.clock.now(), detail=f"{len(msg.pipelines)} pipeline(s)")
         self.base = {p.name: p for p in msg.pipelines}
         self.materials = set(msg.materials)
-        self.store.audit("config_reload", msg.by, self.clock.now(), detail=f"{len(self.base)} pipeline(s)")
         log.info("%s reloaded the configuration: %d pipeline(s)", msg.by, len(self.base))
         self.publish()
         return {"pipelines": len(self.all_pipelines())}

@@ -546,6 +546,18 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         core = self.core
+        # A report (tell) with more messages queued behind it defers the status snapshot
+        # to the end of the burst; an ask always answers after its status is published.
+        core.defer_status = isinstance(message, _REPORTS) and not self.actor_inbox.empty()
+        try:
+            return self.handle(message)
+        finally:
+            core.defer_status = False
+            if not isinstance(message, _REPORTS) or self.actor_inbox.empty():
+                core.flush_status()
+
+    def handle(self, message: Any) -> Any:
+        core = self.core
         match message:
             case InFlightReport():
                 core.on_report(message)

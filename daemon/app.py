@@ -139,7 +139,13 @@ async def run(settings: Settings) -> int:
         failure.append(error)
         stop.now()
 
+    last_described: list[Status] = []
+
     def on_status(status: Status, _event: Event | None) -> None:
+        # Only for systemd, and only when the status object changed (a burst of events shares one).
+        if notifier.address is None or (last_described and last_described[0] is status):
+            return
+        last_described[:] = [status]
         notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status))
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

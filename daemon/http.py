@@ -130,12 +130,18 @@ def _human(ts: float | str | None) -> str:
         except ValueError:
             return ts
     else:
-        when = dt.datetime.fromtimestamp(ts, dt.UTC)
+        try:
+            when = dt.datetime.fromtimestamp(ts, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            return str(ts)
     return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return str(ts)
 
 
 def e(value: Any) -> str:

@@ -25,6 +25,8 @@ Id = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | Annotated[str, Meta(max_l
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 Kind = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Text = Annotated[str, Meta(max_length=4096)]
+#: Seconds since the epoch, within what a date can show (years 1970 to 9999).
+Epoch = Annotated[float, Meta(ge=0, le=253402300799)]
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
@@ -116,8 +118,8 @@ class WireItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     description: Text = ""
     cancellable: bool = False
     blocks_restart: bool = True
-    started_at: float | None = None
-    expected_end: float | None = None
+    started_at: Epoch | None = None
+    expected_end: Epoch | None = None
 
 
 class InFlightMessage(Request, tag="in_flight"):

@@ -90,6 +90,9 @@ class Connection:
         async with self.receive_channel:
             async for data in self.receive_channel:
                 await self.stream.send_all(data)
+                # A watcher waits long between events: do not keep its last line (maybe a
+                # multi-megabyte status snapshot) alive meanwhile.
+                del data
 
 
 class ConnectionLink:

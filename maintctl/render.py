@@ -16,7 +16,10 @@ GROUP_TITLES = {
 def when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return str(ts)
 
 
 def maintenance_line(m: dict[str, Any]) -> str:

@@ -165,7 +165,8 @@ def test_maintenance_stops_polling_triggering_and_idle_agents_and_lets_busy_ones
 
     # the busy agent finishes; the next stage is queued as scheduled jobs and none starts
     world.finish("unit")
-    s = world.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "drained")
+    # the next stage's job is reported by the scheduler on its own; it does not hold the drain
+    s = world.wait_status(lambda s: s["maintenance"]["safe_to_restart"] and world.scheduled(s), "drained, next stage queued")
     assert world.scheduled(s) == ["tarball"] and world.building(s) == []
     assert [r["counter"] for r in world.runs()] == [1]
     assert s["running_systems"]["material_update_in_progress"] == []
@@ -250,7 +251,7 @@ def test_scheduled_jobs_survive_the_restart_that_maintenance_made_safe(world: Wo
     world.wait_status(lambda s: world.building(s) == ["unit"], "a job to build")
     world.ctl("enable", "--reason", "upgrade")
     world.finish("unit")
-    s = world.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "safe to restart")
+    s = world.wait_status(lambda s: s["maintenance"]["safe_to_restart"] and world.scheduled(s), "safe, next stage queued")
     assert world.scheduled(s) == ["tarball"]
     assert d.stop() == 0  # the restart the operator was waiting for
     d.start()
