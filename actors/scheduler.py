@@ -146,6 +146,8 @@ class SchedulerCore(SubsystemCore):
         self.waiting: collections.deque[str] = collections.deque()
         self.runs: dict[int, Run] = {}
         self.run_of_job: dict[int, int] = {}
+        #: run id -> who cancelled it: a job of such a run handed back by the agents is cancelled, not queued
+        self.cancelled_runs: dict[int, str] = {}
 
     # -- start-up: the store is the truth ------------------------------------------------
 
@@ -313,6 +315,7 @@ class SchedulerCore(SubsystemCore):
             return
         final = "passed" if states <= {JobState.PASSED} else ("cancelled" if JobState.CANCELLED in states else "failed")
         self.store.finish_run(run.run_id, final, self.clock.now())
+        self.cancelled_runs.pop(run.run_id, None)
         log.info("%s/%d %s", run.pipeline.name, run.counter, final)
         del self.runs[run.run_id]
 
@@ -348,6 +351,8 @@ class SchedulerCore(SubsystemCore):
             else:
                 building.append(job_id)
         if building:
+            # Some of these may still be on their way to an agent and come back as Requeue.
+            self.cancelled_runs[run.run_id] = msg.by
             self.peers.tell("agents", CancelJobs(job_ids=tuple(building), by=msg.by))
         self.report()
         return {"pipeline": msg.pipeline, "counter": msg.counter, "cancelled_jobs": scheduled + len(building)}
@@ -376,6 +381,10 @@ class SchedulerCore(SubsystemCore):
                 self.dispatch()
             case AgentsPaused():
                 self.waiting.clear()
+            case Requeue(spec=spec) if spec.run_id in self.cancelled_runs:
+                by = self.cancelled_runs[spec.run_id]
+                self.store.set_job_state(spec.job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
+                self.finished(spec.job_id, JobState.CANCELLED)
             case Requeue(spec=spec):
                 self.queue.appendleft(msgspec.structs.replace(spec, agent=""))
                 self.items[qualify(self.name, job_item_id(spec.job_id))] = self.item_of(spec)
