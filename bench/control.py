@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import select
 import shutil
@@ -47,6 +46,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import describe_tree, pct, verdict
 
 # Targets, printed next to the figures.
 TARGET_P50_RATIO = 3.0
@@ -231,14 +232,6 @@ def load_main(path: str, clients: int, duration: float, warmup: float) -> int:
 # --------------------------------------------------------------------------------------
 # Measuring, in the main process
 # --------------------------------------------------------------------------------------
-
-
-def pct(sorted_values: list, q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q * len(sorted_values) - 1e-9))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def median(sorted_values: list) -> float:
@@ -531,29 +524,6 @@ def maintctl_cmd(sock: str, args: argparse.Namespace) -> list[str]:
 
 def fmt_cpus(cpus: set[int] | None) -> str:
     return ",".join(map(str, sorted(cpus or ())))
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def describe_tree(source: Path) -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return str(source)
-    if not rev:
-        return str(source)
-    return f"{source} @ {rev}" + (" (with uncommitted changes)" if dirty else "")
 
 
 def report(args: argparse.Namespace, source: Path, res: dict) -> None:

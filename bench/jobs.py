@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import errno
 import json
-import math
 import os
 import shutil
 import signal
@@ -56,6 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import describe_tree, pct, verdict
 
 # Targets, printed next to the figures.
 TARGET_RATIO = 1.5
@@ -202,14 +203,6 @@ def drain_floor_main(trials: int, workdir: str) -> int:
 # --------------------------------------------------------------------------------------
 # The daemon
 # --------------------------------------------------------------------------------------
-
-
-def pct(sorted_values: list, q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q * len(sorted_values) - 1e-9))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def write_config(path: Path, args: argparse.Namespace, fifo: str, out: str) -> None:
@@ -562,29 +555,6 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def describe_tree(source: Path) -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return str(source)
-    if not rev:
-        return str(source)
-    return f"{source} @ {rev}" + (" (with uncommitted changes)" if dirty else "")
 
 
 def median(values: list[float]) -> float:

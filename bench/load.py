@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import resource
@@ -68,6 +67,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import describe_tree, pct, verdict
 
 # Targets, printed next to the figures.
 TARGET_ENABLE_P99_MS = 50.0
@@ -106,14 +107,6 @@ def raise_nofile() -> None:
 
 def nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def pct(sorted_values: list, q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q * len(sorted_values) - 1e-9))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def median(values: list[float]) -> float:
@@ -1146,29 +1139,6 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def describe_tree(source: Path) -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return str(source)
-    if not rev:
-        return str(source)
-    return f"{source} @ {rev}" + (" (with uncommitted changes)" if dirty else "")
 
 
 def fanout(sent: dict[str, int], extra: dict[str, int], arrivals: dict[str, list[int]], watchers: int) -> dict:
