@@ -88,6 +88,7 @@ class SubsystemView:
         self.failures = 0
         self.last_error: str | None = None
         self._items: tuple[InFlightItem, ...] = ()
+        self.groups: dict[str, tuple[InFlightItem, ...]] = {}
         self.blocking_count = 0
         self.paused_for: str | None = None
         self.drained_for: str | None = None
@@ -104,6 +105,10 @@ class SubsystemView:
     def items(self, items: tuple[InFlightItem, ...]) -> None:
         self._items = items
         self.blocking_count = sum(1 for item in items if item.blocks_restart)
+        groups: dict[str, list[InFlightItem]] = {}
+        for item in items:
+            groups.setdefault(GROUP_OF_KIND.get(item.kind, "other"), []).append(item)
+        self.groups = {group: tuple(listed) for group, listed in groups.items()}
 
 
 class SupervisorCore:
@@ -134,6 +139,9 @@ class SupervisorCore:
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
         self.defer_status = False
         self.status_pending = False
+        # The last RunningSystems built, and the views' item tuples it was built from.
+        self._running: RunningSystems = RunningSystems()
+        self._running_from: list[tuple[InFlightItem, ...]] = []
         self.removed: collections.deque[RemovedSubsystem] = collections.deque(maxlen=REMOVED_SHOWN)
         self._seq = itertools.count(1)
 
@@ -421,14 +429,10 @@ class SupervisorCore:
         )
 
     def status(self) -> Status:
-        groups: dict[str, list[InFlightItem]] = {
-            g: [] for g in ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")
-        }
-        subsystems = []
-        for view in self.views.values():
-            for item in view.items:
-                groups[GROUP_OF_KIND.get(item.kind, "other")].append(item)
-            subsystems.append(
+        views = self.views.values()
+        return Status(
+            maintenance=self.maintenance_info(),
+            subsystems=tuple(
                 SubsystemInfo(
                     name=view.name,
                     state=self.state_of(view).value,
@@ -438,14 +442,31 @@ class SupervisorCore:
                     failures=view.failures,
                     last_error=view.last_error,
                 )
-            )
-        running = RunningSystems(**{name: tuple(items) for name, items in groups.items()})
-        return Status(
-            maintenance=self.maintenance_info(),
-            subsystems=tuple(subsystems),
-            running_systems=running,
+                for view in views
+            ),
+            running_systems=self.running_systems(),
             removed=tuple(self.removed),
         )
+
+    def running_systems(self) -> RunningSystems:
+        """Every view's items by group; the same object while no view's items changed.
+
+        A status is published after every change, and most changes (a subsystem pausing,
+        a drain's state) leave the items alone: with thousands of items, rebuilding the
+        groups (and re-encoding and re-counting them downstream) each time would make
+        every publication cost as much as the largest one.
+        """
+        current = [view.items for view in self.views.values()]
+        if len(current) != len(self._running_from) or any(a is not b for a, b in zip(current, self._running_from, strict=True)):
+            views = self.views.values()
+            self._running = RunningSystems(
+                **{
+                    group: tuple(itertools.chain.from_iterable(view.groups.get(group, ()) for view in views))
+                    for group in RunningSystems.__struct_fields__
+                }
+            )
+            self._running_from = current
+        return self._running
 
     def publish(
         self,

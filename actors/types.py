@@ -53,7 +53,7 @@ GROUPS = ("material_update_in_progress", "building_jobs", "scheduled_jobs", "oth
 MDU_REFUSAL = "material updates cannot be cancelled: a partial clone can corrupt the repository; wait for it to finish"
 
 
-class InFlightItem(msgspec.Struct, frozen=True, kw_only=True):
+class InFlightItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One piece of work in flight. ``id`` is unique across the daemon: ``subsystem/local``."""
 
     id: str

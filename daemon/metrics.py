@@ -136,6 +136,10 @@ class Metrics:
         self._drain_started: float | None = None  # time.monotonic() when the drain was first seen
         self._drain_observed = False
         self._last_status: Status | None = None
+        self._counted: object = None  # the RunningSystems last counted, and its counts
+        self._counts: dict[tuple[str, str], int] = {}
+        self._shown_state: dict[str, str] = {}  # what the gauges hold now
+        self._shown_count: dict[tuple[str, str], int] = {}
 
     # -- the StatusHub listener (trio thread) ----------------------------------------------
 
@@ -156,17 +160,24 @@ class Metrics:
         self._update_drain(m.state, m.drain_id)
         self._state = m.state
 
-        counts: dict[tuple[str, str], int] = {}
         rs = status.running_systems
-        for group in (rs.material_update_in_progress, rs.building_jobs, rs.scheduled_jobs, rs.other):
-            for item in group:
-                key = (item.subsystem, item.kind)
-                counts[key] = counts.get(key, 0) + 1
+        if rs is not self._counted:  # the supervisor keeps the object while no items change
+            counts: dict[tuple[str, str], int] = {}
+            for group in (rs.material_update_in_progress, rs.building_jobs, rs.scheduled_jobs, rs.other):
+                for item in group:
+                    key = (item.subsystem, item.kind)
+                    counts[key] = counts.get(key, 0) + 1
+            self._counted, self._counts = rs, counts
+        counts = self._counts
+        # Only what changed goes to the gauges: a drain publishes a status for every
+        # subsystem that pauses, and a hundred subsystems times their series on each would
+        # make every publication cost as much as the biggest.
         present: set[str] = set()
         for sub in status.subsystems:
             present.add(sub.name)
-            if sub.state in SUBSYSTEM_STATES:
+            if sub.state in SUBSYSTEM_STATES and self._shown_state.get(sub.name) != sub.state:
                 self.subsystem_state.labels(subsystem=sub.name).state(sub.state)
+                self._shown_state[sub.name] = sub.state
             kinds = self._kinds.get(sub.name)
             if kinds is None:
                 kinds = self._kinds[sub.name] = set() if sub.external else set(BUILTIN_KINDS)
@@ -178,7 +189,10 @@ class Metrics:
                 self._forget(name)
                 continue
             for kind in self._kinds[name]:
-                self.in_flight.labels(subsystem=name, kind=kind).set(counts.get((name, kind), 0))
+                value = counts.get((name, kind), 0)
+                if self._shown_count.get((name, kind)) != value:
+                    self.in_flight.labels(subsystem=name, kind=kind).set(value)
+                    self._shown_count[name, kind] = value
 
     def _update_drain(self, state: str, drain_id: str | None) -> None:
         """Observe the drain's duration once, the first time a drain reaches drained."""
@@ -197,8 +211,10 @@ class Metrics:
     def _forget(self, subsystem: str) -> None:
         """A subsystem went away: drop its series rather than leave them at their last value."""
         for kind in self._kinds.pop(subsystem, ()):
+            self._shown_count.pop((subsystem, kind), None)
             with contextlib.suppress(KeyError):
                 self.in_flight.remove(subsystem, kind)
+        self._shown_state.pop(subsystem, None)
         with contextlib.suppress(KeyError):
             self.subsystem_state.remove(subsystem)
 
