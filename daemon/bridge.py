@@ -9,6 +9,7 @@ and in :mod:`daemon.hub`, and each of those does nothing in the actor's thread b
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -21,16 +22,63 @@ from actors.future import CallbackFuture
 
 
 class Bridge:
+    """Calls from the actors' threads into the trio thread, in order, in batches.
+
+    ``TrioToken.run_sync_soon`` takes a lock and writes to trio's wake-up socket on every
+    call; with a hundred actor threads publishing at once, that lock and that system call
+    were most of what they did. Here a call is appended to a deque, and only the first
+    call after a batch was taken schedules the next one: however many calls arrive while
+    the trio thread is busy, they cost it one wake-up and run in one pass, in the order
+    they were made.
+    """
+
+    #: At most this many calls in one pass, so that a flood cannot starve trio's other tasks.
+    BATCH = 1000
+
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token = token
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._scheduled = False
+        self._after: dict[Callable[[], Any], None] = {}
+        self._in_batch = False
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the trio thread, from any thread. ``fn`` must not raise.
 
         After the trio run has ended the call is dropped: nothing is left to receive it.
         """
-        with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(fn, *args)
+        self._calls.append((fn, args))  # deque.append is atomic
+        if not self._scheduled:
+            self._scheduled = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(self._run_batch)
+
+    def after_batch(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` once after the calls of the current pass (trio thread only)."""
+        if not self._after and not self._in_batch:
+            self.token.run_sync_soon(self._run_after, idempotent=True)
+        self._after[fn] = None
+
+    def _run_batch(self) -> None:
+        # Cleared before taking calls: a call appended from now on schedules another pass.
+        self._scheduled = False
+        calls = self._calls
+        self._in_batch = True
+        try:
+            for _ in range(min(len(calls), self.BATCH)):
+                fn, args = calls.popleft()
+                fn(*args)
+        finally:
+            self._in_batch = False
+        if calls and not self._scheduled:
+            self._scheduled = True
+            self.token.run_sync_soon(self._run_batch)
+        self._run_after()
+
+    def _run_after(self) -> None:
+        after, self._after = self._after, {}
+        for fn in after:
+            fn()
 
     async def wait(self, future: CallbackFuture, timeout: float) -> Any:
         """Wait for ``future`` without blocking the loop; raise what it holds, or TooSlowError."""

@@ -226,9 +226,13 @@ def ok_reply(request_id: Any, result: Any) -> bytes:
     return encoder.encode({"id": request_id, "ok": True, "result": result}) + b"\n"
 
 
-def ok_reply_raw(request_id: Any, result_json: bytes) -> bytes:
-    """An ok reply around a result that is already encoded (the cached status)."""
-    return b'{"id":' + encoder.encode(request_id) + b',"ok":true,"result":' + result_json + b"}\n"
+def ok_reply_raw(request_id: Any, result_json: bytes) -> tuple[bytes, bytes, bytes]:
+    """An ok reply around a result that is already encoded (the cached status), in three parts.
+
+    The middle part is ``result_json`` itself, not a copy: a multi-megabyte status sent to
+    five hundred watchers is one object in memory, not five hundred.
+    """
+    return b'{"id":' + encoder.encode(request_id) + b',"ok":true,"result":', result_json, b"}\n"
 
 
 def error_reply(request_id: Any, code: str, message: str) -> bytes:
