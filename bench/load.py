@@ -10,10 +10,12 @@ Not a test: it builds a load, measures and prints, next to the targets. One run 
    that each report I in-flight items (default 100, ``building_job``, cancellable, so they
    block a restart and stay ``paused`` in every drain), W ``watch`` connections (default
    500), one admin connection, one status sampler and the rest ``ping`` clients (about
-   200 pings/s in all). The connections are driven by two load-generator processes of
+   200 pings/s in all). The connections are driven by three load-generator processes of
    their own (plain epoll, no trio), so the daemon shares no GIL with them: "subsystems"
-   (the S subsystems, the admin connection and one watcher, the observer) and "crowd" (the
-   other W-1 watchers, the ping clients and the status sampler). All times are
+   (the S subsystems, the admin connection and one watcher, the observer), "crowd" (the
+   other W-1 watchers and the ping clients) and "sampler" (the status sampler alone: a
+   multi-megabyte reply crosses a socket buffer of about 200 KB many times, and a reader
+   busy with 499 watchers would time its own gaps between reads). All times are
    ``time.monotonic_ns()`` (CLOCK_MONOTONIC, the same clock in every process).
 1. Enable to all IntakePaused: N cycles (default 20) of ``enable``, wait until every
    external subsystem has received ``pause_intake`` and answered ``intake_paused`` and the
@@ -43,8 +45,8 @@ temporary directory are used.
     /tmp/venv/bin/python bench/load.py              # the full load (about 1-2 minutes)
     /tmp/venv/bin/python bench/load.py --quick      # 200 connections, 1,000 jobs, 5 cycles
 
-Internal roles (used by the script itself): ``load.py _subsystems SOCKET`` and ``load.py
-_crowd SOCKET`` are the load generators; each takes JSON commands on stdin and answers
+Internal roles (used by the script itself): ``load.py _subsystems SOCKET``, ``load.py
+_crowd SOCKET`` and ``load.py _sampler SOCKET`` are the load generators; each takes JSON commands on stdin and answers
 each with one JSON line on stdout.
 """
 
@@ -634,7 +636,7 @@ def _pause(loop: Loop, seconds: float) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Load generator "crowd": W-1 watchers, the ping clients and the status sampler
+# Load generators "crowd" (W-1 watchers, the ping clients) and "sampler" (the status sampler)
 # --------------------------------------------------------------------------------------
 
 
@@ -748,9 +750,10 @@ def crowd_main(path: str) -> int:
         t0 = now_ns()
         for _ in range(cmd["pingers"]):
             pingers.append(loop.connect("ping", on_ping_line))
-        sc = loop.connect("status", on_status_line)
-        sc.on_big = on_status_big
-        status["conn"] = sc
+        if cmd.get("sampler"):
+            sc = loop.connect("status", on_status_line)
+            sc.on_big = on_status_big
+            status["conn"] = sc
         t_conn = now_ns()
         batches = []
         left = cmd["watchers"]
@@ -1079,21 +1082,29 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         children.append(subs)
         crowd = Child("crowd", d.sock, tmp, env)
         children.append(crowd)
+        # The status sampler has a process of its own: a 5 MB reply comes through a socket
+        # buffer of about 200 KB, so a reader that is also busy with 499 watchers would
+        # measure its own delays between reads, not the daemon's answer.
+        sampler = Child("sampler", d.sock, tmp, env)
+        children.append(sampler)
         pingers = args.connections - args.watchers - args.subsystems - 2
         t0 = time.monotonic()
         res["subs_setup"] = subs.call("setup", subsystems=args.subsystems, items=args.items)
         res["crowd_setup"] = crowd.call("setup", watchers=args.watchers - 1, pingers=pingers, timeout=600)
+        sampler.call("setup", watchers=0, pingers=0, sampler=True)
         res["setup_s"] = time.monotonic() - t0
         d.check_alive()
-        res["connections"] = res["subs_setup"]["connections"] + res["crowd_setup"]["connections"]
+        res["connections"] = res["subs_setup"]["connections"] + res["crowd_setup"]["connections"] + 1
         res["pingers"] = pingers
         res["rss"]["all connected"] = d.proc_status()
         cpu0 = d.cpu_seconds()
 
+        sampler.call("start_bg", phase="steady", status_interval=args.status_interval)
         crowd.call("start_bg", phase="steady", status_interval=args.status_interval)
         crowd.call("phase", phase="steady", seconds=STEADY_SECONDS, timeout=STEADY_SECONDS + 30)
         res["rss"]["steady"] = d.proc_status()
         crowd.call("phase", phase="cycles")
+        sampler.call("phase", phase="cycles")
         t_cycles = time.monotonic()
         for i in range(args.cycles):
             r = subs.call("cycle", i=i)
@@ -1110,6 +1121,9 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
             d.check_alive()
         res["daemon_cpu_s"] = d.cpu_seconds() - cpu0
         res["crowd"] = crowd.call("stop")
+        sampled = sampler.call("stop")
+        for key in ("status_ms", "status_sizes", "status_errors"):
+            res["crowd"][key] = sampled[key]
         res["subs"] = subs.call("stop")
         d.check_alive()
         res["rss"]["end"] = d.proc_status()
@@ -1396,6 +1410,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_subsystems":
         sys.exit(subsystems_main(sys.argv[2]))
-    if len(sys.argv) > 2 and sys.argv[1] == "_crowd":
+    if len(sys.argv) > 2 and sys.argv[1] in ("_crowd", "_sampler"):
         sys.exit(crowd_main(sys.argv[2]))
     sys.exit(main())
