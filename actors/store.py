@@ -30,6 +30,7 @@ TRIGGERS = ("material", "timer", "user")
 RUN_STATES = ("running", "passed", "failed", "cancelled", "interrupted")
 RESTART_DETAIL = "daemon restarted while building"
 RUN_INTERRUPTED_DETAIL = "its run was interrupted by a daemon restart"
+CANCEL_DETAIL = "its cancel was asked for before a daemon restart"
 
 # One list of statements per schema version; PRAGMA user_version says how many ran.
 _JOB_STATES = ", ".join(f"'{s.value}'" for s in JobState)
@@ -71,6 +72,10 @@ class StoreError(MaintdError):
 
 
 class JobRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One job. ``agent`` is set once the scheduler hands the job out (still ``scheduled``
+    while the Assign is on its way); ``cancelled_by`` is who cancelled it, or, on a job
+    that has not ended, who asked to: a restarted actor learns both from here."""
+
     id: int
     run_id: int
     pipeline: str
@@ -258,14 +263,52 @@ class Store:
                 raise ValueError(f"no job {job_id} in the store")
             if JobState(row["state"]) in TERMINAL:
                 raise ValueError(f"job {job_id} is already {row['state']}; it cannot become {new.value}")
+            # cancelled_by says who cancelled a job, or asked to while it runs; one that passed or failed was not.
+            not_cancelled = new in (JobState.PASSED, JobState.FAILED)
             db.execute(
                 "UPDATE jobs SET state = ?, agent = COALESCE(?, agent), returncode = COALESCE(?, returncode),"
-                " cancelled_by = COALESCE(?, cancelled_by),"
+                " cancelled_by = CASE WHEN ? THEN NULL ELSE COALESCE(?, cancelled_by) END,"
                 " started_at = CASE WHEN ? THEN COALESCE(started_at, ?) ELSE started_at END,"
                 " finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
-                (new.value, agent, returncode, cancelled_by, new is JobState.BUILDING, at, new in TERMINAL, at, job_id),
+                (
+                    new.value,
+                    agent,
+                    returncode,
+                    not_cancelled,
+                    cancelled_by,
+                    new is JobState.BUILDING,
+                    at,
+                    new in TERMINAL,
+                    at,
+                    job_id,
+                ),
             )
             _event(db, job_id, at, new.value, detail)
+
+    def hand_out(self, job_id: int, agent: str) -> bool:
+        """Record that a scheduled job was given to ``agent`` (an Assign is on its way to the agents).
+
+        The job stays ``scheduled`` with its agent set until the agents start it (``building``)
+        or give it back (:meth:`take_back`). False (and no change) for a job that is not scheduled.
+        """
+        with self._tx(f"job {job_id} handed to {agent}") as db:
+            cur = db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id))
+            return cur.rowcount > 0
+
+    def take_back(self, job_id: int) -> bool:
+        """A scheduled job the agents did not take is queued again: no agent. False for one not scheduled."""
+        with self._tx(f"job {job_id} taken back") as db:
+            cur = db.execute("UPDATE jobs SET agent = NULL WHERE id = ? AND state = 'scheduled'", (job_id,))
+            return cur.rowcount > 0
+
+    def request_cancel(self, job_id: int, by: str) -> bool:
+        """Record who asked to cancel a job that has not ended (the first asker stays). False for one that has ended."""
+        with self._tx(f"the cancel of job {job_id}") as db:
+            cur = db.execute(
+                "UPDATE jobs SET cancelled_by = COALESCE(cancelled_by, ?) WHERE id = ? AND state IN ('scheduled', 'building')",
+                (by, job_id),
+            )
+            return cur.rowcount > 0
 
     def finish_run(self, run_id: int, state: str, at: float) -> bool:
         """End a running run; returns False (and changes nothing) for a run that has already ended."""
@@ -283,8 +326,9 @@ class Store:
     def recover(self, at: float) -> tuple[list[int], list[int]]:
         """At start-up: jobs a previous process left building become interrupted, and so do their runs.
 
-        Scheduled jobs of those runs are interrupted with them; other scheduled jobs stay
-        scheduled to be queued again. Returns (interrupted job ids, scheduled job ids).
+        Scheduled jobs of those runs are interrupted with them; a scheduled job that was on
+        its way to an agent with a cancel asked for is cancelled; other scheduled jobs stay
+        scheduled (on no agent) to be queued again. Returns (interrupted job ids, scheduled job ids).
         """
         with self._tx("the interrupted jobs of the previous process") as db:
             building = db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
@@ -298,6 +342,11 @@ class Store:
             for job_id, detail in changes:
                 db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? WHERE id = ?", (at, job_id))
                 _event(db, job_id, at, JobState.INTERRUPTED.value, detail)
+            cancelled = db.execute("SELECT id FROM jobs WHERE state = 'scheduled' AND cancelled_by IS NOT NULL").fetchall()
+            for row in cancelled:
+                db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", (at, row["id"]))
+                _event(db, row["id"], at, JobState.CANCELLED.value, CANCEL_DETAIL)
+            db.execute("UPDATE jobs SET agent = NULL WHERE state = 'scheduled'")
             queued = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE state = 'scheduled' ORDER BY id")]
             return sorted(job_id for job_id, _ in changes), queued
 
@@ -350,6 +399,15 @@ class Store:
                     jobs[r["run_id"]].append(_job(r))
             return [_run(r, jobs[r["id"]]) for r in runs]
 
+    def agent_jobs(self) -> list[JobRow]:
+        """Jobs given to an agent that have not ended: building, or scheduled with an agent (on their way)."""
+        with self._read("the jobs on agents") as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'building' OR (state = 'scheduled' AND agent IS NOT NULL)"
+                " ORDER BY id"
+            )
+            return [_job(r) for r in rows]
+
     def scheduled_jobs(self) -> list[JobRow]:
         with self._read("the scheduled jobs") as db:
             return [_job(r) for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'scheduled' ORDER BY id")]
@@ -375,9 +433,9 @@ class Store:
 
 #: The Store methods that StoreActor answers and SyncStore forwards.
 METHODS = (
-    "next_counter", "create_run", "create_job", "set_job_state", "finish_run", "recover", "record_revision",
-    "last_revision", "audit", "job", "jobs_of_run", "recent_runs", "scheduled_jobs", "job_events",
-    "audit_entries", "counts_by_state",
+    "next_counter", "create_run", "create_job", "set_job_state", "hand_out", "take_back", "request_cancel",
+    "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
+    "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
 )  # fmt: skip
 
 
