@@ -66,6 +66,13 @@ class ProcessPort(Protocol):
         """SIGTERM to the job's process group, SIGKILL after ``grace`` seconds if it lives on."""
         ...
 
+    def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
+        """Tell ``reply_to`` again how each job stands, for a restarted actor that lost its inbox:
+        :class:`JobStarted` for one that runs (its :class:`JobExited` follows when it ends), the
+        :class:`JobExited` told before for one that has ended, and a :class:`JobExited` with an
+        ``error`` for one the runner does not know. A job still starting is told as usual."""
+        ...
+
 
 class PollFinished(msgspec.Struct, frozen=True, kw_only=True):
     key: str

@@ -12,6 +12,7 @@ the reply, or a log line, and the nursery lives on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -37,6 +38,8 @@ log = logging.getLogger("maintd.processes")
 MAX_CONFIG_FILES = 100
 MAX_CONFIG_FILE_BYTES = 256 * 1024
 _REAP_TIMEOUT = 5.0  # after a SIGKILL, how long to wait for the kernel to let the process go
+#: How many ended jobs' exits the runner keeps, to tell them again (report_jobs)
+EXITS_KEPT = 10_000
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -85,6 +88,8 @@ class ProcessRunner:
         self.git = git
         self.kill_grace = kill_grace  # between SIGTERM and SIGKILL when a job's timeout passes
         self._jobs: dict[int, _Job] = {}
+        #: the JobExited told for each job that ended, newest last (at most EXITS_KEPT)
+        self._exits: collections.OrderedDict[int, JobExited] = collections.OrderedDict()
         self._closed = False
 
     # -- the port: called from actor threads, nothing but call_soon ----------------------
@@ -100,6 +105,10 @@ class ProcessRunner:
 
     def stop_job(self, job_id: int, grace: float) -> None:
         self.bridge.call_soon(self._stop_job, job_id, grace)
+
+    def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
+        # In order behind every start_job and stop_job asked before it.
+        self.bridge.call_soon(self._report_jobs, reply_to, tuple(job_ids))
 
     # -- for the daemon (trio thread) ------------------------------------------------------
 
@@ -255,13 +264,15 @@ class ProcessRunner:
         """Runs through ``run_sync_soon``: must not raise."""
         try:
             if self._closed:
-                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error="cannot start: the runner is closed"))
+                closed = JobExited(job_id=spec.job_id, returncode=None, error="cannot start: the runner is closed")
+                self._exited(reply_to, None, closed)
                 return
             if spec.job_id in self._jobs:
                 log.warning("job %s is running already; a second start is ignored", spec.job_id)
                 return
             job = _Job(spec)
             self._jobs[spec.job_id] = job  # at once, so that a stop_job right behind finds it
+            self._exits.pop(spec.job_id, None)
             try:
                 self.nursery.start_soon(self._run_job, reply_to, job)
             except Exception:
@@ -269,7 +280,36 @@ class ProcessRunner:
                 raise
         except Exception as exc:
             log.exception("cannot start job %s", spec.job_id)
-            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=f"cannot start: {exc}"))
+            self._exited(reply_to, None, JobExited(job_id=spec.job_id, returncode=None, error=f"cannot start: {exc}"))
+
+    def _exited(self, reply_to: Any, job: _Job | None, message: JobExited) -> None:
+        """Tell a job's exit (once), and keep it to tell again."""
+        if job is not None:
+            if job.reported:
+                return
+            job.reported = True
+        self._exits[message.job_id] = message
+        self._exits.move_to_end(message.job_id)
+        while len(self._exits) > EXITS_KEPT:
+            self._exits.popitem(last=False)
+        self._tell(reply_to, message)
+
+    def _report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
+        """Runs through ``run_sync_soon``: must not raise."""
+        try:
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if (exited := self._exits.get(job_id)) is not None:
+                    self._tell(reply_to, exited)
+                elif job is not None:
+                    if job.process is not None:
+                        self._tell(reply_to, JobStarted(job_id=job_id, pid=job.process.pid))
+                    # else: still starting; its JobStarted (or JobExited) comes as usual
+                else:
+                    error = "lost: the process runner has no record of this job"
+                    self._tell(reply_to, JobExited(job_id=job_id, returncode=None, error=error))
+        except Exception:
+            log.exception("cannot report jobs %s", job_ids)
 
     def _stop_job(self, job_id: int, grace: float) -> None:
         """Runs through ``run_sync_soon``: must not raise."""
@@ -301,10 +341,8 @@ class ProcessRunner:
             await self._run_job_process(reply_to, job)
         except Exception as exc:
             log.exception("job %s: the runner failed", spec.job_id)
-            if not job.reported:
-                job.reported = True
-                code = job.process.returncode if job.process is not None else None
-                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=code, error=f"runner error: {exc}"))
+            code = job.process.returncode if job.process is not None else None
+            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=code, error=f"runner error: {exc}"))
         finally:
             if self._jobs.get(spec.job_id) is job:
                 del self._jobs[spec.job_id]
@@ -319,8 +357,7 @@ class ProcessRunner:
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
             _append_log(spec.log, error)
-            job.reported = True
-            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=error))
+            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
         try:
             proc = await trio.lowlevel.open_process(
@@ -336,8 +373,7 @@ class ProcessRunner:
             error = f"cannot start: {exc}"
             with contextlib.suppress(OSError, ValueError):
                 log_file.write(f"maintd: {error}\n".encode())
-            job.reported = True
-            self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=None, error=error))
+            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
         finally:
             log_file.close()
@@ -365,9 +401,7 @@ class ProcessRunner:
                     await proc.wait()
             # whatever the job left running in its group goes with it
             _killpg(proc.pid, signal.SIGKILL)
-            if not job.reported:
-                job.reported = True
-                self._tell(reply_to, JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out))
+            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out))
 
 
 def _job_argv(spec: JobSpec) -> list[str]:

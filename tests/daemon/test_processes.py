@@ -409,6 +409,35 @@ async def test_stopping_a_job_that_is_not_running_is_ignored(runner: ProcessRunn
     assert exited.returncode == 1
 
 
+async def test_report_jobs_tells_again_how_each_job_stands(runner: ProcessRunner, tmp_path: Path) -> None:
+    """For restarted agents whose inbox (with a JobStarted or JobExited in it) was lost."""
+    first = Inbox()
+    runner.start_job(first, spec_for(tmp_path, argv=("sleep", "30")))
+    started = await first.next()
+    _, exited = await run_to_end(runner, spec_for(tmp_path, job_id=2, argv=("sh", "-c", "exit 3")))
+    again = Inbox()
+    runner.report_jobs(again, (1, 2, 99))
+    assert [await again.next() for _ in range(3)] == [
+        started,  # still running: its exit comes later, to its reply_to
+        exited,  # ended: the same exit again
+        JobExited(job_id=99, returncode=None, error="lost: the process runner has no record of this job"),
+    ]
+    runner.stop_job(1, 5.0)
+    assert await first.next() == JobExited(job_id=1, returncode=-signal.SIGTERM)
+    runner.report_jobs(again, (1,))
+    assert await again.next() == JobExited(job_id=1, returncode=-signal.SIGTERM)
+
+
+async def test_report_jobs_right_behind_a_start_tells_nothing_twice(runner: ProcessRunner, tmp_path: Path) -> None:
+    inbox = Inbox()
+    runner.start_job(inbox, spec_for(tmp_path, argv=("sleep", "30")))
+    runner.report_jobs(inbox, (1,))  # still starting: its JobStarted comes as usual
+    assert isinstance(await inbox.next(), JobStarted)
+    runner.stop_job(1, 5.0)
+    assert await inbox.next() == JobExited(job_id=1, returncode=-signal.SIGTERM)
+    assert inbox.pending() == []
+
+
 async def test_a_jobs_timeout_kills_it(make_runner: Callable[..., ProcessRunner], tmp_path: Path) -> None:
     runner = make_runner(kill_grace=0.5)
     _, exited = await run_to_end(runner, spec_for(tmp_path, argv=("sleep", "30"), timeout=0.3))
