@@ -114,7 +114,9 @@ class Connection:
         self.scope.cancel()
 
     def lost(self) -> None:
+        """A write failed: the peer is gone. Nothing more is sent; the handler closes up."""
         self.close_reason = self.close_reason or "connection lost"
+        self.closed = True
         self.scope.cancel()
 
     async def writer(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pykka
 import pytest
 import trio
+import trio.lowlevel
 
 from actors.future import CallbackFuture
 from actors.messages import Enable, Register
@@ -49,7 +50,7 @@ async def test_the_loop_keeps_running_while_an_actor_works() -> None:
                 ticks += 1
                 if ticks == 20:
                     gate.set()  # only a loop that was not blocked gets here
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         nursery.start_soon(ticker)
         assert await bridge.ask(ref, 21, timeout=5) == 42
@@ -101,3 +102,59 @@ async def test_the_deadline_timer_fires_into_the_supervisor_through_trio() -> No
 class _Mute:
     def send(self, message: dict[str, Any]) -> None:
         pass
+
+
+async def test_calls_from_many_threads_all_run_in_the_trio_thread_in_each_threads_order() -> None:
+    """call_soon batches calls behind one wake-up: none is lost, none runs out of order,
+    and a flood bigger than one batch still runs to the end."""
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    trio_thread = threading.get_ident()
+    threads, per_thread = 8, 3 * Bridge.BATCH
+    seen: list[tuple[int, int]] = []
+    wrong_thread: list[int] = []
+    done = trio.Event()
+
+    def record(thread: int, i: int) -> None:
+        if threading.get_ident() != trio_thread:
+            wrong_thread.append(thread)
+        seen.append((thread, i))
+        if len(seen) == threads * per_thread:
+            done.set()
+
+    def caller(thread: int) -> None:
+        for i in range(per_thread):
+            bridge.call_soon(record, thread, i)
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    with trio.fail_after(10):
+        await done.wait()
+    for worker in workers:
+        worker.join(5)
+    assert wrong_thread == []
+    for thread in range(threads):
+        assert [i for t, i in seen if t == thread] == list(range(per_thread))
+
+
+async def test_after_batch_runs_once_after_the_calls_of_its_pass() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    log: list[str] = []
+    done = trio.Event()
+
+    def call(name: str) -> None:
+        log.append(name)
+        bridge.after_batch(flush)
+
+    def flush() -> None:
+        log.append("flush")
+        done.set()
+
+    # Queued before the trio thread can run any of them (it is running this test until the
+    # next checkpoint): one pass, one flush after it.
+    for name in ("a", "b", "c"):
+        bridge.call_soon(call, name)
+    assert log == []
+    with trio.fail_after(5):
+        await done.wait()
+    assert log == ["a", "b", "c", "flush"]

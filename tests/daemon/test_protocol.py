@@ -260,6 +260,53 @@ def test_register_conflicts_and_removal_on_close(daemon: Daemon) -> None:
     assert second.request("register", name="ext-one")["ok"]
 
 
+# -- 6b. large replies, many watchers -------------------------------------------------------
+
+
+def test_a_multi_megabyte_status_reaches_slow_readers_whole_and_alike(daemon: Daemon) -> None:
+    """A reply bigger than the socket buffer is written in part at once and the rest by the
+    connection's writer, from one buffer shared by every reader; each gets it whole."""
+    def items_of(name: str, first: str = "") -> list[dict[str, Any]]:
+        return [
+            {"id": f"item-{i:03d}", "kind": "backup_run", "description": (first if i == 0 and first else f"{name} " + "d" * 1000)}
+            for i in range(700)
+        ]  # 0.7 MB a line: under the line limit; three of them make a 2 MB status
+
+    subsystems = {}
+    for name in ("big-a", "big-b", "big-c"):
+        subsystems[name] = daemon.client()
+        assert subsystems[name].request("register", name=name)["ok"]
+        assert subsystems[name].request("in_flight", items=items_of(name))["ok"]
+    reader = daemon.client()
+    wait_for(lambda: len(assert_serves(reader)["running_systems"]["other"]) == 2100, what="the 2,100 items shown")
+    expected = [(f"{name}/item-{i:03d}", item["description"]) for name in subsystems for i, item in enumerate(items_of(name))]
+
+    watchers = []
+    for _ in range(3):
+        w = daemon.client()
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        w.send(id=1, type="watch")
+        watchers.append(w)
+    snapshots = [w.recv() for w in watchers]  # each read through a small receive buffer
+    plain = reader.request("status")
+    for snapshot in snapshots:
+        assert snapshot["id"] == 1 and snapshot["ok"] is True
+        other = snapshot["result"]["running_systems"]["other"]
+        assert [(item["id"], item["description"]) for item in other] == expected
+        assert snapshot["result"] == plain["result"]
+    assert len(json.dumps(plain)) > 2_000_000
+
+    # After the snapshot, each watcher gets the next change once, in order.
+    assert subsystems["big-b"].request("in_flight", items=items_of("big-b", first="changed"))["ok"]
+    seqs = []
+    for w in watchers:
+        event = w.next_event(lambda e: e.get("event") == "in_flight_changed")
+        assert event["subsystem"] == "big-b" and event["items"][0]["description"] == "changed"
+        seqs.append(event["seq"])
+    assert len(set(seqs)) == 1, seqs
+    assert_serves(daemon.client())
+
+
 # -- 7. authorisation -----------------------------------------------------------------------
 
 
