@@ -4,10 +4,18 @@ An idle agent asks the scheduler for work only while the intake is open; paused,
 agents pick up nothing and busy ones finish. A cancel sends SIGTERM to the job's process
 group and SIGKILL after the grace period (the process runner does it); the job stays in
 flight until its process has really exited.
+
+An Assign the agents do not take (paused, busy) is given back with :class:`GiveBack`,
+which names the jobs they hold; until the scheduler answers :class:`TakenBack` every
+Assign is dropped, since the scheduler takes back whatever it handed out that is not held.
+A restarted core learns from the store what it holds (building jobs, and who asked to
+cancel them) and what was on its way to it (handed out, then lost with the failed actor's
+inbox: given back), and asks the process runner to tell again how its jobs stand.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -16,11 +24,25 @@ import msgspec
 from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
 from .messages import Cancel
 from .ports import Clock
-from .scheduler import AgentsPaused, AnnounceIdle, Assign, CancelJobs, JobFinished, Requeue, WantWork, job_item, job_item_id
+from .scheduler import (
+    AgentsPaused,
+    AnnounceIdle,
+    Assign,
+    CancelJobs,
+    GiveBack,
+    JobFinished,
+    TakenBack,
+    WantWork,
+    job_item,
+    job_item_id,
+)
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 
 log = logging.getLogger("maintd.agents")
+
+#: GiveBack tokens, unique across the agents actors of this process
+_tokens = itertools.count(1)
 
 
 class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,15 +80,57 @@ class AgentsCore(SubsystemCore):
         self.agents: dict[str, int | None] = {f"agent-{i + 1}": None for i in range(count)}
         self.pids: dict[int, int] = {}
         self.cancel_by: dict[int, str] = {}
+        #: the token of the GiveBack the scheduler has not answered yet: Assigns are dropped meanwhile
+        self.giving_back: int | None = None
         for item in self.items.values():
             if item.agent in self.agents:
                 self.agents[item.agent] = int(item.local_id.removeprefix("job-"))
 
     def start(self) -> None:
+        self.restore()
         self.ask_for_work()
 
+    def restore(self) -> None:
+        """The store is the truth (also after a restart): the jobs building on these agents,
+        who asked to cancel them, and the jobs handed to them whose Assign never arrived."""
+        held = {job_id for job_id in self.agents.values() if job_id is not None}  # the supervisor's last word
+        building: dict[int, Any] = {}
+        handed = False
+        for row in self.store.agent_jobs():
+            if row.agent not in self.agents:
+                continue
+            if row.state == JobState.BUILDING or row.id in held:
+                building[row.id] = row
+            else:
+                handed = True
+        if not building and not held and not handed:
+            return  # nothing here: a first start
+        self.agents = dict.fromkeys(self.agents)
+        items = []
+        for job_id, row in building.items():
+            self.agents[row.agent] = job_id
+            item_id = qualify(self.name, job_item_id(job_id))
+            items.append(self.items.get(item_id) or restored_item(self.name, row, self.clock.now()))
+            if row.cancelled_by is not None:
+                self.cancel_by.setdefault(job_id, row.cancelled_by)
+        self.set_items(items)
+        if building:
+            # Its JobStarted or JobExited may have been lost with a failed actor's inbox.
+            self.processes.report_jobs(self.me, tuple(building))
+        for job_id in self.cancel_by:
+            # The cancel may not have reached the process (a CancelJobs lost with the inbox).
+            self.processes.stop_job(job_id, self.grace)
+        if handed:
+            self.give_back()
+
+    def give_back(self) -> None:
+        """Tell the scheduler what these agents hold; it takes back everything else it handed out."""
+        self.giving_back = next(_tokens)
+        holding = tuple(sorted(job_id for job_id in self.agents.values() if job_id is not None))
+        self.peers.tell("scheduler", GiveBack(token=self.giving_back, holding=holding))
+
     def ask_for_work(self) -> None:
-        if not self.intake_open:
+        if not self.intake_open or self.giving_back is not None:
             return
         for agent, job in self.agents.items():
             if job is None:
@@ -79,8 +143,13 @@ class AgentsCore(SubsystemCore):
         self.ask_for_work()
 
     def assign(self, agent: str, spec: JobSpec) -> None:
+        if self.giving_back is not None:
+            return  # sent before the scheduler handled our GiveBack: it takes the job back
+        if qualify(self.name, job_item_id(spec.job_id)) in self.items:
+            log.warning("job %d is building here already; a second Assign is ignored", spec.job_id)
+            return
         if not self.intake_open or self.agents.get(agent, 0) is not None:
-            self.peers.tell("scheduler", Requeue(spec))
+            self.give_back()
             return
         self.agents[agent] = spec.job_id
         # Not waited for: the store handles its messages in order (see SyncStore.later).
@@ -109,13 +178,16 @@ class AgentsCore(SubsystemCore):
         if item.agent in self.agents:
             self.agents[item.agent] = None
         self.remove(item_id)
-        self.on_job(state.value)
         self.peers.tell("scheduler", JobFinished(job_id=msg.job_id, state=state))
-        if self.intake_open and item.agent in self.agents:
+        self.on_job(state.value)
+        if self.intake_open and self.giving_back is None and item.agent in self.agents:
             self.peers.tell("scheduler", WantWork(item.agent))
 
     def cancel_job(self, job_id: int, by: str) -> None:
-        self.cancel_by.setdefault(job_id, by)
+        if job_id not in self.cancel_by:
+            self.cancel_by[job_id] = by
+            # Not waited for; a restarted core reads it back, so the job still ends cancelled.
+            self.store.later("request_cancel", job_id, by)
         self.processes.stop_job(job_id, self.grace)
 
     def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
@@ -145,17 +217,41 @@ class AgentsCore(SubsystemCore):
             case Assign(agent=agent, spec=spec):
                 self.assign(agent, spec)
             case JobStarted(job_id=job_id, pid=pid):
-                self.pids[job_id] = pid
+                if qualify(self.name, job_item_id(job_id)) in self.items:
+                    self.pids[job_id] = pid
             case JobExited():
                 self.exited(message)
+            case TakenBack(token=token):
+                if token == self.giving_back:
+                    self.giving_back = None
+                    self.ask_for_work()
             case CancelJobs(job_ids=job_ids, by=by):
                 for job_id in job_ids:
                     if qualify(self.name, job_item_id(job_id)) in self.items:
                         self.cancel_job(job_id, by)
             case AnnounceIdle():
+                if self.giving_back is not None:
+                    # a restarted scheduler: our GiveBack may have been lost with its inbox
+                    self.give_back()
                 self.ask_for_work()
             case "info":
                 return self.info()
             case _:
                 return NotImplemented
         return None
+
+
+def restored_item(subsystem: str, row: Any, now: float) -> InFlightItem:
+    """A building job as an in-flight item, from its row in the store."""
+    return InFlightItem(
+        id=qualify(subsystem, job_item_id(row.id)),
+        subsystem=subsystem,
+        kind=BUILDING_JOB,
+        description=f"{row.pipeline}/{row.pipeline_counter}/{row.stage}/{row.name} on {row.agent}",
+        started_at=row.started_at if row.started_at is not None else now,
+        cancellable=True,
+        pipeline=row.pipeline,
+        stage=row.stage,
+        job=row.name,
+        agent=row.agent,
+    )

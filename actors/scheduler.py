@@ -62,8 +62,24 @@ class AgentsPaused(msgspec.Struct, frozen=True):
     pass
 
 
-class Requeue(msgspec.Struct, frozen=True):
-    spec: JobSpec
+class GiveBack(msgspec.Struct, frozen=True, kw_only=True):
+    """From the agents: of the jobs handed to them, they hold (build) only ``holding``.
+
+    Every other job handed out before the scheduler handles this was not taken (the agents
+    were paused or busy, or a failed agents actor lost its Assign): it goes back to the
+    queue, or is cancelled if its run was. Answered with :class:`TakenBack`; until that
+    comes, the agents drop every Assign, so each one is either taken or given back, never
+    both (the scheduler's messages reach the agents in the order it sent them).
+    """
+
+    token: int
+    holding: tuple[int, ...] = ()
+
+
+class TakenBack(msgspec.Struct, frozen=True):
+    """To the agents: the :class:`GiveBack` with this token is done; Assigns after this are new."""
+
+    token: int
 
 
 class JobFinished(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +164,9 @@ class SchedulerCore(SubsystemCore):
         self.run_of_job: dict[int, int] = {}
         #: run id -> who cancelled it: a job of such a run handed back by the agents is cancelled, not queued
         self.cancelled_runs: dict[int, str] = {}
+        #: jobs handed to the agents (recorded in the store) and not finished: their spec, None when
+        #: restored from the store (rebuilt if the agents give the job back)
+        self.handed: dict[int, JobSpec | None] = {}
 
     # -- start-up: the store is the truth ------------------------------------------------
 
@@ -178,7 +197,11 @@ class SchedulerCore(SubsystemCore):
                     run.results[job.id] = JobState(job.state)
                     continue
                 run.pending.add(job.id)
-                if job.state == JobState.SCHEDULED:
+                if job.state == JobState.SCHEDULED and job.agent is not None:
+                    # handed to the agents: an Assign may be on its way (never queued twice);
+                    # if the agents did not take it, they give it back
+                    self.handed[job.id] = None
+                elif job.state == JobState.SCHEDULED:
                     stage = pipeline.stages[job.stage_index]
                     job_def = next((j for j in stage.jobs if j.name == job.name), None)
                     if job_def is None:
@@ -193,6 +216,11 @@ class SchedulerCore(SubsystemCore):
                         run.results[job.id] = JobState.CANCELLED
                         continue
                     self.queue.append(self.spec(run, job.stage_index, job_def, job.id, job.log_path))
+            asked = [j.cancelled_by for j in jobs if j.id in run.pending]
+            if asked and None not in asked:
+                # CancelRun asks every job of the stage that has not ended (and records it):
+                # the run was being cancelled when the previous scheduler stopped
+                self.cancelled_runs[row.id] = str(asked[0])
             if not run.pending:
                 self.stage_done(run)
         self.items = {}
@@ -291,14 +319,72 @@ class SchedulerCore(SubsystemCore):
         moved = False
         while self.queue and self.waiting:
             agent = self.waiting.popleft()
-            spec = self.queue.popleft()
+            spec = msgspec.structs.replace(self.queue.popleft(), agent=agent)
             self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
-            self.peers.tell("agents", Assign(agent=agent, spec=msgspec.structs.replace(spec, agent=agent)))
             moved = True
+            # Recorded before the Assign goes: a restarted scheduler must not queue it again,
+            # and restarted agents must learn that it was on its way to them.
+            if not self.store.hand_out(spec.job_id, agent):
+                row = self.store.job(spec.job_id)
+                log.warning("job %d is %s, no longer scheduled: not handed out", spec.job_id, row and row.state)
+                if row is not None and row.state in TERMINAL:
+                    self.finished(spec.job_id, JobState(row.state))
+                self.waiting.appendleft(agent)
+                continue
+            self.handed[spec.job_id] = spec
+            self.peers.tell("agents", Assign(agent=agent, spec=spec))
         if moved:
             self.report()
 
+    def give_back(self, msg: GiveBack) -> None:
+        """The agents hold only ``msg.holding``: every other job handed out comes back."""
+        # the agents ask again for their idle agents once they hear TakenBack; nothing is
+        # handed out before it goes
+        self.waiting.clear()
+        holding = set(msg.holding)
+        back = [job_id for job_id in self.handed if job_id not in holding]
+        for job_id in holding:
+            self.handed.pop(job_id, None)
+        for job_id in reversed(back):  # to the front of the queue, in the order they were handed out
+            self.take_back(job_id)
+        self.peers.tell("agents", TakenBack(msg.token))
+        self.report()
+
+    def take_back(self, job_id: int) -> None:
+        spec = self.handed.pop(job_id)
+        run = self.runs.get(self.run_of_job.get(job_id, -1))
+        if run is None or job_id not in run.pending:
+            return
+        if run.run_id in self.cancelled_runs:
+            by = self.cancelled_runs[run.run_id]
+            self.store.set_job_state(job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
+            self.finished(job_id, JobState.CANCELLED)
+            return
+        if spec is None:
+            spec = self.rebuild_spec(run, job_id)
+            if spec is None:
+                return
+        self.store.take_back(job_id)
+        spec = msgspec.structs.replace(spec, agent="")
+        self.queue.appendleft(spec)
+        self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
+
+    def rebuild_spec(self, run: Run, job_id: int) -> JobSpec | None:
+        """The spec of a job restored as handed out; None (and the job cancelled) if its definition is gone."""
+        row = self.store.job(job_id)
+        if row is None:
+            return None
+        job_def = next((j for j in run.pipeline.stages[row.stage_index].jobs if j.name == row.name), None)
+        if job_def is None:
+            self.store.set_job_state(
+                job_id, JobState.CANCELLED, self.clock.now(), cancelled_by="maintd", detail="job no longer in the configuration"
+            )
+            self.finished(job_id, JobState.CANCELLED)
+            return None
+        return self.spec(run, row.stage_index, job_def, job_id, row.log_path)
+
     def finished(self, job_id: int, state: JobState) -> None:
+        self.handed.pop(job_id, None)
         run_id = self.run_of_job.pop(job_id, None)
         run = self.runs.get(run_id) if run_id is not None else None
         if run is None or job_id not in run.pending:
@@ -310,10 +396,14 @@ class SchedulerCore(SubsystemCore):
 
     def stage_done(self, run: Run) -> None:
         states = set(run.results.values())
-        if states <= {JobState.PASSED} and run.stage_index + 1 < len(run.pipeline.stages):
+        cancelled = run.run_id in self.cancelled_runs  # its jobs may have ended before the cancel reached them
+        if states <= {JobState.PASSED} and not cancelled and run.stage_index + 1 < len(run.pipeline.stages):
             self.queue_stage(run, run.stage_index + 1)
             return
-        final = "passed" if states <= {JobState.PASSED} else ("cancelled" if JobState.CANCELLED in states else "failed")
+        if states <= {JobState.PASSED} and not cancelled:
+            final = "passed"
+        else:
+            final = "cancelled" if cancelled or JobState.CANCELLED in states else "failed"
         self.store.finish_run(run.run_id, final, self.clock.now())
         self.cancelled_runs.pop(run.run_id, None)
         log.info("%s/%d %s", run.pipeline.name, run.counter, final)
@@ -351,7 +441,10 @@ class SchedulerCore(SubsystemCore):
             else:
                 building.append(job_id)
         if building:
-            # Some of these may still be on their way to an agent and come back as Requeue.
+            # Some of these may still be on their way to an agent and come back (GiveBack).
+            # Recorded first: restarted agents (or a restarted scheduler) learn it from the store.
+            for job_id in building:
+                self.store.request_cancel(job_id, msg.by)
             self.cancelled_runs[run.run_id] = msg.by
             self.peers.tell("agents", CancelJobs(job_ids=tuple(building), by=msg.by))
         self.report()
@@ -381,14 +474,8 @@ class SchedulerCore(SubsystemCore):
                 self.dispatch()
             case AgentsPaused():
                 self.waiting.clear()
-            case Requeue(spec=spec) if spec.run_id in self.cancelled_runs:
-                by = self.cancelled_runs[spec.run_id]
-                self.store.set_job_state(spec.job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
-                self.finished(spec.job_id, JobState.CANCELLED)
-            case Requeue(spec=spec):
-                self.queue.appendleft(msgspec.structs.replace(spec, agent=""))
-                self.items[qualify(self.name, job_item_id(spec.job_id))] = self.item_of(spec)
-                self.report()
+            case GiveBack():
+                self.give_back(message)
             case JobFinished(job_id=job_id, state=state):
                 self.finished(job_id, state)
             case CancelRun():

@@ -25,8 +25,9 @@ Hypothesis state machines, each next to a model of what must hold:
   ends in a recorded terminal state once all work is done.
 * :class:`JobServerCancelRunRaceMachine` and :class:`JobServerCoreFailureMachine` add a
   cancel-run at any moment, and failing cores (pykka drops a failed actor's inbox) and a
-  killed daemon. They find defects; the ``test_regression_*`` tests below are their shrunk
-  examples, written out.
+  killed daemon. The defects they found are fixed; the ``test_regression_*`` tests below
+  are their shrunk examples, written out (``test_jobserver_restarts.py`` runs the failure
+  cases again through real actors).
 
 ``COUNTS`` and ``RULES`` count examples, steps and rules; the last test prints them.
 """
@@ -112,18 +113,6 @@ EXTERNALS = ("backup", "exporter")
 USERS = ("alice", "bob", "carol")
 KINDS = (BUILDING_JOB, SCHEDULED_JOB, MATERIAL_UPDATE, "backup_run")
 ASK = 5.0
-
-
-# Defects these tests found in the job server's failure and restart paths, not fixed yet
-# (open in the reliability issue). strict: a fix shows as XPASS and fails, so the mark goes.
-KNOWN_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="known defect in a crash/restart or cancel-run race path of the scheduler/agents cores; see the test's docstring",
-)
-KNOWN_DEFECT_SOMETIMES = pytest.mark.xfail(
-    strict=False,
-    reason="known defects (see the regression tests below); hypothesis finds them in most runs, not all",
-)
 
 
 class Probe:
@@ -820,6 +809,8 @@ class Processes:
         self.running: dict[int, Any] = {}  # job id -> reply_to
         self.stopping: set[int] = set()
         self.started: set[int] = set()
+        self.pid_of: dict[int, int] = {}
+        self.exits: dict[int, JobExited] = {}  # what was told when each job ended (as the runner keeps it)
         self.pids = itertools.count(1000)
 
     def start_job(self, reply_to: Any, spec: JobSpec) -> None:
@@ -833,11 +824,23 @@ class Processes:
         self.started.add(spec.job_id)
         COUNTS["jobserver jobs started"] += 1
         self.running[spec.job_id] = reply_to
-        reply_to.tell(JobStarted(job_id=spec.job_id, pid=next(self.pids)))
+        self.pid_of[spec.job_id] = next(self.pids)
+        reply_to.tell(JobStarted(job_id=spec.job_id, pid=self.pid_of[spec.job_id]))
 
     def stop_job(self, job_id: int, grace: float) -> None:
         if job_id in self.running:
             self.stopping.add(job_id)
+
+    def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
+        """As ProcessRunner.report_jobs: started again for a running job, its exit again for an ended one."""
+        COUNTS["jobserver jobs reported again"] += len(job_ids)
+        for job_id in job_ids:
+            if job_id in self.exits:
+                reply_to.tell(self.exits[job_id])
+            elif job_id in self.running:
+                reply_to.tell(JobStarted(job_id=job_id, pid=self.pid_of[job_id]))
+            else:
+                reply_to.tell(JobExited(job_id=job_id, returncode=None, error="lost"))
 
     def poll_material(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
         raise AssertionError("no materials here")
@@ -1111,7 +1114,8 @@ class JobServerMachine(RuleBasedStateMachine):
         reply_to = self.procs.running.pop(job_id)
         if job_id in self.procs.stopping:
             code = -15
-        reply_to.tell(JobExited(job_id=job_id, returncode=code))
+        self.procs.exits[job_id] = JobExited(job_id=job_id, returncode=code)
+        reply_to.tell(self.procs.exits[job_id])
 
     @precondition(lambda self: self.cores["scheduler"].items or self.cores["agents"].items)
     @rule(data=st.data(), by=st.sampled_from(USERS))
@@ -1163,6 +1167,7 @@ class JobServerMachine(RuleBasedStateMachine):
             q.clear()
         self.procs.running.clear()
         self.procs.stopping.clear()
+        self.procs.exits.clear()  # a new process runner
         self.clock.t += 60
         interrupted, _queued = self.store.recover(self.clock.now())
         COUNTS["jobserver jobs interrupted"] += len(interrupted)
@@ -1245,7 +1250,7 @@ class JobServerCoreFailureMachine(JobServerMachine):
 
 
 JobServerCoreFailureMachine.TestCase.settings = DEFECT_SETTINGS
-TestJobServerCoreFailureMachine = KNOWN_DEFECT_SOMETIMES(JobServerCoreFailureMachine.TestCase)
+TestJobServerCoreFailureMachine = JobServerCoreFailureMachine.TestCase
 
 
 # =======================================================================================
@@ -1284,7 +1289,7 @@ def test_regression_a_cancelled_run_runs_on_when_its_job_was_on_its_way_to_an_ag
 
     CancelRun takes a job that is no longer queued for a building one and only tells the
     agents CancelJobs. When the Assign is still on its way, the agents give the job back
-    (Requeue: that agent is busy, or the agents are paused), CancelJobs finds nothing, and
+    (then Requeue, now GiveBack: that agent is busy, or the agents are paused), CancelJobs finds nothing, and
     the requeued job runs later: the run the user cancelled (and was told "cancelled_jobs:
     2") runs to the end. At start-up each agent asks for work twice (AgentsCore.start and
     the answer to the scheduler's AnnounceIdle), which is how a busy agent gets an Assign.
@@ -1310,7 +1315,6 @@ def test_regression_a_cancelled_run_runs_on_when_its_job_was_on_its_way_to_an_ag
     assert next(r.state for r in m.store.recent_runs() if r.id == run) == "cancelled"
 
 
-@KNOWN_DEFECT
 def test_regression_agents_failing_with_an_assign_queued_lose_the_job() -> None:
     """JobServerCoreFailureMachine, shrunk::
 
@@ -1324,6 +1328,10 @@ def test_regression_agents_failing_with_an_assign_queued_lose_the_job() -> None:
     the Assign. If the agents' actor fails with that Assign in its inbox, pykka drops it:
     the job stays ``scheduled`` in the store, in nobody's queue and in no status, and never
     runs until the daemon restarts.
+
+    Fixed: the scheduler records the hand-out in the store before the Assign goes; the
+    restarted agents find a job handed to them that they do not hold and give it back
+    (GiveBack), dropping any late Assign until the scheduler answers TakenBack.
     """
     m = JobServerMachine()
     m.ask("scheduler", Trigger(pipeline="app", by="alice"))
@@ -1333,7 +1341,6 @@ def test_regression_agents_failing_with_an_assign_queued_lose_the_job() -> None:
     assert all(state in TERMINAL for state in states.values()), f"jobs that never ended: {states}"
 
 
-@KNOWN_DEFECT
 def test_regression_agents_failing_with_a_job_exit_queued_never_drain() -> None:
     """JobServerCoreFailureMachine, shrunk::
 
@@ -1350,6 +1357,9 @@ def test_regression_agents_failing_with_a_job_exit_queued_never_drain() -> None:
     pykka drops it. The fresh actor restores job 1 as building, but its process is gone and
     will never exit again: job 1 stays ``building``, agent-1 stays busy, and the drain
     never completes (safe_to_restart never comes).
+
+    Fixed: the restarted agents learn their building jobs from the store and ask the process
+    port to tell again how each stands (``report_jobs``: its exit again for an ended one).
     """
     m = JobServerMachine()
     m.ask("scheduler", Trigger(pipeline="app", by="alice"))
@@ -1366,7 +1376,6 @@ def test_regression_agents_failing_with_a_job_exit_queued_never_drain() -> None:
     assert Drained(subsystem="agents", drain_id=m.drain_id or "") in m.emitted
 
 
-@KNOWN_DEFECT
 def test_regression_a_scheduler_restarted_while_an_assign_is_on_its_way_runs_the_job_twice() -> None:
     """JobServerCoreFailureMachine, shrunk::
 
@@ -1379,6 +1388,10 @@ def test_regression_a_scheduler_restarted_while_an_assign_is_on_its_way_runs_the
     fails (its own inbox may even be empty) and is restarted while the Assigns are on their
     way restores those jobs and queues them again: each runs twice (also seen: the same job
     queued twice, and a cancel of the requeued item marking a running job ``cancelled``).
+
+    Fixed: the hand-out is in the store (scheduled, with its agent) before the Assign goes;
+    a restarted scheduler keeps such a job handed out, not queued, until the agents finish
+    it or give it back.
     """
     m = JobServerMachine()
     m.ask("scheduler", Trigger(pipeline="app", by="alice"))
@@ -1388,7 +1401,6 @@ def test_regression_a_scheduler_restarted_while_an_assign_is_on_its_way_runs_the
     assert m.violations == []
 
 
-@KNOWN_DEFECT
 def test_regression_agents_restarted_after_a_cancel_record_the_job_failed_not_cancelled() -> None:
     """JobServerCoreFailureMachine (core_restarts_when_idle), shrunk::
 
@@ -1405,6 +1417,9 @@ def test_regression_agents_restarted_after_a_cancel_record_the_job_failed_not_ca
     but who cancelled lives only in AgentsCore.cancel_by, which a restarted core does not
     get back. The job exits -15 and is recorded ``failed`` with cancelled_by None, though
     the supervisor's history and the audit log say alice cancelled it.
+
+    Fixed: a cancel asked for is recorded in the store (``request_cancel``); the restarted
+    agents read it back (and stop the job again, in case the first stop was lost).
     """
     m = JobServerMachine()
     m.ask("scheduler", Trigger(pipeline="app", by="alice"))

@@ -18,13 +18,15 @@ from actors.messages import Cancel, Cancelled, CancelRefused, Drained, InFlightR
 from actors.peers import PeerRef
 from actors.scheduler import (
     AgentsPaused,
+    AnnounceIdle,
     Assign,
     CancelJobs,
     CancelRun,
+    GiveBack,
     JobFinished,
     PipelinesChanged,
-    Requeue,
     SchedulerCore,
+    TakenBack,
     TimerDue,
     Trigger,
     WantWork,
@@ -70,6 +72,9 @@ class FakeProcesses:
 
     def stop_job(self, job_id: int, grace: float) -> None:
         self.calls.append(("stop_job", job_id, grace))
+
+    def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
+        self.calls.append(("report_jobs", reply_to, job_ids))
 
     def of(self, method: str) -> list[tuple[Any, ...]]:
         return [c[1:] for c in self.calls if c[0] == method]
@@ -337,14 +342,50 @@ def test_cancel_run_answers_how_many_jobs_it_cancelled(w: World) -> None:
     assert result["cancelled_jobs"] == 2  # both scheduled jobs
 
 
-def test_requeue_puts_a_job_back_at_the_front(w: World) -> None:
+def test_a_job_is_handed_out_in_the_store_and_given_back_to_the_front_of_the_queue(w: World) -> None:
     core = scheduler(w, agents=1)
     (assign,) = w.peers.to("agents", Assign)
-    core.handle(Requeue(assign.spec))
+    assert w.job(assign.spec.job_id) == ("scheduled", "agent-1", None)  # on its way to agent-1
+    core.handle(GiveBack(token=7, holding=()))
+    assert w.peers.to("agents", TakenBack) == [TakenBack(7)]
     assert queued(core) == ["compile", "package"] and core.queue[0].agent == ""
     assert f"scheduler/job-{assign.spec.job_id}" in core.items
+    assert w.job(assign.spec.job_id) == ("scheduled", None, None)
+    core.handle(GiveBack(token=8, holding=()))  # nothing handed out: nothing comes back twice
+    assert queued(core) == ["compile", "package"]
     core.handle(WantWork("agent-2"))
     assert w.peers.to("agents", Assign)[-1] == Assign(agent="agent-2", spec=msgspec.structs.replace(assign.spec, agent="agent-2"))
+
+
+def test_a_give_back_keeps_the_jobs_the_agents_hold(w: World) -> None:
+    core = scheduler(w, agents=2)
+    compile_, package = (a.spec.job_id for a in w.peers.to("agents", Assign))
+    core.handle(GiveBack(token=1, holding=(compile_,)))
+    assert queued(core) == ["package"] and w.job(package) == ("scheduled", None, None)
+    core.handle(GiveBack(token=2, holding=()))  # compile is held (building): not handed out any more
+    assert queued(core) == ["package"]
+
+
+def test_a_restarted_scheduler_does_not_queue_a_job_on_its_way_to_an_agent(w: World) -> None:
+    scheduler(w, agents=1)  # compile handed to agent-1
+    ids = w.job_ids()
+    restarted = scheduler(w, trigger=False)
+    restarted.start()
+    assert queued(restarted) == ["package"]
+    restarted.handle(GiveBack(token=1, holding=()))  # the agents did not get it: now it is queued
+    assert queued(restarted) == ["compile", "package"] and restarted.queue[0].env["GO_JOB_NAME"] == "compile"
+    assert w.job(ids["compile"]) == ("scheduled", None, None)
+
+
+def test_a_cancelled_run_queues_no_next_stage_when_its_jobs_pass_before_the_cancel_reaches_them(w: World) -> None:
+    core = scheduler(w, agents=2)
+    ids = w.job_ids()
+    core.handle(CancelRun(pipeline="app", counter=1, by="bob"))
+    assert w.job(ids["compile"]) == ("scheduled", "agent-1", "bob")  # the cancel is recorded
+    for job_id in ids.values():
+        core.handle(JobFinished(job_id=job_id, state=JobState.PASSED))
+    assert queued(core) == [] and "unit" not in w.job_ids()
+    assert w.store.recent_runs()[0].state == "cancelled"
 
 
 def test_a_new_scheduler_on_the_same_store_requeues_the_scheduled_jobs(w: World) -> None:
@@ -377,8 +418,15 @@ def test_paused_agents_tell_the_scheduler_and_send_assignments_back(w: World) ->
     core, spec = agents(w), new_spec(w)
     core.pause("d1")
     core.handle(Assign(agent="agent-1", spec=spec))
-    assert w.peers.told == [("scheduler", AgentsPaused()), ("scheduler", Requeue(spec))]
+    (give_back,) = w.peers.to("scheduler", GiveBack)
+    assert w.peers.told == [("scheduler", AgentsPaused()), ("scheduler", give_back)] and give_back.holding == ()
     assert w.procs.calls == [] and core.items == {} and w.job(spec.job_id)[0] == "scheduled"
+    core.handle(Assign(agent="agent-2", spec=new_spec(w, "package")))  # sent before the GiveBack was handled
+    assert len(w.peers.told) == 2 and w.procs.calls == []  # dropped: the scheduler takes it back
+    core.handle(TakenBack(give_back.token))
+    core.resume("d1")
+    core.handle(Assign(agent="agent-1", spec=spec))  # handed out again: taken
+    assert w.procs.of("start_job") == [(w.peers.ref("agents"), spec)]
 
 
 def test_paused_agents_drain_only_after_the_building_job_exits(w: World) -> None:
@@ -420,11 +468,63 @@ def test_agents_ask_for_work_for_each_idle_agent_and_a_restarted_core_keeps_old_
     core = agents(w, items=tuple(old.items.values()))
     core.start()
     assert w.peers.told == [("scheduler", WantWork("agent-2"))]
+    assert w.procs.of("report_jobs") == [(w.peers.ref("agents"), (first.job_id,))]  # its exit may have been lost
     core.handle(Assign(agent="agent-1", spec=second))
-    assert w.peers.to("scheduler", Requeue) == [Requeue(second)]
+    assert [m.holding for m in w.peers.to("scheduler", GiveBack)] == [(first.job_id,)]
     core.handle(JobExited(job_id=first.job_id, returncode=0))
     assert w.job(first.job_id)[0] == "passed"
     assert w.peers.to("scheduler", JobFinished) == [JobFinished(job_id=first.job_id, state=JobState.PASSED)]
+
+
+def test_restarted_agents_give_back_a_job_whose_assign_was_lost_and_drop_the_late_assign(w: World) -> None:
+    spec = new_spec(w)
+    w.store.hand_out(spec.job_id, "agent-1")  # the scheduler handed it out; the Assign was lost (or is late)
+    core = agents(w)
+    core.start()
+    (give_back,) = w.peers.to("scheduler", GiveBack)
+    assert give_back.holding == () and w.peers.to("scheduler", WantWork) == []  # no work until it is taken back
+    core.handle(Assign(agent="agent-1", spec=spec))  # late: the scheduler takes it back, so it is dropped
+    assert w.procs.of("start_job") == [] and core.items == {}
+    core.handle(AnnounceIdle())  # a restarted scheduler: the GiveBack may have been lost with its inbox
+    first, again = w.peers.to("scheduler", GiveBack)
+    assert again.token != first.token
+    core.handle(TakenBack(first.token))  # an old answer: still waiting
+    assert w.peers.to("scheduler", WantWork) == []
+    core.handle(TakenBack(again.token))
+    assert w.peers.to("scheduler", WantWork) == [WantWork("agent-1"), WantWork("agent-2")]
+
+
+def test_restarted_agents_learn_building_jobs_and_cancels_from_the_store(w: World) -> None:
+    old, spec = building(w)
+    old.cancel(Cancel(item_id=f"agents/job-{spec.job_id}", by="carol"))
+    assert w.job(spec.job_id) == ("building", "agent-1", "carol")  # the cancel is recorded at once
+    w.procs.calls.clear()
+    core = agents(w)  # restarted with nothing from the supervisor
+    core.start()
+    (item,) = core.items.values()
+    assert (item.id, item.agent, item.description) == (f"agents/job-{spec.job_id}", "agent-1", "app/1/build/compile on agent-1")
+    assert core.agents == {"agent-1": spec.job_id, "agent-2": None}
+    assert w.procs.calls == [
+        ("report_jobs", w.peers.ref("agents"), (spec.job_id,)),  # its exit may have been lost
+        ("stop_job", spec.job_id, 5.0),  # so may the cancel
+    ]
+    assert w.peers.told[-1:] == [("scheduler", WantWork("agent-2"))]
+    core.handle(JobExited(job_id=spec.job_id, returncode=-15))
+    assert w.job(spec.job_id) == ("cancelled", "agent-1", "carol")
+    core.handle(JobExited(job_id=spec.job_id, returncode=-15))  # told again (report_jobs): nothing more
+    assert w.peers.to("scheduler", JobFinished) == [JobFinished(job_id=spec.job_id, state=JobState.CANCELLED)]
+
+
+def test_a_daemon_restart_queues_handed_out_jobs_again_and_cancels_those_asked_to(w: World) -> None:
+    scheduler(w, agents=2)  # both handed out
+    ids = w.job_ids()
+    w.store.request_cancel(ids["package"], "bob")
+    w.store.recover(w.clock.now())
+    assert w.job(ids["compile"]) == ("scheduled", None, None)
+    assert w.job(ids["package"]) == ("cancelled", "agent-2", "bob")
+    restarted = scheduler(w, trigger=False)
+    restarted.start()
+    assert queued(restarted) == ["compile"]
 
 
 # --- config guard -----------------------------------------------------------------------
