@@ -15,9 +15,13 @@ from msgspec import Meta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-Duration = Annotated[str, Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$", description="e.g. 30s, 5m, 2h")]
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+# \Z, not $: in Python's re (which msgspec uses) `$` also matches before a trailing newline,
+# so "build\n" would pass as a name. A Name becomes a folder name in STATE/workspaces and
+# STATE/logs, so it is letters, digits, `_`, `.` and `-`, never `/`, and never starts with `.`.
+Duration = Annotated[str, Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*\Z", description="e.g. 30s, 5m, 2h")]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")]
 
 
 def parse_duration(text: str) -> float:
@@ -37,7 +41,7 @@ class MaterialDef(Def, kw_only=True):
 
     name: Name
     url: Annotated[str, Meta(min_length=1, max_length=4096)]
-    branch: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,200}$")] = "main"
+    branch: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,200}\Z")] = "main"
     poll_interval: Duration = "60s"
     poll_timeout: Duration = "5m"
 
@@ -71,7 +75,7 @@ class PipelineFile(Def, kw_only=True):
 
 
 def check_pipelines(pipelines: list[PipelineDef], materials: set[str], where: str = "$.pipelines") -> list[str]:
-    """Rules msgspec cannot state: unique names, known materials, command xor shell, valid cron."""
+    """Rules msgspec cannot state: unique names, known materials, command xor shell, valid cron, env names."""
     errors: list[str] = []
     seen: set[str] = set()
     for i, p in enumerate(pipelines):
@@ -96,6 +100,14 @@ def check_pipelines(pipelines: list[PipelineDef], materials: set[str], where: st
                     errors.append(f"a job needs exactly one of `command` (argv list) or `shell` - at `{jat}`")
                 if job.name in job_names:
                     errors.append(f"job name {job.name!r} is used twice - at `{jat}.name`")
+                # What execve would refuse only when the job starts: refused here, with its key path.
+                for key, value in job.env.items():
+                    if not _ENV_NAME.match(key):
+                        errors.append(f"{key!r} is not an environment variable name (letters, digits, _) - at `{jat}.env`")
+                    elif "\0" in value:
+                        errors.append(f"the value of {key} has a NUL character - at `{jat}.env`")
+                if any("\0" in arg for arg in job.command or ()) or "\0" in (job.shell or ""):
+                    errors.append(f"a command cannot hold a NUL character - at `{jat}`")
                 job_names.add(job.name)
     return errors
 

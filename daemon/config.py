@@ -19,7 +19,7 @@ __all__ = ["Config", "ConfigError", "load", "parse_duration"]
 
 class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     socket: str | None = None
-    mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}\Z")] = "0660"
     admin_group: str | None = "maintd"
     max_line_bytes: Annotated[int, Meta(ge=1024, le=64 << 20)] = 1 << 20
     client_queue: Annotated[int, Meta(ge=8, le=1_000_000)] = 4096
@@ -33,7 +33,7 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str | None = None
-    log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)$")] = "info"
+    log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)\Z")] = "info"
     #: On SIGTERM (``systemctl stop``), how long to wait for the drain before stopping anyway.
     stop_drain_timeout: Duration = "60s"
 
@@ -47,7 +47,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """The read-only HTTP server (``/metrics``, the status page, GoCD's info API); loopback by default."""
 
     enabled: bool = True
-    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")] = "127.0.0.1:9187"
+    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")] = "127.0.0.1:9187"
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

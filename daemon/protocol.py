@@ -22,8 +22,9 @@ from msgspec import Meta
 MAX_LINE = 1 << 20
 
 Id = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | Annotated[str, Meta(max_length=200)] | None
-Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
-Kind = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+# \Z, not $: in Python's re (which msgspec uses) `$` also matches before a trailing newline.
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")]
+Kind = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}\Z")]
 Text = Annotated[str, Meta(max_length=4096)]
 #: Seconds since the epoch, within what a date can show (years 1970 to 9999).
 Epoch = Annotated[float, Meta(ge=0, le=253402300799)]
