@@ -100,8 +100,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: Bits always cleared from the mode of what maintd and its jobs create, whatever umask it was
+#: started with (the unit's UMask=0027): the state directory, maintd.db, workspaces and logs
+#: are never writable by the group nor open to others. The control socket's mode is set
+#: explicitly ([control] mode).
+UMASK = 0o027
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.umask(os.umask(UMASK) | UMASK)  # stricter than UMASK if it was stricter, never looser
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:

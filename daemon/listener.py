@@ -124,7 +124,7 @@ async def open_unix_listener(path: Path, mode: int, group: str | None) -> trio.S
 def _prepare(path: Path) -> None:
     """Create the socket's folder and clear a stale socket (at start-up, before serving)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_socket_dir(path.parent)
     except OSError as exc:
         raise ListenerError(f"cannot create {path.parent}: {exc.strerror}") from None
     if path.exists() or path.is_symlink():
@@ -134,6 +134,23 @@ def _prepare(path: Path) -> None:
             raise ListenerError(f"another maintd is serving {path}")
         log.info("removing stale socket %s", path)
         path.unlink()
+
+
+def _make_socket_dir(folder: Path) -> None:
+    """Create the socket's folder, if missing, as 0755 (the unit's RuntimeDirectoryMode).
+
+    Whoever the socket's mode lets in must be able to reach it, and nobody else may
+    write in the folder (a writable one lets anyone swap the socket for their own), whatever
+    the umask: made 0700, then opened up to 0755.
+    """
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o755)
 
 
 def _answers(path: Path) -> bool:
