@@ -50,6 +50,18 @@ def refuse_in_maintenance(action: str) -> MaintdError:
     return MaintdError(f"maintenance mode is on: {action} is refused until it is turned off", code="maintenance_mode")
 
 
+def clean_repo_path(path: str) -> bool:
+    """A path git itself would write to a tree: no ``.``, ``..``, ``.git`` or empty component, no control character.
+
+    The path of a pipeline file is only a name here (its text comes from git, never from the
+    file system), but a tree made by hand (``git mktree``) can hold ``../x.toml`` or a newline,
+    and such a file is refused rather than shown to an operator as if it were a path.
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return False
+    return all(part not in ("", ".", "..") and part.lower() != ".git" for part in path.split("/"))
+
+
 class ConfigGuardCore(SubsystemCore):
     def __init__(
         self,
@@ -121,6 +133,15 @@ class ConfigGuardCore(SubsystemCore):
     def merge_repo(self, msg: ConfigRepoFiles) -> None:
         found: dict[str, PipelineDef] = {}
         for path, text in sorted(msg.files.items()):
+            if not clean_repo_path(path):
+                log.warning(
+                    "config repo %s, %r at %s: not a clean path in the repository (an empty, `.`, `..` or `.git`"
+                    " component, or a control character); file skipped",
+                    msg.repo,
+                    path,
+                    msg.revision[:12],
+                )
+                continue
             try:
                 parsed = msgspec.toml.decode(text.encode(), type=PipelineFile)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -128,7 +149,8 @@ class ConfigGuardCore(SubsystemCore):
                 continue
             errors = check_pipelines(parsed.pipelines, self.materials)
             if errors:
-                log.warning("config repo %s, %s: %s; file skipped", msg.repo, path, errors[0])
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                log.warning("config repo %s, %s at %s: %s%s; file skipped", msg.repo, path, msg.revision[:12], errors[0], more)
                 continue
             for p in parsed.pipelines:
                 if p.name in self.base or p.name in found:
