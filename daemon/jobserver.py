@@ -7,7 +7,10 @@ asking its current actor (downward), never by waiting on it in the loop.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +111,8 @@ class JobServerRequests:
         self.peers = peers
         self.store = store_proxy
         self.config_path = config_path
-        self.state_dir = state_dir.resolve()
+        #: the state directory as given and resolved: job log paths start with one of them
+        self.state_dirs = tuple(dict.fromkeys((state_dir, state_dir.absolute(), state_dir.resolve())))
 
     async def ask(self, subsystem: str, message: Any) -> Any:
         ref = self.peers.current(subsystem)
@@ -173,19 +177,18 @@ class JobServerRequests:
         row = await self.stored("job", job_id)
         if row is None:
             raise NotFound(f"no job {job_id}")
-        state_dir = self.state_dir
 
         def tail() -> tuple[bytes, int]:
-            path = Path(row.log_path).resolve()
-            if not path.is_relative_to(state_dir):
-                raise MaintdError(f"job {job_id}'s log is outside the state directory", code="forbidden")
             try:
-                with path.open("rb") as f:
-                    size = f.seek(0, 2)
-                    f.seek(max(size - max_bytes, 0))
-                    return f.read(max_bytes), size
+                fd = open_log(self.state_dirs, row.log_path)
             except FileNotFoundError:
-                return b"", 0
+                return b"", 0  # not started yet
+            except LogRefused as why:
+                raise MaintdError(f"job {job_id}'s log is refused: {why}", code="forbidden") from None
+            with os.fdopen(fd, "rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(size - max_bytes, 0))
+                return f.read(max_bytes), size
 
         data, size = await trio.to_thread.run_sync(tail)
         return {
@@ -195,3 +198,56 @@ class JobServerRequests:
             "truncated": size > len(data),
             "text": data.decode(errors="replace"),
         }
+
+
+class LogRefused(Exception):
+    pass
+
+
+def open_log(state_dirs: tuple[Path, ...], log_path: str) -> int:
+    """A read-only fd on ``log_path``, only if it is a regular file below ``STATE/logs``.
+
+    A job runs as the daemon's user and may replace its log, or a folder above it, with a
+    symlink, a FIFO or a hard link to any file (``ln -sf /etc/shadow "$LOG"``); anyone who may
+    open the control socket may then ask for that log. So the path is walked from the state
+    directory one component at a time with ``O_NOFOLLOW`` (no symlink below ``STATE`` is
+    followed, and nothing can be swapped between a check and the open), the file is opened
+    with ``O_NONBLOCK`` (a FIFO does not hang the thread) and it must be a regular file with
+    one link. ``state_dirs`` are the spellings of the state directory (as given, resolved)
+    that ``log_path`` may start with; the state directory itself may be a symlink.
+    Raises FileNotFoundError (no log yet) or :class:`LogRefused`.
+    """
+    path = Path(log_path)
+    for base in state_dirs:
+        if path.is_relative_to(base / "logs"):
+            parts = path.relative_to(base).parts
+            break
+    else:
+        raise LogRefused("it is not under the state directory's logs folder")
+    if any(part in ("", ".", "..") for part in parts):
+        raise LogRefused("its path has `..` in it")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(base, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LogRefused(f"{part} in its path is not a folder (a symlink?)") from None
+                raise
+            os.close(fd)
+            fd = inner
+        try:
+            file_fd = os.open(parts[-1], flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LogRefused("it is a symlink") from None
+            raise
+    finally:
+        os.close(fd)
+    info = os.fstat(file_fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        return file_fd
+    os.close(file_fd)
+    raise LogRefused("it is not a regular file" if not stat.S_ISREG(info.st_mode) else "it has other hard links")
