@@ -312,6 +312,29 @@ def test_a_log_replaced_behind_the_daemons_back_is_refused_forbidden(
     assert d.maintctl("status").returncode == 0  # and the daemon serves on
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon/processes.py _open_log: open(spec.log, 'wb') and the workspace's mkdir(exist_ok=True) "
+    "follow a symlink that an earlier job planted where a later run's log and workspace will be",
+)
+def test_a_symlink_planted_where_a_later_runs_log_will_be_is_not_written_through(tmp_path: Path, make_daemon: Any) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("ORIGINAL\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    up = "../../../../.."  # from STATE/workspaces/p/1/s/j to STATE
+    plant = (
+        f"if [ $GO_PIPELINE_COUNTER = 1 ]; then mkdir -p {up}/logs/p/2/s {up}/workspaces/p/2;"
+        f' ln -s "{outside}" {up}/logs/p/2/s/j.log; ln -s "{elsewhere}" {up}/workspaces/p/2/s; fi; pwd -P'
+    )
+    d = make_daemon(config=base_config(one_job_pipeline("p", plant)))
+    run_to_pass(d, "p")
+    second = run_to_pass(d, "p")
+    assert second["counter"] == 2
+    assert outside.read_text() == "ORIGINAL\n", "the daemon wrote run 2's log through the symlink, outside STATE"
+    assert not list(elsewhere.iterdir()), "run 2's workspace was made through the symlink, outside STATE"
+
+
 #: Every string of every request type that could be taken for a path.
 PATHS = ["../../escape", "../escape", "..", "a/b", "/tmp/maintd-escape", "escape\n", "nul\0escape", "escape/../..", "."]
 
