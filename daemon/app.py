@@ -163,7 +163,7 @@ async def run(settings: Settings) -> int:
             metrics = Metrics(daemon_registry(), version=VERSION)
             hub.listeners.append(metrics.update)
             timers = TrioTimers(bridge, nursery)
-            processes = ProcessRunner(bridge, nursery)
+            processes = ProcessRunner(bridge, nursery, root=settings.state_dir)
             socket_path: Path | None = None  # set once this process bound the socket and must unlink it
             try:
                 try:

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -82,8 +83,19 @@ class _Skipped(Exception):
 class ProcessRunner:
     """Runs git and job processes for the actors (:class:`actors.jobs.ProcessPort`)."""
 
-    def __init__(self, bridge: Bridge, nursery: trio.Nursery, *, git: str = "git", kill_grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        nursery: trio.Nursery,
+        *,
+        git: str = "git",
+        kill_grace: float = 10.0,
+        root: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.bridge = bridge
+        #: the state directory: jobs' workspaces and logs are made inside it without following
+        #: a symlink below it (None: the paths are taken as they are)
+        self.root = None if root is None else os.path.abspath(root)
         self.nursery = nursery
         self.git = git
         self.kill_grace = kill_grace  # between SIGTERM and SIGKILL when a job's timeout passes
@@ -353,7 +365,7 @@ class ProcessRunner:
         try:
             argv = _job_argv(spec)
             # mkdir and open are filesystem calls: not in the loop that serves the socket.
-            log_file = await trio.to_thread.run_sync(_open_log, spec)
+            log_file = await trio.to_thread.run_sync(_open_log, spec, self.root)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
             _append_log(spec.log, error)
@@ -421,10 +433,68 @@ def _job_env(spec: JobSpec) -> dict[str, str]:
     return {**base, **spec.env}
 
 
-def _open_log(spec: JobSpec) -> IO[bytes]:
-    Path(spec.workspace).mkdir(parents=True, exist_ok=True)
-    Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
-    return open(spec.log, "wb")  # closed by the caller once the child has it
+def _open_log(spec: JobSpec, root: str | None = None) -> IO[bytes]:
+    """Make the job's workspace and open its log (fresh) for the child to write.
+
+    Under ``root`` no symlink below it is followed: a job of an earlier run can write in
+    the state directory (it runs as the daemon's user) and could plant a symlink where a
+    later run's log or workspace will be; the daemon must not truncate or write a file
+    outside it, nor make the workspace there. A symlink in the way is removed (that
+    touches nothing outside), anything else in the way stops the job with the reason.
+    """
+    if root is None:
+        Path(spec.workspace).mkdir(parents=True, exist_ok=True)
+        Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
+        return open(spec.log, "wb")  # closed by the caller once the child has it
+    os.close(_make_dirs(root, spec.workspace))
+    folder = _make_dirs(root, os.path.dirname(spec.log))
+    try:
+        name = os.path.basename(spec.log)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)  # a link (hard or symbolic), a FIFO or an old log: never written through
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+    except IsADirectoryError:
+        raise OSError(f"{spec.log} is a directory, in the way of the job's log") from None
+    except PermissionError as exc:
+        raise OSError(f"cannot make the job's log {spec.log}: {exc.strerror}") from None
+    finally:
+        os.close(folder)
+    return os.fdopen(fd, "wb")
+
+
+def _make_dirs(root: str, path: str) -> int:
+    """``mkdir -p path`` below ``root`` without following symlinks; an fd of the last folder."""
+    relative = os.path.relpath(os.path.abspath(path), root)
+    parts = [] if relative == "." else relative.split(os.sep)
+    if relative.startswith(os.pardir) or os.path.isabs(relative):
+        raise OSError(f"{path} is outside the state directory {root}")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts, 1):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError:  # ELOOP (a symlink) or ENOTDIR (a file) in the way
+                if not _is_symlink(part, fd):
+                    raise OSError(f"{os.path.join(root, *parts[:depth])} is in the way: not a folder") from None
+                os.unlink(part, dir_fd=fd)
+                os.mkdir(part, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _append_log(path: str, error: str) -> None:

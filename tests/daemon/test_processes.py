@@ -21,7 +21,7 @@ import trio
 
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
 from daemon.bridge import Bridge
-from daemon.processes import MAX_CONFIG_FILE_BYTES, ProcessRunner
+from daemon.processes import MAX_CONFIG_FILE_BYTES, ProcessRunner, _open_log
 
 WAIT = 15.0  # the most any one message may take to come
 
@@ -486,3 +486,63 @@ async def test_a_dead_reply_to_does_not_crash_the_runner(runner: ProcessRunner, 
 
 async def wait_for_log(spec: JobSpec, text: str) -> None:
     await until(lambda: text in read(spec.log), f"{text!r} in the log")
+
+
+# -- a job's workspace and log under the state directory: no symlink followed ---------------
+
+
+def planted(tmp_path: Path) -> tuple[Path, Path, JobSpec]:
+    """A state directory, a file and a folder outside it, and a job's spec inside it."""
+    root = tmp_path / "state"
+    root.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("ORIGINAL\n")
+    return root, outside, spec_for(root)
+
+
+@pytest.mark.parametrize("what", ["symlink", "hard link", "fifo", "old log"])
+def test_a_jobs_log_is_made_fresh_and_nothing_in_its_place_is_written_through(tmp_path: Path, what: str) -> None:
+    root, outside, spec = planted(tmp_path)
+    log = Path(spec.log)
+    log.parent.mkdir(parents=True)
+    if what == "symlink":
+        log.symlink_to(outside)
+    elif what == "hard link":
+        os.link(outside, log)
+    elif what == "fifo":
+        os.mkfifo(log)  # opened for writing without a reader, this would block a thread
+    else:
+        log.write_text("the last run's log\n")
+    with _open_log(spec, str(root)) as f:
+        f.write(b"new\n")
+    assert log.read_text() == "new\n" and not log.is_symlink() and log.stat().st_nlink == 1
+    assert outside.read_text() == "ORIGINAL\n"
+
+
+def test_a_symlinked_folder_on_the_way_is_replaced_not_followed(tmp_path: Path) -> None:
+    root, _outside, spec = planted(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "ws").symlink_to(elsewhere)
+    (root / "logs").symlink_to(elsewhere)
+    _open_log(spec, str(root)).close()
+    assert list(elsewhere.iterdir()) == []
+    assert Path(spec.workspace).is_dir() and not (root / "ws").is_symlink()
+    assert Path(spec.log).is_file() and not (root / "logs").is_symlink()
+
+
+def test_a_file_or_folder_in_the_way_stops_the_job_with_the_reason(tmp_path: Path) -> None:
+    root, _outside, spec = planted(tmp_path)
+    (root / "ws").write_text("not a folder\n")
+    with pytest.raises(OSError, match="is in the way: not a folder"):
+        _open_log(spec, str(root))
+    (root / "ws").unlink()
+    Path(spec.log).mkdir(parents=True)
+    with pytest.raises(OSError, match="is a directory"):
+        _open_log(spec, str(root))
+
+
+def test_a_path_outside_the_state_directory_is_refused(tmp_path: Path) -> None:
+    root, _outside, _spec = planted(tmp_path)
+    with pytest.raises(OSError, match="outside the state directory"):
+        _open_log(spec_for(tmp_path / "elsewhere"), str(root))

@@ -312,11 +312,6 @@ def test_a_log_replaced_behind_the_daemons_back_is_refused_forbidden(
     assert d.maintctl("status").returncode == 0  # and the daemon serves on
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon/processes.py _open_log: open(spec.log, 'wb') and the workspace's mkdir(exist_ok=True) "
-    "follow a symlink that an earlier job planted where a later run's log and workspace will be",
-)
 def test_a_symlink_planted_where_a_later_runs_log_will_be_is_not_written_through(tmp_path: Path, make_daemon: Any) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("ORIGINAL\n")
