@@ -152,6 +152,7 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._group = False  # a group transaction is open (begin_group)
         db: sqlite3.Connection | None = None
         try:
             self._db = db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
@@ -181,18 +182,60 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    # -- group commit (see StoreActor) ------------------------------------------------------
+
+    def begin_group(self) -> None:
+        """Open one transaction for several calls: each call runs in a savepoint inside it
+        (a refused call is rolled back alone) and nothing is committed before :meth:`commit_group`."""
+        if self._group:
+            raise RuntimeError("a group is open already")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store at {self.path} could not begin a transaction: {exc}") from exc
+        self._group = True
+
+    def commit_group(self) -> None:
+        """Commit the open group; on failure it is rolled back (nothing of it recorded) and a StoreError raised."""
+        self._group = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the store at {self.path} could not record its writes: {exc}") from exc
+
+    def abort_group(self) -> None:
+        """Roll back the open group: nothing of it is recorded."""
+        self._group = False
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
     @contextlib.contextmanager
     def _tx(self, what: str, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        """One transaction: committed whole, or rolled back and reported as a :class:`StoreError`."""
+        """One transaction: committed whole, or rolled back and reported as a :class:`StoreError`.
+
+        Inside a group it is a savepoint: released (committed later with the group) or rolled back alone.
+        """
         db = self._db
+        group = self._group
         try:
-            db.execute(begin)
+            db.execute("SAVEPOINT call" if group else begin)
             yield db
-            db.execute("COMMIT")
+            db.execute("RELEASE call" if group else "COMMIT")
         except BaseException as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+            if group:
+                # an error may have rolled back the whole transaction already (SQLITE_FULL, ...):
+                # then the group fails (a StoreError below) and the actor redoes its calls one by one
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+            else:
+                self._rollback()
             if isinstance(exc, sqlite3.IntegrityError):
                 raise ValueError(f"the store refused {what}: {exc}") from exc
             if isinstance(exc, sqlite3.Error):
@@ -439,11 +482,56 @@ METHODS = (
 )  # fmt: skip
 
 
+#: The most calls one group commit holds (the actor commits sooner once its inbox is empty).
+GROUP_MAX = 200
+
+
+class StoreCall:
+    """One Store method call sent to a :class:`StoreActor` by :class:`SyncStore`.
+
+    ``reply`` is answered once the call's writes are committed (None: nobody waits; a
+    failure is logged).
+    """
+
+    __slots__ = ("args", "kwargs", "name", "reply")
+
+    def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: pykka.ThreadingFuture[Any] | None) -> None:
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.reply = reply
+
+    def answer(self, ok: bool, value: Any) -> None:
+        if self.reply is not None:
+            if ok:
+                self.reply.set(value)
+            else:
+                self.reply.set_exception((type(value), value, value.__traceback__))
+        elif not ok:
+            log.error("the store could not record %s: %s", self.name, value)
+
+    def dead(self) -> None:
+        if self.reply is not None:
+            self.reply.set_exception((pykka.ActorDeadError, pykka.ActorDeadError("the store has stopped"), None))
+        else:
+            log.error("the store has stopped; %s was not recorded", self.name)
+
+
 class StoreActor(pykka.ThreadingActor):
     """Owns one :class:`Store`, opened in the actor's own thread.
 
     If the store cannot be opened the actor stays up and answers every call with that
     :class:`StoreError`, so the asker learns why rather than just that the actor died.
+
+    Group commit: :class:`StoreCall` messages (from :class:`SyncStore`) that find more
+    messages behind them in the inbox run in one open transaction, each in a savepoint,
+    and are committed together once the inbox is empty (or after :data:`GROUP_MAX` calls,
+    or before any other message); only then is each caller answered, so nobody hears
+    "recorded" before it is committed. A call refused on its own (ValueError) is rolled
+    back alone; if the group fails as a whole (a StoreError: disk full, ...) it is rolled
+    back and its calls are carried out again one by one, each in its own transaction, so
+    each caller gets its own answer. Proxy calls (the trio shell's) commit the open group
+    first and then run alone, answered at once as pykka does.
     """
 
     use_daemon_thread = True
@@ -453,6 +541,8 @@ class StoreActor(pykka.ThreadingActor):
         self._path = path
         self._store: Store | None = None
         self._error: StoreError | None = None
+        #: the calls of the open group and their outcomes (ok, value), not yet answered
+        self._pending: list[tuple[StoreCall, bool, Any]] = []
 
     @staticmethod
     def _create_future() -> CallbackFuture:
@@ -466,9 +556,74 @@ class StoreActor(pykka.ThreadingActor):
             self._error = exc
 
     def on_stop(self) -> None:
+        self._flush()
         if self._store is not None:
             self._store.close()
             self._store = None
+        # Calls still queued are answered now: nobody waits for a stopped store until a timeout.
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, StoreCall):
+                envelope.message.dead()
+            elif envelope.reply_to is not None:
+                if isinstance(envelope.message, pykka.messages._ActorStop):  # noqa: SLF001 - as pykka's own teardown
+                    envelope.reply_to.set(None)
+                else:
+                    envelope.reply_to.set_exception(
+                        (pykka.ActorDeadError, pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"), None)
+                    )
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, StoreCall):
+            self._flush()
+            return super().on_receive(message)
+        store = self._store
+        if store is None or (not store._group and self.actor_inbox.empty()):
+            message.answer(*self._run(message))  # alone: its own transaction
+            return None
+        if not store._group:
+            try:
+                store.begin_group()
+            except StoreError:
+                message.answer(*self._run(message))
+                return None
+        ok, value = self._run(message)
+        if not ok and isinstance(value, StoreError):
+            self._redo(message)
+            return None
+        self._pending.append((message, ok, value))
+        if len(self._pending) >= GROUP_MAX or self.actor_inbox.empty():
+            self._flush()
+        return None
+
+    def _run(self, call: StoreCall) -> tuple[bool, Any]:
+        try:
+            return True, getattr(self._open(), call.name)(*call.args, **call.kwargs)
+        except Exception as exc:  # noqa: BLE001 - the caller's answer
+            return False, exc
+
+    def _flush(self) -> None:
+        """Commit the open group and answer its callers."""
+        store = self._store
+        if store is None or not store._group:
+            return
+        try:
+            store.commit_group()
+        except StoreError:
+            self._redo()
+            return
+        pending, self._pending = self._pending, []
+        for call, ok, value in pending:
+            call.answer(ok, value)
+
+    def _redo(self, failed: StoreCall | None = None) -> None:
+        """The group failed: roll it back and carry out its calls (and ``failed``) one by one."""
+        store = self._open()
+        store.abort_group()
+        calls = [call for call, _, _ in self._pending] + ([failed] if failed is not None else [])
+        self._pending = []
+        for call in calls:
+            call.answer(*self._run(call))
 
     def _open(self) -> Store:
         if self._store is None:
@@ -477,33 +632,36 @@ class StoreActor(pykka.ThreadingActor):
 
 
 class SyncStore:
-    """The Store's methods over a :class:`StoreActor` proxy, each blocking for its answer."""
+    """The Store's methods over a :class:`StoreActor`, each blocking for its answer
+    (which comes once its writes are committed)."""
 
     def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
-        self._proxy = proxy
+        self._ref = proxy.actor_ref
         self._timeout = timeout
 
     def later(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Send a write without waiting for it; the store carries out its messages in order,
         so later reads and writes see it. A failure is logged (it cannot be refused here)."""
         try:
-            future = getattr(self._proxy, name)(*args, **kwargs)
+            self._ref.tell(StoreCall(name, args, kwargs, None))
         except pykka.ActorDeadError:
             log.error("the store has stopped; %s was not recorded", name)
-            return
-        future.add_done_callback(functools.partial(_log_failure, name))
 
-
-def _log_failure(name: str, future: Any) -> None:
-    try:
-        future.get(timeout=0)
-    except Exception as exc:  # noqa: BLE001 - logged: the caller has moved on
-        log.error("the store could not record %s: %s", name, exc)
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        try:
+            self._ref.tell(StoreCall(name, args, kwargs, reply))
+            return reply.get(timeout=self._timeout)
+        except pykka.Timeout:
+            raise StoreError(f"the store did not answer {name} within {self._timeout:g}s") from None
+        except pykka.ActorDeadError:
+            raise StoreError(f"the store has stopped; {name} was not carried out") from None
 
 
 def _actor_method(name: str) -> Callable[..., Any]:
     @functools.wraps(getattr(Store, name))
     def call(self: StoreActor, *args: Any, **kwargs: Any) -> Any:
+        self._flush()  # a proxy call is answered as soon as it returns: what came before is committed first
         return getattr(self._open(), name)(*args, **kwargs)
 
     return call
@@ -512,12 +670,7 @@ def _actor_method(name: str) -> Callable[..., Any]:
 def _sync_method(name: str) -> Callable[..., Any]:
     @functools.wraps(getattr(Store, name))
     def call(self: SyncStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._proxy, name)(*args, **kwargs).get(timeout=self._timeout)
-        except pykka.Timeout:
-            raise StoreError(f"the store did not answer {name} within {self._timeout:g}s") from None
-        except pykka.ActorDeadError:
-            raise StoreError(f"the store has stopped; {name} was not carried out") from None
+        return self._call(name, args, kwargs)
 
     return call
 

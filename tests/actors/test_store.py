@@ -315,3 +315,139 @@ def test_an_actor_that_cannot_open_its_store_answers_with_the_reason(tmp_path: P
         with pytest.raises(StoreError, match=r"cannot open the store at .*missing"):
             store.recover(T0)
     assert ref.is_alive()
+
+
+# -- group commit -----------------------------------------------------------------------
+
+
+class GatedStoreActor(StoreActor):
+    """A StoreActor the test can hold (``hold``) while calls pile up in its inbox, and that
+    counts its group commits; an audit entry whose action is ``fail`` fails as a disk would."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        store = self._store
+        assert store is not None
+        self.commits = 0
+        commit, audit = store.commit_group, store.audit
+
+        def counted_commit() -> None:
+            commit()
+            self.commits += 1
+
+        def failing_audit(action: str, *args: Any, **kwargs: Any) -> int:
+            if action == "fail":
+                raise StoreError("database or disk is full")
+            return audit(action, *args, **kwargs)
+
+        store.commit_group = counted_commit  # type: ignore[method-assign]
+        store.audit = failing_audit  # type: ignore[method-assign]
+
+    def hold(self, entered: threading.Event, release: threading.Event) -> int:
+        entered.set()
+        assert release.wait(10)
+        return self.commits
+
+
+def held(db_path: Path) -> tuple[Any, Any, threading.Event]:
+    """A started GatedStoreActor, held: its thread waits on the returned event."""
+    db_path.parent.mkdir()
+    ref = GatedStoreActor.start(str(db_path))
+    entered, release = threading.Event(), threading.Event()
+    ref.proxy().hold(entered, release)
+    assert entered.wait(10)
+    return ref, ref.proxy(), release
+
+
+def call(ref: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    from actors.store import StoreCall
+
+    reply: Any = CallbackFuture()
+    ref.tell(StoreCall(name, args, kwargs, reply))
+    return reply
+
+
+def committed_audit(db_path: Path) -> list[str]:
+    """The audit actions another connection sees: what is committed."""
+    db = sqlite3.connect(db_path)
+    try:
+        return [row[0] for row in db.execute("SELECT action FROM audit ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_queued_calls_are_committed_together_and_answered_only_after_the_commit(db_path: Path) -> None:
+    ref, proxy, release = held(db_path)
+    try:
+        answered_before_commit: list[str] = []
+
+        def on_answer(future: CallbackFuture) -> None:  # runs in the store's thread, as it answers
+            action = f"a{future.get(timeout=0) - 1}"
+            if action not in committed_audit(db_path):
+                answered_before_commit.append(action)
+
+        futures = [call(ref, "audit", f"a{i}", "alice", T0 + i) for i in range(50)]
+        for future in futures:
+            future.add_done_callback(on_answer)
+        release.set()
+        ids = [future.get(timeout=10) for future in futures]
+        assert ids == list(range(1, 51))
+        assert committed_audit(db_path) == [f"a{i}" for i in range(50)]
+        assert answered_before_commit == []
+        assert proxy.commits.get(timeout=10) == 1  # the 50 writes: one commit
+    finally:
+        ref.stop()
+
+
+def test_a_refused_call_in_a_group_gets_its_own_error_and_the_others_are_recorded(db_path: Path) -> None:
+    ref, _, release = held(db_path)
+    try:
+        run = call(ref, "create_run", "build", 1, "user", "alice", {}, T0)
+        twice = call(ref, "create_run", "build", 1, "user", "bob", {}, T0)  # the same counter: refused
+        job = call(ref, "create_job", 1, "build", 1, "test", 1, 0, "unit", T0, "/state/unit.log")
+        unknown = call(ref, "set_job_state", 99, JobState.BUILDING, T0)
+        audit = call(ref, "audit", "enable", "alice", T0)
+        release.set()
+        assert run.get(timeout=10) == 1
+        with pytest.raises(ValueError, match="refused"):
+            twice.get(timeout=10)
+        assert job.get(timeout=10) == 1
+        with pytest.raises(ValueError, match="no job 99"):
+            unknown.get(timeout=10)
+        assert audit.get(timeout=10) == 1
+        store = SyncStore(ref.proxy(), timeout=10)
+        (row,) = store.recent_runs()
+        assert (row.triggered_by, [j.name for j in row.jobs]) == ("alice", ["unit"])
+        assert committed_audit(db_path) == ["enable"]
+    finally:
+        ref.stop()
+
+
+def test_a_group_that_fails_is_redone_call_by_call_so_each_caller_gets_its_own_answer(db_path: Path) -> None:
+    ref, proxy, release = held(db_path)
+    try:
+        before = call(ref, "audit", "before", "alice", T0)
+        failing = call(ref, "audit", "fail", "alice", T0)
+        after = call(ref, "audit", "after", "alice", T0)
+        release.set()
+        assert before.get(timeout=10) == 1
+        with pytest.raises(StoreError, match="disk is full"):
+            failing.get(timeout=10)
+        assert after.get(timeout=10) == 2
+        assert committed_audit(db_path) == ["before", "after"]
+        assert proxy.commits.get(timeout=10) == 0  # each redone in its own transaction
+    finally:
+        ref.stop()
+
+
+def test_calls_queued_behind_a_stop_are_answered_that_the_store_stopped(db_path: Path) -> None:
+    ref, _, release = held(db_path)
+    first = call(ref, "audit", "first", "alice", T0)
+    stopped = ref.stop(block=False)
+    late = call(ref, "audit", "late", "alice", T0)
+    release.set()
+    stopped.get(timeout=10)
+    assert first.get(timeout=10) == 1
+    with pytest.raises(Exception, match="stopped"):
+        late.get(timeout=10)
+    assert committed_audit(db_path) == ["first"]
