@@ -318,23 +318,31 @@ class SchedulerCore(SubsystemCore):
     def dispatch(self) -> None:
         moved = False
         while self.queue and self.waiting:
-            agent = self.waiting.popleft()
-            spec = msgspec.structs.replace(self.queue.popleft(), agent=agent)
-            self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
+            specs = []
+            while self.queue and self.waiting:
+                spec = msgspec.structs.replace(self.queue.popleft(), agent=self.waiting.popleft())
+                self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
+                specs.append(spec)
             moved = True
-            # Recorded before the Assign goes: a restarted scheduler must not queue it again,
-            # and restarted agents must learn that it was on its way to them.
-            if not self.store.hand_out(spec.job_id, agent):
-                row = self.store.job(spec.job_id)
-                log.warning("job %d is %s, no longer scheduled: not handed out", spec.job_id, row and row.state)
-                if row is not None and row.state in TERMINAL:
-                    self.finished(spec.job_id, JobState(row.state))
-                self.waiting.appendleft(agent)
-                continue
-            self.handed[spec.job_id] = spec
-            self.peers.tell("agents", Assign(agent=agent, spec=spec))
+            # Recorded before the Assigns go (all in one write): a restarted scheduler must not
+            # queue them again, and restarted agents must learn that they were on their way to them.
+            handed_out = self.store.hand_out_many(tuple((spec.job_id, spec.agent) for spec in specs))
+            for spec, ok in zip(specs, handed_out, strict=True):
+                if not ok:
+                    row = self.store.job(spec.job_id)
+                    log.warning("job %d is %s, no longer scheduled: not handed out", spec.job_id, row and row.state)
+                    if row is not None and row.state in TERMINAL:
+                        self.finished(spec.job_id, JobState(row.state))
+                    self.waiting.appendleft(spec.agent)
+                    continue
+                self.handed[spec.job_id] = spec
+                self.peers.tell("agents", Assign(agent=spec.agent, spec=spec))
         if moved:
             self.report()
+
+    def on_idle(self) -> None:
+        if self.queue and self.waiting:
+            self.dispatch()
 
     def give_back(self, msg: GiveBack) -> None:
         """The agents hold only ``msg.holding``: every other job handed out comes back."""
@@ -471,7 +479,8 @@ class SchedulerCore(SubsystemCore):
             case WantWork(agent=agent):
                 if agent not in self.waiting:
                     self.waiting.append(agent)
-                self.dispatch()
+                if not self.busy():  # else on_idle hands out to every agent waiting by then, in one write
+                    self.dispatch()
             case AgentsPaused():
                 self.waiting.clear()
             case GiveBack():

@@ -338,6 +338,14 @@ class Store:
             cur = db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id))
             return cur.rowcount > 0
 
+    def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]:
+        """:meth:`hand_out` for several (job id, agent) pairs in one transaction; one answer each."""
+        with self._tx(f"{len(hand_outs)} jobs handed out") as db:
+            return [
+                db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id)).rowcount > 0
+                for job_id, agent in hand_outs
+            ]
+
     def take_back(self, job_id: int) -> bool:
         """A scheduled job the agents did not take is queued again: no agent. False for one not scheduled."""
         with self._tx(f"job {job_id} taken back") as db:
@@ -476,7 +484,7 @@ class Store:
 
 #: The Store methods that StoreActor answers and SyncStore forwards.
 METHODS = (
-    "next_counter", "create_run", "create_job", "set_job_state", "hand_out", "take_back", "request_cancel",
+    "next_counter", "create_run", "create_job", "set_job_state", "hand_out", "hand_out_many", "take_back", "request_cancel",
     "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
     "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
 )  # fmt: skip

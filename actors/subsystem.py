@@ -147,6 +147,17 @@ class SubsystemCore:
     def start(self) -> None:
         """Called once the actor runs (also after a restart): arm timers, ask for work."""
 
+    def busy(self) -> bool:
+        """Whether more messages wait in the actor's inbox (the actor sets this; a bare core: never).
+
+        A core may put off work it can do for several messages at once until it is not
+        busy: the actor calls :meth:`on_idle` once its inbox is empty.
+        """
+        return False
+
+    def on_idle(self) -> None:
+        """Called by the actor after a message that left its inbox empty: do what was put off."""
+
     def handle(self, message: Any) -> Any:
         """Handle a subsystem-specific message and return the answer (for an ``ask``).
 
@@ -169,6 +180,10 @@ class SubsystemActor(pykka.ThreadingActor):
         self.core = core
         self.supervisor = supervisor
         self.generation = generation
+        core.busy = self._busy  # type: ignore[method-assign]
+
+    def _busy(self) -> bool:
+        return not self.actor_inbox.empty()
 
     @staticmethod
     def _create_future() -> CallbackFuture:
@@ -198,7 +213,11 @@ class SubsystemActor(pykka.ThreadingActor):
                 result = core.handle(message)
                 if result is NotImplemented:
                     raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
+                if self.actor_inbox.empty():
+                    core.on_idle()
                 return result
+        if self.actor_inbox.empty():
+            core.on_idle()
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:

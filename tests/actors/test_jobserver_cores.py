@@ -279,6 +279,29 @@ def test_trigger_queues_stage_one_as_scheduled_jobs_and_want_work_dispatches_the
     assert set(core.items) == {f"scheduler/job-{ids['package']}"} and queued(core) == ["package"]
 
 
+def test_want_work_while_more_messages_wait_is_handed_out_once_idle_in_one_store_write(w: World) -> None:
+    core = scheduler(w)
+    ids = w.job_ids()
+    writes: list[Any] = []
+    hand_out_many = w.store.hand_out_many
+    w.store.hand_out_many = lambda pairs: writes.append(pairs) or hand_out_many(pairs)  # type: ignore[method-assign]
+    core.busy = lambda: True  # type: ignore[method-assign]
+    core.handle(WantWork("agent-1"))
+    core.handle(WantWork("agent-2"))
+    assert w.peers.to("agents", Assign) == [] and queued(core) == ["compile", "package"]
+    core.busy = lambda: False  # type: ignore[method-assign]
+    core.on_idle()
+    assert writes == [((ids["compile"], "agent-1"), (ids["package"], "agent-2"))]
+    assert [(a.agent, a.spec.job_id) for a in w.peers.to("agents", Assign)] == [
+        ("agent-1", ids["compile"]),
+        ("agent-2", ids["package"]),
+    ]
+    assert w.job(ids["compile"]) == ("scheduled", "agent-1", None) and w.job(ids["package"]) == ("scheduled", "agent-2", None)
+    assert core.items == {} and queued(core) == []
+    core.on_idle()  # nothing left to hand out: no write
+    assert len(writes) == 1
+
+
 def test_a_paused_scheduler_is_drained_with_jobs_scheduled_and_triggers_nothing(w: World) -> None:
     core = scheduler(w)
     core.pause("d1")
