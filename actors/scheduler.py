@@ -324,17 +324,12 @@ class SchedulerCore(SubsystemCore):
                 self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
                 specs.append(spec)
             moved = True
-            # Recorded before the Assigns go (all in one write): a restarted scheduler must not
-            # queue them again, and restarted agents must learn that they were on their way to them.
-            handed_out = self.store.hand_out_many(tuple((spec.job_id, spec.agent) for spec in specs))
-            for spec, ok in zip(specs, handed_out, strict=True):
-                if not ok:
-                    row = self.store.job(spec.job_id)
-                    log.warning("job %d is %s, no longer scheduled: not handed out", spec.job_id, row and row.state)
-                    if row is not None and row.state in TERMINAL:
-                        self.finished(spec.job_id, JobState(row.state))
-                    self.waiting.appendleft(spec.agent)
-                    continue
+            # Recorded before the Assigns go (one write, not waited for): the store carries out
+            # its messages in order, so a restarted scheduler reading what to queue again, and
+            # restarted agents reading what was on its way to them, both find it. Only this
+            # scheduler changes a scheduled job, so the write cannot find one that is not.
+            self.store.later("hand_out_many", tuple((spec.job_id, spec.agent) for spec in specs))
+            for spec in specs:
                 self.handed[spec.job_id] = spec
                 self.peers.tell("agents", Assign(agent=spec.agent, spec=spec))
         if moved:

@@ -341,10 +341,14 @@ class Store:
     def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]:
         """:meth:`hand_out` for several (job id, agent) pairs in one transaction; one answer each."""
         with self._tx(f"{len(hand_outs)} jobs handed out") as db:
-            return [
+            done = [
                 db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id)).rowcount > 0
                 for job_id, agent in hand_outs
             ]
+        for (job_id, agent), ok in zip(hand_outs, done, strict=True):
+            if not ok:
+                log.warning("job %d was handed to %s but is no longer scheduled", job_id, agent)
+        return done
 
     def take_back(self, job_id: int) -> bool:
         """A scheduled job the agents did not take is queued again: no agent. False for one not scheduled."""
@@ -503,7 +507,9 @@ class StoreCall:
 
     __slots__ = ("args", "kwargs", "name", "reply")
 
-    def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: pykka.ThreadingFuture[Any] | None) -> None:
+    def __init__(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: pykka.ThreadingFuture[Any] | None
+    ) -> None:
         self.name = name
         self.args = args
         self.kwargs = kwargs
@@ -574,11 +580,15 @@ class StoreActor(pykka.ThreadingActor):
             if isinstance(envelope.message, StoreCall):
                 envelope.message.dead()
             elif envelope.reply_to is not None:
-                if isinstance(envelope.message, pykka.messages._ActorStop):  # noqa: SLF001 - as pykka's own teardown
+                if isinstance(envelope.message, pykka.messages._ActorStop):
                     envelope.reply_to.set(None)
                 else:
                     envelope.reply_to.set_exception(
-                        (pykka.ActorDeadError, pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"), None)
+                        (
+                            pykka.ActorDeadError,
+                            pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"),
+                            None,
+                        )
                     )
 
     def on_receive(self, message: Any) -> Any:
