@@ -44,6 +44,11 @@ class StatusHub:
         self._running_raw = msgspec.Raw(b"{}")
         self._pending: list[Event] = []
         self._encoder = msgspec.json.Encoder()
+        # In a burst of reports the supervisor sends events ahead of the status that has
+        # them (it builds that once, at the end of the burst): meanwhile the snapshot is
+        # older than the events already sent, and a new watcher waits for the next one.
+        self._stale = False
+        self._waiting: dict[Watcher, Callable[[bytes], tuple[bytes, ...]]] = {}
 
     # -- the port (any thread) -------------------------------------------------------------
 
@@ -56,8 +61,11 @@ class StatusHub:
     # -- trio thread -------------------------------------------------------------------
 
     def _apply(self, status: Status | None, event: Event | None) -> None:
+        if status is None and event is not None:
+            self._stale = True
         if status is not None:
             self.status = status
+            self._stale = False
             self.ready.set()
             self._status_json = self._inflight_json = None
             for listener in self.listeners:
@@ -70,6 +78,10 @@ class StatusHub:
             if len(self._pending) == 1:
                 # After the rest of this batch of calls: the burst goes out at once.
                 self.bridge.after_batch(self.flush)
+        if status is not None and self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            for watcher, reply in waiting.items():
+                self.subscribe(watcher, reply)
 
     def flush(self) -> None:
         """Send the events not sent yet to every watcher (trio thread)."""
@@ -81,10 +93,21 @@ class StatusHub:
             watcher.push(data)
 
     def subscribe(self, watcher: Watcher, reply: Callable[[bytes], tuple[bytes, ...]]) -> None:
-        """Add a watcher: ``reply(status_json)`` first, then every event after that snapshot."""
+        """Add a watcher: ``reply(status_json)`` first, then every event after that snapshot.
+
+        While the snapshot lags behind events already sent (a burst), the watcher is added
+        when the status that has them arrives, so it misses no change.
+        """
+        if self._stale or self.status is None:
+            self._waiting[watcher] = reply
+            return
         self.flush()  # events already in the snapshot are not the new watcher's
         self.watchers.add(watcher)
         watcher.push(*reply(self.status_json()))
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+        self._waiting.pop(watcher, None)
 
     def status_json(self) -> bytes:
         if self._status_json is None:

@@ -192,7 +192,7 @@ class ControlServer:
             conn.close_reason = conn.close_reason or "internal error"
         finally:
             self.connections -= 1
-            self.hub.watchers.discard(conn)
+            self.hub.unsubscribe(conn)
             if conn.subsystem is not None:
                 self.supervisor.tell(Unregister(name=conn.subsystem, reason=conn.close_reason or "disconnected"))
             conn.closed = True

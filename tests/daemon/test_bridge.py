@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import msgspec
 import pykka
 import pytest
 import trio
@@ -12,6 +13,7 @@ import trio.lowlevel
 
 from actors.future import CallbackFuture
 from actors.messages import Enable, Register
+from actors.status import Event, MaintenanceInfo, RunningSystems, Status
 from actors.supervisor import SupervisorActor
 from daemon.bridge import Bridge, TrioTimers, WallClock
 from daemon.hub import StatusHub
@@ -158,3 +160,61 @@ async def test_after_batch_runs_once_after_the_calls_of_its_pass() -> None:
     with trio.fail_after(5):
         await done.wait()
     assert log == ["a", "b", "c", "flush"]
+
+
+class _Watcher:
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def push(self, *parts: bytes) -> None:
+        self.lines.append(b"".join(parts))
+
+
+def _status(state: str) -> Status:
+    info = MaintenanceInfo(
+        enabled=state != "normal", state=state, safe_to_restart=state == "drained", updated_by=None, updated_on=None,
+        reason=None, deadline=None, overdue=False, on_deadline=None, drain_id=None,
+    )  # fmt: skip
+    return Status(maintenance=info, subsystems=(), running_systems=RunningSystems())
+
+
+def _event(seq: int, status: Status) -> Event:
+    return Event(seq=seq, at="", event="state_changed", maintenance=status.maintenance)
+
+
+async def test_a_watcher_that_subscribes_in_a_burst_gets_the_snapshot_that_has_its_events() -> None:
+    """The supervisor sends a burst's events before the status that has them: a watcher that
+    subscribes meanwhile gets that later status, not one that misses what others were told."""
+    hub = StatusHub(Bridge(trio.lowlevel.current_trio_token()), on_fatal=lambda error: None)
+    old, new = _status("normal"), _status("draining")
+    early = _Watcher()
+    hub._apply(old, None)
+    hub.subscribe(early, lambda status: (b"snapshot ", status))
+    hub._apply(None, _event(1, new))  # the burst's event, ahead of its status
+    late = _Watcher()
+    hub.subscribe(late, lambda status: (b"snapshot ", status))
+    assert late.lines == []  # the snapshot it would get does not have event 1 yet
+    hub._apply(new, None)  # the end of the burst
+    assert late.lines == [b"snapshot " + msgspec.json.encode(new)]
+    hub._apply(None, _event(2, new))
+    hub._apply(new, None)
+    hub.flush()
+
+    def events(w: _Watcher) -> list[int]:
+        return [msgspec.json.decode(x)["seq"] for line in w.lines[1:] for x in line.splitlines()]
+
+    assert events(late) == [2]  # after its snapshot: event 2, not event 1 (the snapshot has it)
+    assert early.lines[0] == b"snapshot " + msgspec.json.encode(old)
+    assert events(early) == [1, 2]
+
+
+async def test_an_unsubscribed_waiting_watcher_is_forgotten() -> None:
+    hub = StatusHub(Bridge(trio.lowlevel.current_trio_token()), on_fatal=lambda error: None)
+    status = _status("normal")
+    hub._apply(status, None)
+    hub._apply(None, _event(1, status))
+    gone = _Watcher()
+    hub.subscribe(gone, lambda s: (s,))
+    hub.unsubscribe(gone)
+    hub._apply(status, None)
+    assert gone.lines == [] and gone not in hub.watchers
