@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"maintd: cannot use state directory {state_dir}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
+    loose = stat.S_IMODE(state_dir.stat().st_mode) & 0o022
+    if loose:  # made before maintd (or by hand): say so rather than change what is not ours
+        who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "everyone")) if loose & bit)
+        log.warning(
+            "state directory %s is writable by %s (mode %04o): they can change the store and the jobs' logs; "
+            "chmod go-w %s",
+            state_dir, who, stat.S_IMODE(state_dir.stat().st_mode), state_dir,
+        )  # fmt: skip
     settings = Settings(
         config=cfg,
         config_path=args.config.resolve() if args.config else None,

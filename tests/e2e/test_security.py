@@ -448,3 +448,20 @@ def test_under_umask_000_the_socket_has_its_mode_and_state_is_not_open_to_others
     loose = {str(p): oct(mode(p)) for p in checked if mode(p) & 0o027}
     assert not loose, loose
     assert mode(d.state) == 0o750 and mode(d.state / "maintd.db") == 0o640
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"), [(0o777, "its group and everyone (mode 0777)"), (0o757, "everyone (mode 0757)"), (0o750, None)]
+)
+def test_a_state_directory_others_can_write_is_named_in_a_warning(make_daemon: Any, mode: int, warned: str | None) -> None:
+    d = make_daemon(start=False)
+    d.state.mkdir()
+    d.state.chmod(mode)
+    d.start()
+    assert stat.S_IMODE(d.state.stat().st_mode) == mode  # not changed behind the operator's back
+    text = d.log_text()
+    if warned is None:
+        assert "state directory" not in text, text
+    else:
+        assert f"state directory {d.state} is writable by {warned}" in text, text
+        assert f"chmod go-w {d.state}" in text
