@@ -38,7 +38,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import describe_tree, pct, verdict
+from _common import IO_TIMEOUT, describe_tree, median, pct, stop_process, verdict
 
 # Targets, printed next to the figures.
 TARGET_P50_RATIO = 3.0
@@ -58,8 +57,6 @@ STATUS_PREFIX = b'{"id":'
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-IO_TIMEOUT = 10.0
 
 
 # --------------------------------------------------------------------------------------
@@ -234,12 +231,6 @@ def load_main(path: str, clients: int, duration: float, warmup: float) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def median(sorted_values: list) -> float:
-    n = len(sorted_values)
-    mid = n // 2
-    return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
-
-
 @contextlib.contextmanager
 def pinned(cpus: set[int] | None):
     """Run the block (and the processes it starts, with all their threads) on ``cpus``."""
@@ -303,15 +294,7 @@ class Server:
             self.stop()
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        stop_process(self.proc)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import describe_tree, pct, verdict
+from _common import IO_TIMEOUT, Daemon, LineClient, describe_tree, median, pct, verdict
 
 # Targets, printed next to the figures.
 TARGET_RATIO = 1.5
@@ -65,8 +65,6 @@ TARGET_DRAIN_P99_MS = 10.0
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-IO_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2  # status polls while the throughput run goes on (each encodes up to N items)
 TRIAL_TIMEOUT = 10.0  # every wait inside one drain trial
 FLOOR_MAX_SECONDS = 300.0  # a floor program left behind by a killed parent stops by itself
@@ -237,37 +235,6 @@ def write_config(path: Path, args: argparse.Namespace, fifo: str, out: str) -> N
     path.write_text("\n".join(lines))
 
 
-class LineClient:
-    """A blocking newline-JSON client for requests (replies only; no watch on it)."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(IO_TIMEOUT)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rb")
-        self.n = 0
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def raw(self, type_: str, **fields: Any) -> bytes:
-        self.n += 1
-        self.sock.sendall(json.dumps({"id": self.n, "type": type_, **fields}).encode() + b"\n")
-        line = self.file.readline()
-        if not line.endswith(b"\n"):
-            raise RuntimeError(f"the daemon closed the connection (after {type_})")
-        return line
-
-    def request(self, type_: str, **fields: Any) -> Any:
-        reply = json.loads(self.raw(type_, **fields))
-        if reply.get("id") != self.n:
-            raise RuntimeError(f"unexpected reply to {type_}: {str(reply)[:300]}")
-        if not reply.get("ok"):
-            raise RuntimeError(f"{type_} refused: {reply.get('error')}")
-        return reply["result"]
-
-
 class Watcher:
     """A ``watch`` connection: lines in arrival order, each with the time its chunk came."""
 
@@ -329,68 +296,6 @@ class Watcher:
             event = json.loads(line)
             if event.get("event") == "state_changed" and event["maintenance"]["safe_to_restart"]:
                 return at
-
-
-class Daemon:
-    def __init__(self, tmp: Path, config: Path, env: dict) -> None:
-        self.sock = str(tmp / "maintd.sock")
-        self.log_path = tmp / "maintd.log"
-        cmd = [
-            *[sys.executable, "-m", "daemon", "--config", str(config)],
-            *["--socket", self.sock, "--state-dir", str(tmp / "state"), "--log-level", "warning", "--http", "off"],
-        ]
-        self.proc: subprocess.Popen | None = None
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp), env=env
-            )
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_bytes()[-3000:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"maintd exited during the run with code {self.proc.returncode}")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                c = LineClient(self.sock)
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.02)
-                continue
-            try:
-                c.request("ping")
-                return
-            finally:
-                c.close()
-        raise RuntimeError(f"maintd did not answer on {self.sock} within {START_TIMEOUT:.0f} s")
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM in kB."""
-        out = {}
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(value.split()[0])
-        return out
 
 
 def daemon_round(d: Daemon, c: LineClient, args: argparse.Namespace) -> dict:
@@ -519,7 +424,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     d = Daemon(tmp, config, env)
     ok = False
     try:
-        d.wait_ready()
+        d.wait_ready(START_TIMEOUT)
         c = LineClient(d.sock)
         try:
             # ABBA: direct, files, daemon, daemon, files, direct, ... so that drift hits all alike
@@ -532,11 +437,11 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
                         res["files_rounds"].append(direct_round(args, env, tmp / "direct-files"))
                     else:
                         res["daemon_rounds"].append(daemon_round(d, c, args))
-            res["mem_after_jobs"] = d.memory()
+            res["mem_after_jobs"] = d.proc_status()
             res["drain"] = drain_trials(d, c, args, fifo, out)
             res["drain_floor"] = drain_floor(args, tmp, env)
             d.check_alive()
-            res["mem"] = d.memory()
+            res["mem"] = d.proc_status()
             res["pid"] = d.proc.pid
         finally:
             c.close()
@@ -544,7 +449,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     finally:
         try:
             if not ok:
-                tail = d.log_tail()
+                tail = d.log_text()[-3000:]
                 if tail.strip():
                     print(f"--- maintd log (tail) ---\n{tail}\n---", file=sys.stderr)
         finally:
@@ -555,12 +460,6 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def report(args: argparse.Namespace, source: Path, res: dict, total: float) -> None:

@@ -70,7 +70,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import describe_tree, pct, verdict
+import _common
+from _common import IO_TIMEOUT, LineClient, describe_tree, median, pct, stop_process, verdict
 
 # Targets, printed next to the figures.
 TARGET_ENABLE_P99_MS = 50.0
@@ -80,8 +81,6 @@ TARGET_RSS_MIB = 250.0
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 START_TIMEOUT = 60.0  # the daemon parses a config of J jobs first
-STOP_TIMEOUT = 10.0
-IO_TIMEOUT = 10.0
 STEP_TIMEOUT = 60.0  # every wait for one step (a cycle, a probe, a sync, a setup batch)
 CHILD_MAX_SECONDS = 900.0  # a load generator left behind by a killed parent stops by itself
 NOFILE_WANTED = 65536
@@ -109,14 +108,6 @@ def raise_nofile() -> None:
 
 def nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    if not n:
-        return float("nan")
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def parse_subsystems(head: bytes) -> dict[str, tuple[str, int]]:
@@ -871,98 +862,15 @@ def write_config(path: Path, jobs: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-class LineClient:
-    """A blocking client for requests from the main process."""
+class Daemon(_common.Daemon):
+    """The daemon with a raised RLIMIT_NOFILE, and the highest VmRSS seen by proc_status."""
 
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(IO_TIMEOUT)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rb")
-        self.n = 0
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def request(self, type_: str, **fields: Any) -> Any:
-        self.n += 1
-        self.sock.sendall(json.dumps({"id": self.n, "type": type_, **fields}).encode() + b"\n")
-        line = self.file.readline()
-        if not line.endswith(b"\n"):
-            raise RuntimeError(f"the daemon closed the connection (after {type_})")
-        reply = json.loads(line)
-        if reply.get("id") != self.n or not reply.get("ok"):
-            raise RuntimeError(f"{type_} refused: {str(reply)[:300]}")
-        return reply["result"]
-
-
-class Daemon:
     def __init__(self, tmp: Path, config: Path, env: dict) -> None:
-        self.sock = str(tmp / "maintd.sock")
-        self.log_path = tmp / "maintd.log"
-        cmd = [
-            *[sys.executable, "-m", "daemon", "--config", str(config)],
-            *["--socket", self.sock, "--state-dir", str(tmp / "state"), "--log-level", "warning", "--http", "off"],
-        ]
-        self.proc: subprocess.Popen | None = None
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(tmp),
-                env=env,
-                preexec_fn=raise_nofile,
-            )
+        super().__init__(tmp, config, env, preexec_fn=raise_nofile)
         self.max_rss_kb = 0
 
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"maintd exited during the run with code {self.proc.returncode}")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                c = LineClient(self.sock)
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.05)
-                continue
-            try:
-                c.request("ping")
-                return
-            finally:
-                c.close()
-        raise RuntimeError(f"maintd did not answer on {self.sock} within {START_TIMEOUT:.0f} s")
-
     def proc_status(self) -> dict[str, int]:
-        """VmRSS, VmHWM (kB) and Threads."""
-        out = {}
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Threads"):
-                    out[key] = int(value.split()[0])
+        out = super().proc_status()
         self.max_rss_kb = max(self.max_rss_kb, out.get("VmRSS", 0))
         return out
 
@@ -1032,11 +940,7 @@ class Child:
         with contextlib.suppress(OSError):
             if proc.stdin is not None:
                 proc.stdin.close()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        stop_process(proc, terminate=False)  # it stops once its stdin is closed
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -1064,7 +968,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     ok = False
     t_start = time.monotonic()
     try:
-        d.wait_ready()
+        d.wait_ready(START_TIMEOUT)
         res["start_s"] = time.monotonic() - t_start
         res["daemon_nofile"] = d.limits_nofile()
         c = LineClient(d.sock)
