@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -58,6 +59,15 @@ def describe_tree(source: Path) -> str:
     if not rev:
         return str(source)
     return f"{source} @ {rev}" + (" (with uncommitted changes)" if dirty else "")
+
+
+def source_env(source: Path) -> dict[str, str]:
+    """The environment for the daemon and maintctl: ``source`` first on PYTHONPATH, so they
+    run from it even when another checkout is installed (editable) in the venv."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("MAINTD_SOCKET", None)
+    return env
 
 
 def stop_process(proc: subprocess.Popen | None, *, terminate: bool = True) -> None:

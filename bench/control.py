@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import IO_TIMEOUT, describe_tree, median, pct, stop_process, verdict
+from _common import IO_TIMEOUT, describe_tree, median, pct, source_env, stop_process, verdict
 
 # Targets, printed next to the figures.
 TARGET_P50_RATIO = 3.0
@@ -627,11 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     placement(args)
     source = args.source.resolve()
-    env = dict(os.environ)
-    # The source tree comes first, so the daemon and maintctl run from it even when
-    # another checkout is installed (editable) in the venv.
-    env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MAINTD_SOCKET", None)
+    env = source_env(source)
     tmp = Path(tempfile.mkdtemp(prefix="maintd-bench-"))
     try:
         res = run_all(tmp, args, env)

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import IO_TIMEOUT, Daemon, LineClient, describe_tree, median, pct, verdict
+from _common import IO_TIMEOUT, Daemon, LineClient, describe_tree, median, pct, source_env, verdict
 
 # Targets, printed next to the figures.
 TARGET_RATIO = 1.5
@@ -562,11 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that the daemon is stopped and the files removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     source = args.source.resolve()
-    env = dict(os.environ)
-    # The source tree comes first, so the daemon runs from it even when another checkout
-    # is installed (editable) in the venv.
-    env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MAINTD_SOCKET", None)
+    env = source_env(source)
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="maintd-jobs-bench-"))
     try:

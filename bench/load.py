@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
-from _common import IO_TIMEOUT, LineClient, describe_tree, median, pct, stop_process, verdict
+from _common import IO_TIMEOUT, LineClient, describe_tree, median, pct, source_env, stop_process, verdict
 
 # Targets, printed next to the figures.
 TARGET_ENABLE_P99_MS = 50.0
@@ -1296,11 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     source = args.source.resolve()
-    env = dict(os.environ)
-    # The source tree comes first, so the daemon runs from it even when another checkout
-    # is installed (editable) in the venv.
-    env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MAINTD_SOCKET", None)
+    env = source_env(source)
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="maintd-load-bench-"))
     try:
