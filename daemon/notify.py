@@ -143,7 +143,7 @@ def describe(status: Status) -> str:
             )
             if items
         ]
-        return "maintenance off; " + (", ".join(counts) if counts else "idle")
+        return "normal: maintenance off; " + (", ".join(counts) if counts else "idle")
     if m.safe_to_restart:
         return "drained: safe to restart"
     blocking: dict[str, dict[str, int]] = {}

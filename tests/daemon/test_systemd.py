@@ -118,7 +118,7 @@ def start_building(make_daemon: Any, tmp_path: Path, notify: NotifySocket, **kw:
     notify.wait(lambda m: m.get("READY") == "1", "READY=1")
     assert d.maintctl("trigger", "build").returncode == 0
     wait_status(d, lambda s: building(s) == sorted(jobs), "the jobs to build")
-    notify.wait(lambda m: m.get("STATUS") == f"maintenance off; {len(jobs)} building", "the building STATUS line")
+    notify.wait(lambda m: m.get("STATUS") == f"normal: maintenance off; {len(jobs)} building", "the building STATUS line")
     return d, release
 
 
@@ -144,17 +144,17 @@ def test_ready_comes_once_the_control_socket_answers(make_daemon: Any, notify_so
     finally:
         starter.join(20)
     first = notify_socket.wait(lambda m: "STATUS" in m, "the first STATUS line")
-    assert first["STATUS"] == "maintenance off; idle"
+    assert first["STATUS"] == "normal: maintenance off; idle"
     assert "STOPPING" not in str(notify_socket.seen)
 
 
 def test_status_lines_tell_the_drain_in_words_and_only_when_they_change(make_daemon: Any, notify_socket: NotifySocket) -> None:
     d = make_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path)})
-    notify_socket.wait(lambda m: m.get("STATUS") == "maintenance off; idle", "the idle line")
+    notify_socket.wait(lambda m: m.get("STATUS") == "normal: maintenance off; idle", "the idle line")
     sub = d.client()
     assert sub.request("register", name="exporter")["ok"]
     sub.send(type="in_flight", items=[{"id": "j1", "kind": "building_job", "description": "export #1", "cancellable": True}])
-    notify_socket.wait(lambda m: m.get("STATUS") == "maintenance off; 1 building", "the external job counted")
+    notify_socket.wait(lambda m: m.get("STATUS") == "normal: maintenance off; 1 building", "the external job counted")
 
     admin = d.client()
     assert admin.request("enable", reason="upgrade")["ok"]
@@ -170,7 +170,7 @@ def test_status_lines_tell_the_drain_in_words_and_only_when_they_change(make_dae
     sub.send(type="drained", drain_id=pause["drain_id"])
     notify_socket.wait(lambda m: m.get("STATUS") == "drained: safe to restart", "safe to restart")
     assert admin.request("disable")["ok"]
-    notify_socket.wait(lambda m: m.get("STATUS") == "maintenance off; idle", "maintenance off again")
+    notify_socket.wait(lambda m: m.get("STATUS") == "normal: maintenance off; idle", "maintenance off again")
 
     lines = notify_socket.statuses()
     assert all(a != b for a, b in itertools.pairwise(lines)), lines
@@ -378,13 +378,13 @@ def _item(sub: str, kind: str, n: int, blocks: bool = True) -> InFlightItem:
 
 def test_describe_says_what_the_drain_waits_for() -> None:
     idle = _status("normal", [("agents", "running", 0)], [])
-    assert describe(idle) == "maintenance off; idle"
+    assert describe(idle) == "normal: maintenance off; idle"
     busy = _status(
         "normal",
         [("materials", "running", 1), ("agents", "running", 2)],
         [_item("materials", "material_update", 1), _item("agents", "building_job", 1), _item("agents", "building_job", 2)],
     )
-    assert describe(busy) == "maintenance off; 1 polling, 2 building"
+    assert describe(busy) == "normal: maintenance off; 1 polling, 2 building"
     draining = _status(
         "draining",
         [("materials", "drained", 0), ("agents", "paused", 2), ("batch", "pausing", 1), ("config", "failed", 0)],
