@@ -42,7 +42,7 @@ from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod
-from . import logs, paths
+from . import lock, logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             raise PermissionError(13, "not writable")
     except OSError as exc:
         print(f"maintd: cannot use state directory {state_dir}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        lock.lock_state_dir(state_dir)  # before the store is opened; held (never closed) until exit
+    except lock.StateLocked as exc:
+        print(f"maintd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     loose = stat.S_IMODE(state_dir.stat().st_mode) & 0o022
     if loose:  # made before maintd (or by hand): say so rather than change what is not ours
