@@ -42,7 +42,7 @@ from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod
-from . import lock, logs, paths
+from . import fds, lock, logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maintd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
+    before, now = fds.raise_open_files_limit()  # before anything opens: a flood must not reach the limit
+    if now != before:
+        log.info("open files limit raised from %d to %d (the hard limit)", before, now)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
