@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import ROOT, Daemon
 
 HUGE = ["100000000d", "9" * 400 + "d", "367d"]  # 400 digits parse to inf
 
@@ -35,3 +39,18 @@ def test_durations_up_to_the_bound_are_taken(daemon: Daemon) -> None:
     assert daemon.client().request("status")["result"]["maintenance"]["deadline"] is not None
     waited = daemon.maintctl("wait", "--timeout", "366d", timeout=15)  # nothing runs: safe at once
     assert waited.returncode == 0, waited
+
+
+@pytest.mark.parametrize("value", ["-5s", "nan", "inf", "1e9", ""])
+@pytest.mark.parametrize("option", ["wait --timeout", "enable --deadline"])
+def test_negative_nan_and_inf_are_not_durations(tmp_path: Path, option: str, value: str) -> None:
+    command, flag = option.split()
+    result = subprocess.run(
+        [sys.executable, "-m", "maintctl", "--socket", str(tmp_path / "none.sock"), command, f"{flag}={value}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert "not a duration" in result.stderr and "Traceback" not in result.stderr
