@@ -10,6 +10,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from daemon import fds
 
@@ -60,9 +61,9 @@ async def test_a_capped_listener_accepts_no_more_than_its_limit_until_one_closes
             while len(served) < 2:
                 await changed.wait()
                 changed = trio.Event()
-        # The third waits in the kernel's backlog: give the loop every chance to take it.
-        for _ in range(50):
-            await trio.sleep(0)
+        # The third is in the kernel's backlog (its connect returned): once every task is
+        # blocked, the loop has not taken it.
+        await trio.testing.wait_all_tasks_blocked()
         assert len(served) == 2
         release.set()
         with trio.fail_after(5):
