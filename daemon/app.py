@@ -117,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maintd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
-    before, now = fds.raise_open_files_limit()  # before anything opens: a flood must not reach the limit
-    if now != before:
-        log.info("open files limit raised from %d to %d (the hard limit)", before, now)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -133,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except lock.StateLocked as exc:
         print(f"maintd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    before, now = fds.raise_open_files_limit()  # before the store and the sockets open: a flood must not reach the limit
+    if now != before:
+        log.info("open files limit raised from %d to %d (the hard limit)", before, now)
     loose = stat.S_IMODE(state_dir.stat().st_mode) & 0o022
     if loose:  # made before maintd (or by hand): say so rather than change what is not ours
         who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "everyone")) if loose & bit)
