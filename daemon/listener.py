@@ -187,7 +187,8 @@ def check_socket_dir(folder: Path) -> None:
         st = os.stat(folder)
     except OSError as exc:
         raise ListenerError(f"cannot check the socket folder {folder}: {exc.strerror}") from None
-    for what, info in (("is a symlink owned", link), ("is owned", st)) if stat.S_ISLNK(link.st_mode) else (("is owned", st),):
+    owners = [("is a symlink owned", link)] if stat.S_ISLNK(link.st_mode) else []
+    for what, info in [*owners, ("is owned", st)]:
         if info.st_uid not in (me, 0):
             raise ListenerError(
                 f"socket folder {folder} {what} by {_user(info.st_uid)}, not by maintd's user "
