@@ -42,7 +42,7 @@ from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod
-from . import logs, paths
+from . import fds, lock, logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"maintd: cannot use state directory {state_dir}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
+    try:
+        lock.lock_state_dir(state_dir)  # before the store is opened; held (never closed) until exit
+    except lock.StateLocked as exc:
+        print(f"maintd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    before, now = fds.raise_open_files_limit()  # before the store and the sockets open: a flood must not reach the limit
+    if now != before:
+        log.info("open files limit raised from %d to %d (the hard limit)", before, now)
     loose = stat.S_IMODE(state_dir.stat().st_mode) & 0o022
     if loose:  # made before maintd (or by hand): say so rather than change what is not ours
         who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "everyone")) if loose & bit)

@@ -1,7 +1,9 @@
 """The read-only HTTP side of the daemon: ``/metrics``, the status page and GoCD's info API.
 
-Served inside the daemon's trio loop by hypercorn's trio worker, with a small ASGI app; no
-HTTP is parsed here. GET and HEAD only (anything else is 405). Routes:
+Served inside the daemon's trio loop by hypercorn's HTTP/1.1 connection handler, with a small
+ASGI app; no HTTP is parsed here. Connections are accepted by :func:`daemon.fds.serve_listener`,
+at most :func:`daemon.fds.http_connection_cap` at a time, so that a flood of them cannot take
+the descriptors the control socket and the jobs need. GET and HEAD only (anything else is 405). Routes:
 
 - ``/metrics``: the Prometheus exposition (text, or OpenMetrics when asked for), generated
   in a worker thread so that a slow scrape never stalls the control socket.
@@ -28,14 +30,18 @@ from functools import partial
 from typing import Any, Protocol
 
 import hypercorn.config
-import hypercorn.trio
 import msgspec
 import trio
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
 from prometheus_client.exposition import choose_encoder
 
 from actors.status import Status, SubsystemInfo
 from actors.types import InFlightItem
 
+from . import fds
 from .metrics import Metrics
 
 log = logging.getLogger("maintd.http")
@@ -43,6 +49,7 @@ log = logging.getLogger("maintd.http")
 __all__ = ["App", "HttpError", "gocd_info", "parse_listen", "render_status_page", "serve_http"]
 
 REFRESH_SECONDS = 5
+BACKLOG = 128  # connections past the cap wait here, holding no descriptor of ours
 DOC_URL = "https://api.gocd.org/current/#maintenance-mode-info"
 INFO_PATH = "/api/maintenance_mode/info"
 #: The built-in subsystems, in drain order, and how GoCD's checklist names each.
@@ -590,20 +597,27 @@ async def serve_http(
         raise HttpError(str(exc)) from None
     sock = _open_socket(host, port)
     bound_port = sock.getsockname()[1]
+    sock.listen(BACKLOG)
     config = hypercorn.config.Config()
-    # hypercorn takes the bound socket over (fd://): binding here gives a clean error and the real port.
-    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     server_log = logging.getLogger("maintd.http.server")
-    server_log.setLevel(max(server_log.getEffectiveLevel(), logging.WARNING))  # not its "Running on ... CTRL + C" line
+    server_log.setLevel(max(server_log.getEffectiveLevel(), logging.WARNING))
     config.errorlog = server_log
     config.include_server_header = False
     config.alpn_protocols = ["http/1.1"]
-    config.keep_alive_timeout = 30  # Prometheus scrapes every 15-60 s over one connection
-    config.graceful_timeout = 1.0
-    app = App(hub, metrics, check_host=_is_loopback(host))
+    config.keep_alive_timeout = 30  # Prometheus scrapes every 15-60 s over one connection; an idle one goes after this
+    app = wrap_app(App(hub, metrics, check_host=_is_loopback(host)), config.wsgi_max_body_size, "asgi")
+    # hypercorn's own serve() accepts without bound (and logs a traceback per EMFILE): the
+    # accept loop is ours, capped; each connection is still hypercorn's (its TCPServer).
+    context = WorkerContext(None)
+    cap = fds.http_connection_cap()
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    async def connection(stream: trio.SocketStream) -> None:
+        await TCPServer(app, config, context, ConnectionState({}), stream)
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(hypercorn.trio.serve, app, config, mode="asgi"))
+        await nursery.start(partial(fds.serve_listener, listener, connection, what="http", limit=cap))
         shown = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
-        log.info("http on %s", shown)
+        log.info("http on %s (at most %d connections at a time)", shown, cap)
         task_status.started((host, bound_port))

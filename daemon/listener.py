@@ -6,7 +6,8 @@ named ``control`` (the socket unit's ``FileDescriptorName=``), else the first, i
 systemd owns that socket file: it is neither chmod-ed nor unlinked here, and clients that
 connect while maintd restarts wait in its backlog.
 
-Otherwise the path is bound here, with a stale socket file cleared first; the daemon
+Otherwise the path is bound here, in a folder that only this daemon's user (or root) may
+write in (:func:`check_socket_dir`), with a stale socket file cleared first; the daemon
 unlinks it on exit.
 """
 
@@ -16,7 +17,9 @@ import contextlib
 import grp
 import logging
 import os
+import pwd
 import socket
+import stat
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -122,11 +125,13 @@ async def open_unix_listener(path: Path, mode: int, group: str | None) -> trio.S
 
 
 def _prepare(path: Path) -> None:
-    """Create the socket's folder and clear a stale socket (at start-up, before serving)."""
+    """Create the socket's folder, check that it is ours, and clear a stale socket (at
+    start-up, before serving)."""
     try:
         _make_socket_dir(path.parent)
     except OSError as exc:
         raise ListenerError(f"cannot create {path.parent}: {exc.strerror}") from None
+    check_socket_dir(path.parent)
     if path.exists() or path.is_symlink():
         if not path.is_socket():
             raise ListenerError(f"{path} exists and is not a socket; remove it or choose another --socket")
@@ -161,3 +166,46 @@ def _answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def check_socket_dir(folder: Path) -> None:
+    """Refuse a socket folder that someone other than this daemon's user (or root) could
+    write in, as OpenSSH's StrictModes refuses a loose key file.
+
+    Whoever can write in the folder can move the socket aside and serve their own: clients
+    would then take an impostor's "safe to restart". The default for a user without
+    ``XDG_RUNTIME_DIR`` is ``/tmp/maintd-UID``, which any local user can create first. So
+    the folder (and, if it is a symlink, the link too) must be owned by the daemon's user
+    or by root, and writable by neither its group nor others (sticky or not: a sticky
+    folder still lets anyone add a socket name while ours is missing). Raises
+    :class:`ListenerError` whose message says how to fix it. Not for a socket that systemd
+    passed: its folder is the unit's ``RuntimeDirectory``, systemd's to make.
+    """
+    me = os.geteuid()
+    try:
+        link = os.lstat(folder)
+        st = os.stat(folder)
+    except OSError as exc:
+        raise ListenerError(f"cannot check the socket folder {folder}: {exc.strerror}") from None
+    owners = [("is a symlink owned", link)] if stat.S_ISLNK(link.st_mode) else []
+    for what, info in [*owners, ("is owned", st)]:
+        if info.st_uid not in (me, 0):
+            raise ListenerError(
+                f"socket folder {folder} {what} by {_user(info.st_uid)}, not by maintd's user "
+                f"{_user(me)}: its owner could replace the socket with their own; remove it (rm -r {folder}) "
+                "and let maintd create it, or choose another --socket"
+            )
+    loose = stat.S_IMODE(st.st_mode) & 0o022
+    if loose:
+        who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "everyone")) if loose & bit)
+        raise ListenerError(
+            f"socket folder {folder} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they could replace "
+            f"the socket with their own; chmod go-w {folder}, or choose another --socket"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

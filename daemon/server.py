@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -39,6 +40,7 @@ from . import protocol as p
 from .auth import Peer, peer_of
 from .bridge import Bridge
 from .config import Config, parse_duration
+from .fds import serve_listener
 from .hub import StatusHub
 
 log = logging.getLogger("maintd.control")
@@ -165,7 +167,7 @@ class ControlServer:
         self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self.handle, [listener])
+            await nursery.start(partial(serve_listener, listener, self.handle, what="control socket"))
             task_status.started()
 
     async def handle(self, stream: trio.SocketStream) -> None:

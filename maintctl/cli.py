@@ -39,11 +39,25 @@ a maintenance window:
 """
 
 
+#: The longest --deadline or --timeout: the daemon's own bound on a drain deadline
+#: (daemon/protocol.py), and far below what a socket timeout can hold.
+MAX_DURATION_DAYS = 366
+
+
 def duration(text: str) -> float:
+    """A duration argument in seconds, from zero to :data:`MAX_DURATION_DAYS` days.
+
+    ``parse_duration`` takes any run of digits, so ``100000000d`` (or 400 digits, which
+    make ``inf``) would reach a socket timeout and raise OverflowError, or go to the
+    daemon as JSON ``null``: refused here as a usage error (exit 2) that gives the bound.
+    """
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 <= seconds <= MAX_DURATION_DAYS * 86400:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import pwd
 import socket
+import stat
+import struct
 import time
 from typing import Any
 
@@ -23,6 +27,48 @@ class Unreachable(Exception):
     """The daemon cannot be reached or went away."""
 
 
+class Untrusted(Unreachable):
+    """Something answers on the socket, but not a process that may be the daemon."""
+
+
+def check_daemon(sock: socket.socket, path: str) -> None:
+    """Refuse to believe whoever answers on ``sock`` unless it runs as root, as this user, or
+    as the owner of the socket's folder when that folder could only have been given to them.
+
+    Who listens is read from the kernel (``SO_PEERCRED``, the listener's credentials), not
+    from anything it says. The folder's owner counts only when the folder sits in a parent
+    that nobody but root (or this user) may write in, like ``/run/maintd`` under ``/run``:
+    anyone can create ``/tmp/maintd-UID`` first, and then they own it. Raises
+    :class:`Untrusted` (exit 3: no trustworthy daemon can be reached).
+    """
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    trusted = {0, os.geteuid()}
+    folder = os.path.dirname(os.path.abspath(path))
+    real = os.path.dirname(os.path.realpath(path))
+    try:
+        link, st = os.lstat(folder), os.stat(real)
+        parents = [os.stat(os.path.dirname(folder)), os.stat(os.path.dirname(real))]
+    except OSError:
+        pass
+    else:
+        link_ok = not stat.S_ISLNK(link.st_mode) or link.st_uid in trusted
+        if link_ok and all(p.st_uid in trusted and not p.st_mode & 0o022 for p in parents):
+            trusted.add(st.st_uid)
+    if uid not in trusted:
+        raise Untrusted(
+            f"refusing to trust {path}: it is served by {_user(uid)}, who is neither root nor you nor the owner of a "
+            f"socket folder that only root or you could have made; it could fake the daemon's answers. "
+            f"Check who made {folder} (ls -ld {folder}) and who serves the socket (ss -xlp)"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 class Client:
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path
@@ -40,6 +86,11 @@ class Client:
             raise Unreachable(f"cannot open {path}: permission denied (the socket is for root and the admin group)") from None
         except OSError as exc:
             raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        try:
+            check_daemon(self.sock, path)
+        except Unreachable:
+            self.sock.close()
+            raise
         self.buffer = b""
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []

@@ -117,7 +117,7 @@ def tree(root: Path, skip: tuple[Path, ...] = ()) -> set[str]:
 
 
 def state_entries(d: Daemon) -> set[str]:
-    return {p.name for p in d.state.iterdir()} - {"maintd.db", "maintd.db-wal", "maintd.db-shm"}
+    return {p.name for p in d.state.iterdir()} - {"maintd.db", "maintd.db-wal", "maintd.db-shm", "maintd.lock"}
 
 
 # -- (a) pipelines as code cannot name a path outside the workspaces -------------------------
