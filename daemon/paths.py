@@ -35,8 +35,20 @@ def state_dir() -> Path:
     return Path.home() / ".local" / "state" / "maintd"
 
 
+#: Where the system service's socket is (maintd.socket's ListenStream=).
+SYSTEM_SOCKET = Path("/run/maintd") / SOCKET_NAME
+
+
 def default_socket() -> Path:
-    """The socket maintctl talks to: ``MAINTD_SOCKET`` if set, else the runtime default."""
+    """The socket maintctl talks to: ``MAINTD_SOCKET`` if set, else the runtime default.
+
+    A user other than root whose own default socket does not exist talks to the system
+    service's socket if there is one: members of the ``maintd`` group run ``maintctl``
+    as themselves, not as root (maintctl still checks who serves it).
+    """
     if s := os.environ.get("MAINTD_SOCKET"):
         return Path(s)
-    return runtime_dir() / SOCKET_NAME
+    own = runtime_dir() / SOCKET_NAME
+    if os.geteuid() != 0 and not os.path.lexists(own) and os.path.lexists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    return own

@@ -211,3 +211,24 @@ def test_the_daemon_and_its_jobs_run_under_memory_deny_write_execute(make_daemon
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0
     assert "Traceback" not in d.log_text()
+
+
+def test_maintctl_of_a_group_member_finds_the_system_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member of group maintd runs maintctl as themselves: with no socket of their own, the
+    system service's is the default; their own daemon's socket, once it exists, wins."""
+    system = tmp_path / "run" / "control.sock"
+    system.parent.mkdir()
+    monkeypatch.setattr(paths, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("MAINTD_SOCKET", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    own = tmp_path / "user" / "maintd" / paths.SOCKET_NAME
+    assert paths.default_socket() == own  # neither exists: the user's own, as before
+    system.touch()
+    assert paths.default_socket() == system
+    own.parent.mkdir(parents=True)
+    own.touch()
+    assert paths.default_socket() == own
+    monkeypatch.setenv("MAINTD_SOCKET", "/elsewhere.sock")
+    assert paths.default_socket() == Path("/elsewhere.sock")
