@@ -124,18 +124,21 @@ def test_results_obtained_while_the_disk_is_full_are_recorded_when_space_returns
     assert fill(ballast) > 0
     gate.touch()  # both jobs end on the full disk: a passes, b fails with 3
 
-    s = wait_for(lambda: (s := status())["store"]["pending_writes"] == 2 and s, 15, "both results waiting for the store")
-    assert s["store"]["state"] == "degraded" and s["store"]["since"], s["store"]
+    def waiting(s: dict[str, Any]) -> list[dict[str, Any]]:
+        return [i for i in s["running_systems"]["other"] if i["kind"] == "pending_write"]
+
+    wait_for(lambda: not status()["running_systems"]["building_jobs"], 15, "both jobs to end")
+    s = wait_for(lambda: len(waiting(s := status())) == 2 and s, 15, "both results kept, waiting for the store")
+    assert all(x["state"] != "failed" and x["failures"] == 0 for x in s["subsystems"]), s["subsystems"]
+    assert s["store"]["state"] == "degraded" and s["store"]["pending_writes"] == 2 and s["store"]["since"], s["store"]
     assert "full" in s["store"]["last_error"], s["store"]
-    waiting = [i for i in s["running_systems"]["other"] if i["kind"] == "pending_write"]
     ids = dict(query(d.state / "maintd.db", "SELECT name, id FROM jobs"))
-    assert sorted(i["description"].split(" waiting")[0] for i in waiting) == [
+    assert sorted(i["description"].split(" waiting")[0] for i in waiting(s)) == [
         f"the result of job {ids['a']} (passed)",
         f"the result of job {ids['b']} (failed)",
-    ], waiting
-    assert all(i["blocks_restart"] for i in waiting)
+    ], waiting(s)
+    assert all(i["blocks_restart"] for i in waiting(s))
     assert (s["maintenance"]["state"], s["maintenance"]["safe_to_restart"]) == ("draining", False)
-    assert all(x["state"] != "failed" and x["failures"] == 0 for x in s["subsystems"]), s["subsystems"]
     assert jobs() == {"a": ("building", None), "b": ("building", None)}  # nothing recorded: the disk is full
     shown = d.maintctl("status")
     assert "Store: DEGRADED, 2 result(s) waiting to be written" in shown.stdout, shown.stdout
@@ -153,7 +156,7 @@ def test_results_obtained_while_the_disk_is_full_are_recorded_when_space_returns
     assert jobs() == {"a": ("passed", 0), "b": ("failed", 3), "s": ("scheduled", None)}, safe
     s = status()
     assert s["store"] == {**s["store"], "state": "ok", "pending_writes": 0, "last_error": None}
-    assert not [i for i in s["running_systems"]["other"] if i["kind"] == "pending_write"]
+    assert not waiting(s)
     assert metrics(d)["maintd_store_pending_writes"] == 0
 
     # The runs finish: beta failed; alpha goes on to its next stage once maintenance is off.
