@@ -90,6 +90,9 @@ class AgentsCore(SubsystemCore):
         #: writes the store refused (a job's result first of all), kept in order and retried;
         #: ``timers`` may be None only where the store never fails (some tests)
         self.pending = PendingWrites(self, timers=timers, clock=clock, me=self.me)
+        #: jobs that have ended whose result waits for the store: still held (GiveBack says so),
+        #: since the scheduler hears that they finished only once it is recorded
+        self.unrecorded: set[int] = set()
         for item in self.items.values():
             if item.agent in self.agents:
                 self.agents[item.agent] = int(item.local_id.removeprefix("job-"))
@@ -134,7 +137,7 @@ class AgentsCore(SubsystemCore):
     def give_back(self) -> None:
         """Tell the scheduler what these agents hold; it takes back everything else it handed out."""
         self.giving_back = next(_tokens)
-        holding = tuple(sorted(job_id for job_id in self.agents.values() if job_id is not None))
+        holding = tuple(sorted({job_id for job_id in self.agents.values() if job_id is not None} | self.unrecorded))
         self.peers.tell("scheduler", GiveBack(token=self.giving_back, holding=holding))
 
     def ask_for_work(self) -> None:
@@ -193,10 +196,12 @@ class AgentsCore(SubsystemCore):
                 self.store.set_job_state(msg.job_id, state, now, returncode=msg.returncode, cancelled_by=by, detail=detail)
             except ValueError as exc:  # recorded by an earlier actor already
                 log.warning("%s", exc)
+            self.unrecorded.discard(msg.job_id)
             self.peers.tell("scheduler", JobFinished(job_id=msg.job_id, state=state))
 
         # Kept in memory (and blocking a restart) until the store takes it.
-        self.pending.write(f"the result of job {msg.job_id} ({state.value})", record)
+        if not self.pending.write(f"the result of job {msg.job_id} ({state.value})", record):
+            self.unrecorded.add(msg.job_id)
         self.pids.pop(msg.job_id, None)
         if item.agent in self.agents:
             self.agents[item.agent] = None

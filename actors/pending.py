@@ -109,7 +109,7 @@ class PendingWrites:
         """A write sent without waiting for its answer (``send``, the store logs a failure):
         behind waiting writes it is kept and carried out with ``do`` instead, in order."""
         if self.queue:
-            self._show(self._keep(what, do))
+            self._show(self._keep(what, lambda: _refusal_logged(what, do)))
         else:
             send()
 
@@ -199,6 +199,14 @@ class PendingWrites:
         )
         self.core.report()
         self.core.check_drained()
+
+
+def _refusal_logged(what: str, do: Callable[[], Any]) -> None:
+    """As a write sent unwaited: one the store refuses as such (ValueError) is logged, not raised."""
+    try:
+        do()
+    except ValueError as exc:
+        log.error("the store could not record %s: %s", what, exc)
 
 
 def without_pending(items: Any) -> list[InFlightItem]:
