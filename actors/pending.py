@@ -35,7 +35,7 @@ log = logging.getLogger("maintd.store")
 
 PENDING_WRITE = "pending_write"
 RETRY_FIRST = 0.5
-RETRY_MAX = 10.0
+RETRY_MAX = 5.0
 
 
 class RetryWrites(msgspec.Struct, frozen=True):

@@ -179,7 +179,7 @@ def test_retries_back_off_while_the_store_still_refuses(c: Cores) -> None:
     c.disk.full = True
     c.agents.handle(JobExited(job_id=job_id, returncode=0))
     delays = [c.fire(c.agents) for _ in range(7)]
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
     assert c.state(job_id) == "building" and len(c.pending_items(c.agents)) == 1
     assert sum(m.failures for m in c.sent if isinstance(m, WritesPending)) == 8  # the first try and 7 retries
     c.disk.full = False

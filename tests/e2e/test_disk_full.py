@@ -10,10 +10,12 @@ run.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import sqlite3
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from actors.pending import RETRY_MAX
 from tests.conftest import Daemon, wait_for
 
 TMPFS_SIZE = 8 * 1024 * 1024
@@ -143,6 +146,10 @@ def test_results_obtained_while_the_disk_is_full_are_recorded_when_space_returns
     shown = d.maintctl("status")
     assert "Store: DEGRADED, 2 result(s) waiting to be written" in shown.stdout, shown.stdout
     assert "Safe to restart: no" in shown.stdout
+    with urllib.request.urlopen(d.http_url() + "/api/maintenance_mode/info", timeout=10) as response:
+        info = json.loads(response.read())["attributes"]
+    assert info["has_running_systems"] is True
+    assert [o["kind"] for o in info["running_systems"]["other"]] == ["pending_write", "pending_write"]
     m = metrics(d)
     assert m["maintd_store_pending_writes"] == 2 and m["maintd_store_write_failures_total"] >= 1, m
     # the retries go on failing for a while: still never safe
@@ -150,8 +157,13 @@ def test_results_obtained_while_the_disk_is_full_are_recorded_when_space_returns
     assert not status()["maintenance"]["safe_to_restart"]
     assert d.proc is not None and d.proc.poll() is None
 
+    emptied = time.monotonic()
     ballast.unlink()  # space comes back
+    watch.sock.settimeout(30)  # the next retry may be RETRY_MAX away, with no event meanwhile
     safe = watch.next_event(lambda e: e.get("type") == "event" and e["maintenance"]["safe_to_restart"])
+    took = time.monotonic() - emptied
+    assert took < RETRY_MAX + 3, f"written {took:.1f}s after space came back; retries are at most {RETRY_MAX}s apart"
+    print(f"results written and safe {took:.2f}s after space came back")  # `pytest -s` shows it
     # the moment it says safe, both real results are in the store
     assert jobs() == {"a": ("passed", 0), "b": ("failed", 3), "s": ("scheduled", None)}, safe
     s = status()
