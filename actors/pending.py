@@ -16,6 +16,12 @@ false wherever it is shown, by the same computation as for any other work. The c
 tells the supervisor :class:`WritesPending`, from which the status shows the store as
 degraded (``store`` in the status, ``maintd_store_pending_writes``). Retries back off from
 :data:`RETRY_FIRST` to :data:`RETRY_MAX` through the Timers port; the actor never sleeps.
+
+Why items rather than a store flag that ``safe_to_restart`` would also consult: the drain,
+``safe_to_restart``, ``has_running_systems``, the metric, ``maintctl wait`` and the stop
+drain all follow blocking items already, so a waiting result holds each of them back
+without one more input that any of them could forget; it is listed, with what it is and
+why it waits, wherever work is listed. The ``store`` summary is for people and alerts.
 """
 
 from __future__ import annotations

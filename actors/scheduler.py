@@ -299,10 +299,8 @@ class SchedulerCore(SubsystemCore):
         store refuses, the run waits between stages until the write is retried and taken."""
         stage = run.pipeline.stages[index]
         now = self.clock.now()
-        logs = tuple(
-            (job_def.name, os.path.join(self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name, f"{job_def.name}.log"))
-            for job_def in stage.jobs
-        )
+        folder = os.path.join(self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name)
+        logs = tuple((job_def.name, os.path.join(folder, f"{job_def.name}.log")) for job_def in stage.jobs)
 
         def create() -> None:
             job_ids = self.store.create_jobs(run.run_id, run.pipeline.name, run.counter, stage.name, index, logs, now)
