@@ -15,6 +15,7 @@ inbox: given back), and asks the process runner to tell again how its jobs stand
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from typing import Any
@@ -23,7 +24,8 @@ import msgspec
 
 from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
 from .messages import Cancel
-from .ports import Clock
+from .pending import PendingWrites, RetryWrites, without_pending
+from .ports import Clock, Timers
 from .scheduler import (
     AgentsPaused,
     AnnounceIdle,
@@ -67,9 +69,12 @@ class AgentsCore(SubsystemCore):
         clock: Clock,
         grace: float,
         on_job: Any = None,
+        timers: Timers | None = None,
     ) -> None:
         # Jobs building when an earlier actor failed are still running in the shell: keep them.
-        super().__init__(name, emit, items)
+        # Its waiting writes went with it: the store still says those jobs build, so restore()
+        # holds them again and the process runner tells their exits again.
+        super().__init__(name, emit, without_pending(items))
         self.store = store
         self.peers = peers
         self.me = peers.ref(name)
@@ -82,6 +87,12 @@ class AgentsCore(SubsystemCore):
         self.cancel_by: dict[int, str] = {}
         #: the token of the GiveBack the scheduler has not answered yet: Assigns are dropped meanwhile
         self.giving_back: int | None = None
+        #: writes the store refused (a job's result first of all), kept in order and retried;
+        #: ``timers`` may be None only where the store never fails (some tests)
+        self.pending = PendingWrites(self, timers=timers, clock=clock, me=self.me)
+        #: jobs that have ended whose result waits for the store: still held (GiveBack says so),
+        #: since the scheduler hears that they finished only once it is recorded
+        self.unrecorded: set[int] = set()
         for item in self.items.values():
             if item.agent in self.agents:
                 self.agents[item.agent] = int(item.local_id.removeprefix("job-"))
@@ -126,7 +137,7 @@ class AgentsCore(SubsystemCore):
     def give_back(self) -> None:
         """Tell the scheduler what these agents hold; it takes back everything else it handed out."""
         self.giving_back = next(_tokens)
-        holding = tuple(sorted(job_id for job_id in self.agents.values() if job_id is not None))
+        holding = tuple(sorted({job_id for job_id in self.agents.values() if job_id is not None} | self.unrecorded))
         self.peers.tell("scheduler", GiveBack(token=self.giving_back, holding=holding))
 
     def ask_for_work(self) -> None:
@@ -152,8 +163,14 @@ class AgentsCore(SubsystemCore):
             self.give_back()
             return
         self.agents[agent] = spec.job_id
-        # Not waited for: the store handles its messages in order (see SyncStore.later).
-        self.store.later("set_job_state", spec.job_id, JobState.BUILDING, self.clock.now(), agent=agent)
+        # Not waited for: the store handles its messages in order (see SyncStore.later); behind
+        # writes that wait for the store it waits with them.
+        now = self.clock.now()
+        self.pending.later(
+            f"job {spec.job_id} building on {agent}",
+            functools.partial(self.store.set_job_state, spec.job_id, JobState.BUILDING, now, agent=agent),
+            functools.partial(self.store.later, "set_job_state", spec.job_id, JobState.BUILDING, now, agent=agent),
+        )
         self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, self.clock.now(), agent=agent))
         self.processes.start_job(self.me, spec)
 
@@ -170,15 +187,25 @@ class AgentsCore(SubsystemCore):
         else:
             state = JobState.FAILED
         detail = msg.error or ("timed out" if msg.timed_out else None)
-        # Not waited for; a job already terminal (recorded by an earlier actor) is logged by the store.
-        self.store.later(
-            "set_job_state", msg.job_id, state, self.clock.now(), returncode=msg.returncode, cancelled_by=by, detail=detail
-        )
+        now = self.clock.now()
+
+        def record() -> None:
+            # Waited for: the scheduler hears of the result only once it is recorded, so a run
+            # never ends (nor goes on) on a result the store does not have.
+            try:
+                self.store.set_job_state(msg.job_id, state, now, returncode=msg.returncode, cancelled_by=by, detail=detail)
+            except ValueError as exc:  # recorded by an earlier actor already
+                log.warning("%s", exc)
+            self.unrecorded.discard(msg.job_id)
+            self.peers.tell("scheduler", JobFinished(job_id=msg.job_id, state=state))
+
+        # Kept in memory (and blocking a restart) until the store takes it.
+        if not self.pending.write(f"the result of job {msg.job_id} ({state.value})", record):
+            self.unrecorded.add(msg.job_id)
         self.pids.pop(msg.job_id, None)
         if item.agent in self.agents:
             self.agents[item.agent] = None
         self.remove(item_id)
-        self.peers.tell("scheduler", JobFinished(job_id=msg.job_id, state=state))
         self.on_job(state.value)
         if self.intake_open and self.giving_back is None and item.agent in self.agents:
             self.peers.tell("scheduler", WantWork(item.agent))
@@ -187,7 +214,11 @@ class AgentsCore(SubsystemCore):
         if job_id not in self.cancel_by:
             self.cancel_by[job_id] = by
             # Not waited for; a restarted core reads it back, so the job still ends cancelled.
-            self.store.later("request_cancel", job_id, by)
+            self.pending.later(
+                f"the cancel of job {job_id}",
+                functools.partial(self.store.request_cancel, job_id, by),
+                functools.partial(self.store.later, "request_cancel", job_id, by),
+            )
         self.processes.stop_job(job_id, self.grace)
 
     def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
@@ -221,6 +252,8 @@ class AgentsCore(SubsystemCore):
                     self.pids[job_id] = pid
             case JobExited():
                 self.exited(message)
+            case RetryWrites():
+                self.pending.retry()
             case TakenBack(token=token):
                 if token == self.giving_back:
                     self.giving_back = None

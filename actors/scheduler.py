@@ -11,6 +11,7 @@ restart, so they are shown and cancellable, and only agents decide when they sta
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 from typing import Any
@@ -22,7 +23,9 @@ from .errors import Conflict, MaintdError, NotFound
 from .jobs import TERMINAL, JobSpec, JobState
 from .materials import MaterialChanged
 from .messages import Cancel
+from .pending import PENDING_WRITE, PendingWrites, RetryWrites
 from .ports import Clock, Timers
+from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import SCHEDULED_JOB, InFlightItem, qualify
 
@@ -167,6 +170,8 @@ class SchedulerCore(SubsystemCore):
         #: jobs handed to the agents (recorded in the store) and not finished: their spec, None when
         #: restored from the store (rebuilt if the agents give the job back)
         self.handed: dict[int, JobSpec | None] = {}
+        #: writes the store refused, kept in order and retried (a result is never dropped)
+        self.pending = PendingWrites(self, timers=timers, clock=clock, me=self.me)
 
     # -- start-up: the store is the truth ------------------------------------------------
 
@@ -205,12 +210,8 @@ class SchedulerCore(SubsystemCore):
                     stage = pipeline.stages[job.stage_index]
                     job_def = next((j for j in stage.jobs if j.name == job.name), None)
                     if job_def is None:
-                        self.store.set_job_state(
-                            job.id,
-                            JobState.CANCELLED,
-                            self.clock.now(),
-                            cancelled_by="maintd",
-                            detail="job no longer in the configuration",
+                        self.record_job_state(
+                            job.id, JobState.CANCELLED, cancelled_by="maintd", detail="job no longer in the configuration"
                         )
                         run.pending.discard(job.id)
                         run.results[job.id] = JobState.CANCELLED
@@ -223,7 +224,7 @@ class SchedulerCore(SubsystemCore):
                 self.cancelled_runs[row.id] = str(asked[0])
             if not run.pending:
                 self.stage_done(run)
-        self.items = {}
+        self.items = {item_id: item for item_id, item in self.items.items() if item.kind == PENDING_WRITE}
         for spec in self.queue:
             item = self.item_of(spec)
             self.items[item.id] = item
@@ -259,7 +260,11 @@ class SchedulerCore(SubsystemCore):
         if pipeline_name in self.paused_pipelines:
             log.info("%s trigger of %s skipped: the pipeline is paused", how, pipeline_name)
             return
-        self.trigger(pipeline_name, how, "maintd")
+        try:
+            self.trigger(pipeline_name, how, "maintd")
+        except StoreError as exc:
+            # nothing was obtained yet, so nothing is kept: the next timer or revision triggers it
+            log.error("%s trigger of %s skipped: %s", how, pipeline_name, exc.message)
 
     def spec(self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str) -> JobSpec:
         stage = run.pipeline.stages[stage_index]
@@ -290,25 +295,35 @@ class SchedulerCore(SubsystemCore):
         )
 
     def queue_stage(self, run: Run, index: int) -> None:
-        run.stage_index = index
-        run.pending = set()
-        run.results = {}
+        """Make the jobs of stage ``index`` (one write: all or none) and queue them; if the
+        store refuses, the run waits between stages until the write is retried and taken."""
         stage = run.pipeline.stages[index]
         now = self.clock.now()
-        for job_def in stage.jobs:
-            log_path = os.path.join(
-                self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name, f"{job_def.name}.log"
-            )
-            job_id = self.store.create_job(
-                run.run_id, run.pipeline.name, run.counter, stage.name, 1, index, job_def.name, now, log_path
-            )
-            spec = self.spec(run, index, job_def, job_id, log_path)
-            run.pending.add(job_id)
-            self.run_of_job[job_id] = run.run_id
-            self.queue.append(spec)
-            self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
-        self.report()
-        self.dispatch()
+        folder = os.path.join(self.work_root, "logs", run.pipeline.name, str(run.counter), stage.name)
+        logs = tuple((job_def.name, os.path.join(folder, f"{job_def.name}.log")) for job_def in stage.jobs)
+
+        def create() -> None:
+            job_ids = self.store.create_jobs(run.run_id, run.pipeline.name, run.counter, stage.name, index, logs, now)
+            run.stage_index = index
+            run.pending = set()
+            run.results = {}
+            for job_def, job_id, (_, log_path) in zip(stage.jobs, job_ids, logs, strict=True):
+                spec = self.spec(run, index, job_def, job_id, log_path)
+                run.pending.add(job_id)
+                self.run_of_job[job_id] = run.run_id
+                self.queue.append(spec)
+                self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
+            self.report()
+            self.dispatch()
+
+        self.pending.write(f"the jobs of {run.pipeline.name}/{run.counter}/{stage.name}", create)
+
+    def record_job_state(self, job_id: int, state: JobState, **fields: Any) -> None:
+        """A job's end decided here (a cancel): recorded now, or kept until the store takes it."""
+        self.pending.write(
+            f"the {state.value} state of job {job_id}",
+            functools.partial(self.store.set_job_state, job_id, state, self.clock.now(), **fields),
+        )
 
     def item_of(self, spec: JobSpec) -> InFlightItem:
         return job_item(self.name, spec, SCHEDULED_JOB, self.clock.now(), blocks_restart=False)
@@ -328,7 +343,12 @@ class SchedulerCore(SubsystemCore):
             # its messages in order, so a restarted scheduler reading what to queue again, and
             # restarted agents reading what was on its way to them, both find it. Only this
             # scheduler changes a scheduled job, so the write cannot find one that is not.
-            self.store.later("hand_out_many", tuple((spec.job_id, spec.agent) for spec in specs))
+            hand_outs = tuple((spec.job_id, spec.agent) for spec in specs)
+            self.pending.later(
+                f"{len(hand_outs)} job(s) handed out",
+                functools.partial(self.store.hand_out_many, hand_outs),
+                functools.partial(self.store.later, "hand_out_many", hand_outs),
+            )
             for spec in specs:
                 self.handed[spec.job_id] = spec
                 self.peers.tell("agents", Assign(agent=spec.agent, spec=spec))
@@ -360,14 +380,14 @@ class SchedulerCore(SubsystemCore):
             return
         if run.run_id in self.cancelled_runs:
             by = self.cancelled_runs[run.run_id]
-            self.store.set_job_state(job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
+            self.record_job_state(job_id, JobState.CANCELLED, cancelled_by=by)
             self.finished(job_id, JobState.CANCELLED)
             return
         if spec is None:
             spec = self.rebuild_spec(run, job_id)
             if spec is None:
                 return
-        self.store.take_back(job_id)
+        self.pending.write(f"job {job_id} back in the queue", functools.partial(self.store.take_back, job_id))
         spec = msgspec.structs.replace(spec, agent="")
         self.queue.appendleft(spec)
         self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
@@ -379,9 +399,7 @@ class SchedulerCore(SubsystemCore):
             return None
         job_def = next((j for j in run.pipeline.stages[row.stage_index].jobs if j.name == row.name), None)
         if job_def is None:
-            self.store.set_job_state(
-                job_id, JobState.CANCELLED, self.clock.now(), cancelled_by="maintd", detail="job no longer in the configuration"
-            )
+            self.record_job_state(job_id, JobState.CANCELLED, cancelled_by="maintd", detail="job no longer in the configuration")
             self.finished(job_id, JobState.CANCELLED)
             return None
         return self.spec(run, row.stage_index, job_def, job_id, row.log_path)
@@ -407,7 +425,10 @@ class SchedulerCore(SubsystemCore):
             final = "passed"
         else:
             final = "cancelled" if cancelled or JobState.CANCELLED in states else "failed"
-        self.store.finish_run(run.run_id, final, self.clock.now())
+        self.pending.write(
+            f"the end of {run.pipeline.name}/{run.counter} ({final})",
+            functools.partial(self.store.finish_run, run.run_id, final, self.clock.now()),
+        )
         self.cancelled_runs.pop(run.run_id, None)
         log.info("%s/%d %s", run.pipeline.name, run.counter, final)
         del self.runs[run.run_id]
@@ -425,7 +446,7 @@ class SchedulerCore(SubsystemCore):
             if spec.job_id == job_id:
                 self.queue.remove(spec)
                 self.items.pop(qualify(self.name, job_item_id(job_id)), None)
-                self.store.set_job_state(job_id, JobState.CANCELLED, self.clock.now(), cancelled_by=by)
+                self.record_job_state(job_id, JobState.CANCELLED, cancelled_by=by)
                 self.finished(job_id, JobState.CANCELLED)
                 return True
         return False
@@ -447,7 +468,7 @@ class SchedulerCore(SubsystemCore):
             # Some of these may still be on their way to an agent and come back (GiveBack).
             # Recorded first: restarted agents (or a restarted scheduler) learn it from the store.
             for job_id in building:
-                self.store.request_cancel(job_id, msg.by)
+                self.pending.write(f"the cancel of job {job_id}", functools.partial(self.store.request_cancel, job_id, msg.by))
             self.cancelled_runs[run.run_id] = msg.by
             self.peers.tell("agents", CancelJobs(job_ids=tuple(building), by=msg.by))
         self.report()
@@ -481,7 +502,10 @@ class SchedulerCore(SubsystemCore):
             case GiveBack():
                 self.give_back(message)
             case JobFinished(job_id=job_id, state=state):
+                self.pending.nudge()  # the agents just recorded its result: the store takes writes again
                 self.finished(job_id, state)
+            case RetryWrites():
+                self.pending.retry()
             case CancelRun():
                 return self.cancel_run(message)
             case PipelinesChanged(pipelines=pipelines, paused=paused):

@@ -62,11 +62,25 @@ class RemovedSubsystem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     abandoned: tuple[InFlightItem, ...]
 
 
+class StoreInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """How the store stands for the subsystems' writes. ``degraded``: ``pending_writes``
+    results wait in memory to be written (each also an in-flight ``pending_write`` item that
+    blocks a restart), since ``since``, the store's last refusal ``last_error``.
+    ``write_failures`` counts every refused attempt since the daemon started."""
+
+    state: str = "ok"
+    pending_writes: int = 0
+    last_error: str | None = None
+    since: str | None = None
+    write_failures: int = 0
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     maintenance: MaintenanceInfo
     subsystems: tuple[SubsystemInfo, ...]
     running_systems: RunningSystems
     removed: tuple[RemovedSubsystem, ...] = ()
+    store: StoreInfo = StoreInfo()
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="event"):

@@ -287,6 +287,31 @@ class Store:
             _event(db, job_id, at, JobState.SCHEDULED.value)
             return job_id
 
+    def create_jobs(
+        self,
+        run_id: int,
+        pipeline: str,
+        pipeline_counter: int,
+        stage: str,
+        stage_index: int,
+        jobs: tuple[tuple[str, str], ...],
+        at: float,
+    ) -> list[int]:
+        """The jobs of one stage, (name, log path) each, in one transaction: all of them or
+        none, so a write retried after a failure never makes a job twice. Their ids, in order."""
+        with self._tx(f"the jobs of {pipeline}/{pipeline_counter}/{stage}") as db:
+            ids = []
+            for name, log_path in jobs:
+                cur = db.execute(
+                    "INSERT INTO jobs (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, state,"
+                    " scheduled_at, log_path) VALUES (?, ?, ?, ?, 1, ?, ?, 'scheduled', ?, ?)",
+                    (run_id, pipeline, pipeline_counter, stage, stage_index, name, at, log_path),
+                )
+                job_id = int(cur.lastrowid or 0)
+                _event(db, job_id, at, JobState.SCHEDULED.value)
+                ids.append(job_id)
+            return ids
+
     def set_job_state(
         self,
         job_id: int,
@@ -488,8 +513,8 @@ class Store:
 
 #: The Store methods that StoreActor answers and SyncStore forwards.
 METHODS = (
-    "next_counter", "create_run", "create_job", "set_job_state", "hand_out", "hand_out_many", "take_back", "request_cancel",
-    "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
+    "next_counter", "create_run", "create_job", "create_jobs", "set_job_state", "hand_out", "hand_out_many", "take_back",
+    "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
     "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
 )  # fmt: skip
 

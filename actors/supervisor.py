@@ -44,8 +44,19 @@ from .messages import (
     Unregister,
 )
 from .peers import Peers
+from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
-from .status import Event, HistoryEntry, MaintenanceInfo, RemovedSubsystem, RunningSystems, Status, SubsystemInfo, iso
+from .status import (
+    Event,
+    HistoryEntry,
+    MaintenanceInfo,
+    RemovedSubsystem,
+    RunningSystems,
+    Status,
+    StoreInfo,
+    SubsystemInfo,
+    iso,
+)
 from .types import (
     GROUP_OF_KIND,
     MATERIAL_UPDATE,
@@ -93,6 +104,8 @@ class SubsystemView:
         self.paused_for: str | None = None
         self.drained_for: str | None = None
         self.leaving: str | None = None
+        #: its writes that wait for the store (WritesPending), None when none
+        self.writes: WritesPending | None = None
 
     def start(self) -> None:
         self.ref = self.spawn(self.generation, self.items)
@@ -143,6 +156,8 @@ class SupervisorCore:
         self._running: RunningSystems = RunningSystems()
         self._running_from: list[tuple[InFlightItem, ...]] = []
         self.removed: collections.deque[RemovedSubsystem] = collections.deque(maxlen=REMOVED_SHOWN)
+        self.write_failures = 0
+        self._store_info = StoreInfo()
         self._seq = itertools.count(1)
 
     # -- subsystems ----------------------------------------------------------------------
@@ -321,6 +336,8 @@ class SupervisorCore:
         if view is None or msg.generation != view.generation or not view.failed:
             return
         view.generation += 1
+        view.writes = None  # they went with the failed actor (the new one learns its jobs again)
+        self.update_store_info()
         view.failed = False
         view.reported = False
         view.paused_for = view.drained_for = None
@@ -329,6 +346,32 @@ class SupervisorCore:
             view.ref.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
         self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} restarted")
+
+    def on_writes_pending(self, msg: WritesPending) -> None:
+        """A built-in subsystem's writes that wait for the store. Each is also an in-flight
+        item that blocks a restart (which decides ``safe_to_restart``); this is the summary."""
+        view = self.views.get(msg.subsystem)
+        if view is None or view.external:
+            return
+        self.write_failures += msg.failures
+        view.writes = msg if msg.count else None
+        self.update_store_info()
+
+    def update_store_info(self) -> None:
+        """Rebuild the status's ``store``; published quietly (the subsystem's InFlightReport,
+        which follows its WritesPending, carries the event)."""
+        waiting = [view.writes for view in self.views.values() if view.writes is not None]
+        if not waiting:
+            self._store_info = StoreInfo(write_failures=self.write_failures)
+        else:
+            self._store_info = StoreInfo(
+                state="degraded",
+                pending_writes=sum(w.count for w in waiting),
+                last_error=next((w.last_error for w in waiting if w.last_error), None),
+                since=iso(min(w.since or 0.0 for w in waiting)),
+                write_failures=self.write_failures,
+            )
+        self.status_pending = True
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -446,6 +489,7 @@ class SupervisorCore:
             ),
             running_systems=self.running_systems(),
             removed=tuple(self.removed),
+            store=self._store_info,
         )
 
     def running_systems(self) -> RunningSystems:
@@ -596,6 +640,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_restart(message)
             case DeadlineReached():
                 core.on_deadline_reached(message)
+            case WritesPending():
+                core.on_writes_pending(message)
             case FromExternal(name=name, message=inner):
                 view = core.views.get(name)
                 if view is not None and view.ref is not None:

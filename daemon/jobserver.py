@@ -93,6 +93,7 @@ def build_subsystems(
             clock=clock,
             grace=parse_duration(cfg.agents.cancel_grace),
             on_job=on_job,
+            timers=timers,
         )
 
     def config_guard(name: str, emit: Any, items: Any) -> ConfigGuardCore:

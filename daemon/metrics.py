@@ -118,6 +118,15 @@ class Metrics:
         self.jobs = Counter("maintd_jobs", "Jobs finished, by result", ["result"], registry=r)
         self.polls = Counter("maintd_material_polls", "Material and config repo polls, by result", ["result"], registry=r)
         self.rejections = Counter("maintd_rejected_requests", "Control requests refused, by error code", ["reason"], registry=r)
+        self.store_pending = Gauge(
+            "maintd_store_pending_writes",
+            "Results the store refused (disk full, ...), kept in memory and retried; each blocks a restart",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "maintd_store_write_failures", "Attempts to record a result that the store refused", registry=r
+        )
+        self._store_failures_seen = 0
         self.build = Info("maintd_build", "The running maintd", registry=r)
         self.build.info({"version": version})
         for result in JOB_RESULTS:
@@ -159,6 +168,11 @@ class Metrics:
             self.deadline.set(_epoch(m.deadline))
         self._update_drain(m.state, m.drain_id)
         self._state = m.state
+        store = status.store
+        self.store_pending.set(store.pending_writes)
+        if store.write_failures > self._store_failures_seen:
+            self.store_failures.inc(store.write_failures - self._store_failures_seen)
+            self._store_failures_seen = store.write_failures
 
         rs = status.running_systems
         if rs is not self._counted:  # the supervisor keeps the object while no items change

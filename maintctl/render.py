@@ -59,9 +59,18 @@ def items_table(items: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def store_line(store: dict[str, Any] | None) -> list[str]:
+    if not store or store.get("state") != "degraded":
+        return []
+    return [
+        f"Store: DEGRADED, {store['pending_writes']} result(s) waiting to be written since {store['since']}"
+        f" (kept in memory and retried; not safe to restart until written): {store['last_error']}"
+    ]
+
+
 def status(result: dict[str, Any]) -> str:
     m = result["maintenance"]
-    lines = [maintenance_line(m), safe_line(m), ""]
+    lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store")), ""]
     subsystems = result["subsystems"]
     if subsystems:
         lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
