@@ -173,6 +173,8 @@ class SchedulerCore(SubsystemCore):
     # -- start-up: the store is the truth ------------------------------------------------
 
     def start(self) -> None:
+        # The pauses are the store's: a restarted scheduler does not forget them.
+        self.paused_pipelines = frozenset(self.store.paused_pipelines())
         self.restore()
         self.arm_timers()
         self.report()

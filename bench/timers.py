@@ -23,6 +23,7 @@ never caught up: those figures are then printed as ``> LIMIT`` (timed out).
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
 import tempfile
@@ -51,13 +52,18 @@ def write_config(path: Path, n: int) -> None:
 
 
 def timed(c: LineClient, limit: float, type_: str, **fields: object) -> float:
-    """The reply time of one request, in seconds; TimedOut past ``limit``."""
+    """The reply time of one request, in seconds; TimedOut past ``limit`` or when the daemon
+    answers that its actor did not answer in time (the 30 s ask timeout)."""
     c.sock.settimeout(limit)
     t0 = time.monotonic()
     try:
-        c.request(type_, **fields)
+        reply = json.loads(c.raw(type_, **fields))
     except (TimeoutError, socket.timeout):
         raise TimedOut(type_) from None
+    if not reply.get("ok"):
+        if reply.get("error", {}).get("code") == "timeout":
+            raise TimedOut(f"{type_}: the daemon's own timeout after {time.monotonic() - t0:.1f} s")
+        raise RuntimeError(f"{type_} refused: {reply.get('error')}")
     return time.monotonic() - t0
 
 
@@ -101,14 +107,16 @@ def measure(n: int, tmp: Path, env: dict, limit: float, triggers: int) -> dict:
                 for _ in range(triggers):
                     replies.append(timed(c, limit, "trigger", pipeline="probe"))
                     time.sleep(next_firing_after(time.time()))
-            except TimedOut:
+            except TimedOut as exc:
+                print(f"  {n} pipelines: trigger timed out ({exc})", flush=True)
                 replies.append(float("inf"))
             out["trigger_s"] = replies
             t0 = time.monotonic()
             try:
                 out["enable_reply_s"] = timed(c, limit, "enable", reason="bench: timers")
                 out["enable_drained_s"] = wait_state(c, "drained", limit, t0)
-            except TimedOut:
+            except TimedOut as exc:
+                print(f"  {n} pipelines: enable timed out ({exc})", flush=True)
                 out.setdefault("enable_reply_s", float("inf"))
                 out["enable_drained_s"] = float("inf")
             d.check_alive()
