@@ -163,7 +163,14 @@ class JobServerRequests:
 
     async def reload(self, by: str) -> Any:
         """Read the config file again and apply its pipelines. A reload that fails, for any
-        reason, leaves the running configuration as it is and raises a MaintdError saying why."""
+        reason, leaves the running configuration as it is, is logged and raises a MaintdError saying why."""
+        try:
+            return await self._reload(by)
+        except MaintdError as exc:
+            log.warning("reload by %s refused: %s", by, exc.message)
+            raise
+
+    async def _reload(self, by: str) -> Any:
         if self.config_path is None:
             raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
         try:
