@@ -37,7 +37,10 @@ DEEP = "x = " + "[" * 2000 + "]" * 2000 + "\n"  # 4 KiB
 
 
 def pipeline_toml(name: str) -> str:
-    return f'[[pipelines]]\nname = "{name}"\n[[pipelines.stages]]\nname = "s"\n[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
+    return (
+        f'[[pipelines]]\nname = "{name}"\n[[pipelines.stages]]\nname = "s"\n'
+        '[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
+    )
 
 
 class Git:
@@ -169,7 +172,9 @@ def test_one_repo_that_cannot_be_read_keeps_its_last_good_set_and_leaves_the_oth
         def tell(self, name: str, message: Any) -> None:
             pass
 
-    guard = ConfigGuardCore("config", lambda _m: None, pipelines=[], materials=set(), store=store, peers=Peers(), clock=FakeClock())
+    guard = ConfigGuardCore(
+        "config", lambda _m: None, pipelines=[], materials=set(), store=store, peers=Peers(), clock=FakeClock()
+    )
     guard.start()
     guard.handle(ConfigRepoFiles(repo="good", revision="a" * 40, files={"g.toml": pipeline_toml("from-good")}))
     guard.handle(ConfigRepoFiles(repo="pipes", revision="b" * 40, files={"p.toml": pipeline_toml("from-pipes")}))
@@ -181,7 +186,10 @@ def test_one_repo_that_cannot_be_read_keeps_its_last_good_set_and_leaves_the_oth
     caplog.set_level(logging.WARNING, logger="maintd.config")
     guard.handle(ConfigRepoFiles(repo="pipes", revision="c" * 40, files=Broken()))
     assert {p.name for p in guard.info()} == {"from-good", "from-pipes"}
-    assert "config repo pipes at cccccccccccc could not be read (OSError: gone); its last good set (1 pipeline(s)) is kept" in caplog.text
+    assert (
+        "config repo pipes at cccccccccccc could not be read (OSError: gone); its last good set (1 pipeline(s)) is kept"
+        in caplog.text
+    )
 
 
 def test_the_pause_table_is_added_to_a_store_of_the_previous_schema(tmp_path: Path) -> None:

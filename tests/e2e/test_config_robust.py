@@ -45,7 +45,10 @@ BAD_FILES = {
     ),
     "cancel-grace": ('[agents]\ncancel_grace = "999999d"\n', "at most 30d - at `$.agents.cancel_grace`"),
     "stop-drain": ('[daemon]\nstop_drain_timeout = "31d"\n', "at most 30d - at `$.daemon.stop_drain_timeout`"),
-    "restart-delay": ('[maintenance]\nsubsystem_restart_delay = "100000000d"\n', "at most 30d - at `$.maintenance.subsystem_restart_delay`"),
+    "restart-delay": (
+        '[maintenance]\nsubsystem_restart_delay = "100000000d"\n',
+        "at most 30d - at `$.maintenance.subsystem_restart_delay`",
+    ),
 }
 
 
@@ -69,7 +72,7 @@ def test_a_bad_file_at_start_up_is_one_line_and_exit_2(tmp_path: Path, text: str
 def building_config(tmp_path: Path) -> tuple[str, Path]:
     fifo = tmp_path / "release.fifo"
     os.mkfifo(fifo)
-    job = f"[[pipelines]]\nname = \"hold\"\n[[pipelines.stages]]\nname = \"s\"\n[[pipelines.stages.jobs]]\nname = \"j\"\nshell = \"cat {fifo} > /dev/null\"\n"
+    job = pipeline_toml("hold", body=f'shell = "cat {fifo} > /dev/null"\n')
     return base_config(job + pipeline_toml("other")), fifo
 
 
@@ -101,7 +104,9 @@ def test_a_reload_that_fails_changes_nothing_and_says_why(make_daemon: Any, tmp_
     else:
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
-    line = wait_for(lambda: [x for x in d.log_text().splitlines() if "reload by " in x and " refused: " in x], 20, "the refusal logged")
+    line = wait_for(
+        lambda: [x for x in d.log_text().splitlines() if "reload by " in x and " refused: " in x], 20, "the refusal logged"
+    )
     assert expected in line[0], line
     assert "Traceback" not in d.log_text()
 
