@@ -15,7 +15,7 @@ import msgspec
 
 from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
-from .materials import ConfigRepoFiles
+from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
 from .ports import Clock
 from .scheduler import PipelinesChanged
 from .subsystem import Emit, SubsystemCore
@@ -87,7 +87,11 @@ class ConfigGuardCore(SubsystemCore):
         self.clock = clock
 
     def start(self) -> None:
+        # The pause state is the store's: neither this actor's restart nor the daemon's forgets it.
+        self.paused = set(self.store.paused_pipelines())
         self.publish()
+        # A restarted guard knows no config repo: the material subsystem sends their files again.
+        self.peers.tell("materials", ConfigRepoFilesWanted())
 
     def on_resume(self, drain_id: str) -> None:
         held, self.held = self.held, {}
@@ -113,8 +117,9 @@ class ConfigGuardCore(SubsystemCore):
             raise NotFound(f"no pipeline named {msg.pipeline!r}")
         if (msg.pipeline in self.paused) == msg.paused:
             raise Conflict(f"pipeline {msg.pipeline!r} is already {'paused' if msg.paused else 'unpaused'}")
-        # Recorded first: a change the store cannot record is refused and not made.
-        self.store.audit(f"pipeline_{verb}", msg.by, self.clock.now(), target=msg.pipeline)
+        # Recorded first (the state and its audit entry in one transaction): a change the store
+        # cannot record is refused and not made.
+        self.store.set_pipeline_paused(msg.pipeline, msg.paused, msg.by, self.clock.now())
         (self.paused.add if msg.paused else self.paused.discard)(msg.pipeline)
         log.info("%s %sd pipeline %s", msg.by, verb, msg.pipeline)
         self.publish()
@@ -131,6 +136,21 @@ class ConfigGuardCore(SubsystemCore):
         return {"pipelines": len(self.all_pipelines())}
 
     def merge_repo(self, msg: ConfigRepoFiles) -> None:
+        """Take the pipelines of one config repo; a failure keeps its last good set (and every other repo's)."""
+        try:
+            found = self.read_repo(msg)
+        except Exception as exc:  # noqa: BLE001 - bad input never takes the configuration down
+            kept = len(self.from_repos.get(msg.repo, {}))
+            log.warning(
+                "config repo %s at %s could not be read (%s: %s); its last good set (%d pipeline(s)) is kept",
+                msg.repo, msg.revision[:12], type(exc).__name__, exc, kept,
+            )  # fmt: skip
+            return
+        self.from_repos[msg.repo] = found
+        log.info("config repo %s at %s: %d pipeline(s)", msg.repo, msg.revision[:12], len(found))
+        self.publish()
+
+    def read_repo(self, msg: ConfigRepoFiles) -> dict[str, PipelineDef]:
         found: dict[str, PipelineDef] = {}
         for path, text in sorted(msg.files.items()):
             if not clean_repo_path(path):
@@ -144,10 +164,22 @@ class ConfigGuardCore(SubsystemCore):
                 continue
             try:
                 parsed = msgspec.toml.decode(text.encode(), type=PipelineFile)
+                errors = check_pipelines(parsed.pipelines, self.materials)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 log.warning("config repo %s, %s at %s: %s; file skipped", msg.repo, path, msg.revision[:12], exc)
                 continue
-            errors = check_pipelines(parsed.pipelines, self.materials)
+            except RecursionError:
+                log.warning(
+                    "config repo %s, %s at %s: arrays or tables nested too deeply; file skipped",
+                    msg.repo, path, msg.revision[:12],
+                )  # fmt: skip
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure to read one file skips that file
+                log.warning(
+                    "config repo %s, %s at %s: cannot be read (%s: %s); file skipped",
+                    msg.repo, path, msg.revision[:12], type(exc).__name__, exc,
+                )  # fmt: skip
+                continue
             if errors:
                 more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
                 log.warning("config repo %s, %s at %s: %s%s; file skipped", msg.repo, path, msg.revision[:12], errors[0], more)
@@ -157,9 +189,7 @@ class ConfigGuardCore(SubsystemCore):
                     log.warning("config repo %s, %s: pipeline %s is defined elsewhere; skipped", msg.repo, path, p.name)
                     continue
                 found[p.name] = p
-        self.from_repos[msg.repo] = found
-        log.info("config repo %s at %s: %d pipeline(s)", msg.repo, msg.revision[:12], len(found))
-        self.publish()
+        return found
 
     def info(self) -> list[PipelineInfo]:
         return [
@@ -181,7 +211,7 @@ class ConfigGuardCore(SubsystemCore):
             case ApplyConfig():
                 return self.apply(message)
             case ConfigRepoFiles():
-                if self.intake_open:
+                if self.intake_open or message.restored:  # restored: what it had, not a change
                     self.merge_repo(message)
                 else:  # a config change: held until maintenance is over
                     log.info("config repo %s at %s held until maintenance is over", message.repo, message.revision[:12])

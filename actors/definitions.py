@@ -8,6 +8,7 @@ Imports only msgspec and the standard library (maintctl uses :func:`parse_durati
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated
 
 import msgspec
@@ -30,6 +31,50 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"not a duration: {text!r} (use a number with ms, s, m, h or d, e.g. 30m)")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+#: No duration in a configuration may be longer (a poll_interval of 10^38 days overflows the
+#: timers; nothing maintd waits for is meant to take a month).
+MAX_DURATION = 30 * 86400.0
+#: The least some durations may be, by key; any other duration may be zero. A poll or a job
+#: given less than this would be timed out or started again before it could do anything.
+MIN_DURATION = {"poll_interval": 0.1, "poll_timeout": 0.1, "timeout": 0.1, "cancel_timeout": 0.1}
+
+
+def _seconds(value: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if value >= _UNITS[unit] and (value / _UNITS[unit]).is_integer():
+            return f"{value / _UNITS[unit]:g}{unit}"
+    return f"{value * 1000:g}ms"
+
+
+def duration_problem(key: str, text: str) -> str | None:
+    """Why the duration ``text`` of ``key`` is out of bounds (the bound named), or None."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        return str(exc)
+    shown = text.strip() if len(text.strip()) <= 24 else text.strip()[:20] + "..."
+    if not seconds <= MAX_DURATION:
+        return f"{key} {shown!r} is too long: at most {_seconds(MAX_DURATION)}"
+    low = MIN_DURATION.get(key, 0.0)
+    if seconds < low:
+        return f"{key} {shown!r} is too short: at least {_seconds(low)}"
+    return None
+
+
+def duration_errors(struct: msgspec.Struct, at: str) -> list[str]:
+    """The out-of-bounds durations among the fields of ``struct`` (those typed Duration), with key paths."""
+    errors = []
+    hints = typing.get_type_hints(type(struct), include_extras=True)
+    for field in msgspec.structs.fields(struct):
+        hint = hints.get(field.name)
+        if hint != Duration and Duration not in typing.get_args(hint):
+            continue
+        value = getattr(struct, field.name)
+        if isinstance(value, str) and (problem := duration_problem(field.name, value)):
+            errors.append(f"{problem} - at `{at}.{field.name}`")
+    return errors
 
 
 class Def(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -108,6 +153,7 @@ def check_pipelines(pipelines: list[PipelineDef], materials: set[str], where: st
                         errors.append(f"the value of {key} has a NUL character - at `{jat}.env`")
                 if any("\0" in arg for arg in job.command or ()) or "\0" in (job.shell or ""):
                     errors.append(f"a command cannot hold a NUL character - at `{jat}`")
+                errors += duration_errors(job, jat)
                 job_names.add(job.name)
     return errors
 

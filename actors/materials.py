@@ -33,11 +33,20 @@ class MaterialChanged(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ConfigRepoFiles(msgspec.Struct, frozen=True, kw_only=True):
-    """To the config guard: the pipeline files of a config repository at ``revision``."""
+    """To the config guard: the pipeline files of a config repository at ``revision``.
+
+    ``restored``: not a change but the files it was given before (at start-up, or after the
+    config guard or this actor restarted), merged even during maintenance.
+    """
 
     repo: str
     revision: str
     files: dict[str, str]
+    restored: bool = False
+
+
+class ConfigRepoFilesWanted(msgspec.Struct, frozen=True):
+    """From a (re)started config guard: send the files of every config repository again."""
 
 
 class MaterialsCore(SubsystemCore):
@@ -70,6 +79,11 @@ class MaterialsCore(SubsystemCore):
         self.peers = peers
         self.me = peers.ref(name)
         self.on_poll = on_poll or (lambda result: None)
+        #: config repo key -> the files last sent to the config guard (sent again when it asks)
+        self.sent: dict[str, ConfigRepoFiles] = {}
+        #: config repos whose files this actor has not sent yet: fetched on the next poll even if
+        #: the revision is the one recorded (a restarted daemon or actor knows no files)
+        self.unsent: set[str] = {key for key, (_, is_config_repo) in self.defs.items() if is_config_repo}
 
     def start(self) -> None:
         for key in self.defs:
@@ -123,7 +137,7 @@ class MaterialsCore(SubsystemCore):
             # Not recorded: the first poll after maintenance sees the revision as new and acts on it.
             log.info("poll of %s ended during maintenance; its revision is taken up after it", key)
         elif is_config_repo:
-            if self.store.last_revision(key) != result.revision:
+            if key in self.unsent or self.store.last_revision(key) != result.revision:
                 # The fetch is part of this material update: the item stays until FilesFetched.
                 self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
                 fetching = True
@@ -141,9 +155,20 @@ class MaterialsCore(SubsystemCore):
         if msg.error:
             log.warning("pipeline files of %s at %s: %s", key, msg.revision[:12], msg.error)
         if msg.files or not msg.error:
-            self.store.record_revision(key, msg.revision, self.clock.now())
-            self.peers.tell("config", ConfigRepoFiles(repo=key.removeprefix("config:"), revision=msg.revision, files=msg.files))
+            new = self.store.record_revision(key, msg.revision, self.clock.now())
+            files = ConfigRepoFiles(
+                repo=key.removeprefix("config:"), revision=msg.revision, files=msg.files, restored=not new and key in self.unsent
+            )
+            self.unsent.discard(key)
+            self.sent[key] = files
+            self.peers.tell("config", files)
         self.rearm(key)
+
+    def send_again(self) -> None:
+        """A (re)started config guard knows no config repo: it gets the files last sent, or, for a
+        repo not sent yet by this actor, the files of the next poll."""
+        for key, files in self.sent.items():
+            self.peers.tell("config", msgspec.structs.replace(files, restored=True))
 
     def rearm(self, key: str) -> None:
         if self.intake_open and key in self.defs:
@@ -158,6 +183,8 @@ class MaterialsCore(SubsystemCore):
                 self.finished(message)
             case FilesFetched():
                 self.fetched(message)
+            case ConfigRepoFilesWanted():
+                self.send_again()
             case _:
                 return NotImplemented
         return None

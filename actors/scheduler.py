@@ -172,10 +172,14 @@ class SchedulerCore(SubsystemCore):
         self.handed: dict[int, JobSpec | None] = {}
         #: writes the store refused, kept in order and retried (a result is never dropped)
         self.pending = PendingWrites(self, timers=timers, clock=clock, me=self.me)
+        #: pipeline -> the cron schedule its armed timer follows
+        self.armed: dict[str, str] = {}
 
     # -- start-up: the store is the truth ------------------------------------------------
 
     def start(self) -> None:
+        # The pauses are the store's: a restarted scheduler does not forget them.
+        self.paused_pipelines = frozenset(self.store.paused_pipelines())
         self.restore()
         self.arm_timers()
         self.report()
@@ -230,10 +234,31 @@ class SchedulerCore(SubsystemCore):
             self.items[item.id] = item
 
     def arm_timers(self) -> None:
-        now = self.clock.now()
+        """At start: arm the timer of every pipeline that has one."""
         for p in self.pipelines.values():
             if p.timer:
-                self.timers.arm(f"cron:{p.name}", max(next_fire(p.timer, now) - now, 0.0), TimerDue(p.name), self.me)
+                self.arm_timer(p.name, p.timer)
+
+    def arm_timer(self, name: str, timer: str) -> None:
+        """Arm the timer of one pipeline (about 0.4 ms with croniter): only ever for what changed."""
+        now = self.clock.now()
+        self.timers.arm(f"cron:{name}", max(next_fire(timer, now) - now, 0.0), TimerDue(name), self.me)
+        self.armed[name] = timer
+
+    def change_pipelines(self, pipelines: tuple[PipelineDef, ...], paused: frozenset[str]) -> None:
+        """A new configuration: the timers of the pipelines whose schedule changed, and only those,
+        are disarmed or armed again (pausing a pipeline changes no timer: a paused pipeline's timer
+        fires and is skipped, as GoCD does)."""
+        self.pipelines = {p.name: p for p in pipelines}
+        self.paused_pipelines = paused
+        for name, timer in list(self.armed.items()):
+            p = self.pipelines.get(name)
+            if p is None or p.timer != timer:
+                self.timers.disarm(f"cron:{name}")
+                del self.armed[name]
+        for p in self.pipelines.values():
+            if p.timer and p.name not in self.armed:
+                self.arm_timer(p.name, p.timer)
 
     # -- triggering --------------------------------------------------------------------
 
@@ -483,9 +508,11 @@ class SchedulerCore(SubsystemCore):
                     if material in p.materials:
                         self.automatic(p.name, "material")
             case TimerDue(pipeline=name):
-                if name in self.pipelines:
+                pipeline = self.pipelines.get(name)
+                if pipeline is not None and pipeline.timer:
+                    # its own next firing first: a refused trigger must not leave it unarmed
+                    self.arm_timer(name, pipeline.timer)
                     self.automatic(name, "timer")
-                    self.arm_timers()
             case Trigger(pipeline=name, by=by):
                 if not self.intake_open:
                     raise MaintdError(
@@ -509,11 +536,7 @@ class SchedulerCore(SubsystemCore):
             case CancelRun():
                 return self.cancel_run(message)
             case PipelinesChanged(pipelines=pipelines, paused=paused):
-                for key in {p for p in self.pipelines if self.pipelines[p].timer}:
-                    self.timers.disarm(f"cron:{key}")
-                self.pipelines = {p.name: p for p in pipelines}
-                self.paused_pipelines = paused
-                self.arm_timers()
+                self.change_pipelines(pipelines, paused)
             case "queue_length":
                 return len(self.queue)
             case _:

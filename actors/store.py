@@ -1,4 +1,4 @@
-"""The SQLite store: runs, jobs, job events, material revisions and the audit log.
+"""The SQLite store: runs, jobs, job events, material revisions, paused pipelines and the audit log.
 
 :class:`Store` is a plain class over one ``sqlite3`` connection; every method is one
 transaction, so a failure never leaves half a record. :class:`StoreActor` owns a Store in
@@ -60,6 +60,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE audit (
             id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, by TEXT NOT NULL,
             reason TEXT, target TEXT, detail TEXT)""",
+    ),
+    # 2: the pause state of pipelines, so that no restart (of the config actor or the daemon) forgets it
+    (
+        """CREATE TABLE paused_pipelines (
+            pipeline TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -456,6 +461,24 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
+    def set_pipeline_paused(self, pipeline: str, paused: bool, by: str, at: float) -> int:
+        """Record that ``pipeline`` is paused (or not) and its audit entry, in one transaction."""
+        verb = "pause" if paused else "unpause"
+        with self._tx(f"the {verb} of pipeline {pipeline}") as db:
+            if paused:
+                db.execute("INSERT OR REPLACE INTO paused_pipelines (pipeline, by, at) VALUES (?, ?, ?)", (pipeline, by, at))
+            else:
+                db.execute("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
+            cur = db.execute(
+                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, NULL, ?, NULL)",
+                (at, f"pipeline_{verb}", by, pipeline),
+            )
+            return int(cur.lastrowid or 0)
+
+    def paused_pipelines(self) -> list[str]:
+        with self._read("the paused pipelines") as db:
+            return [str(row["pipeline"]) for row in db.execute("SELECT pipeline FROM paused_pipelines ORDER BY pipeline")]
+
     # -- queries -------------------------------------------------------------------------
 
     def job(self, job_id: int) -> JobRow | None:
@@ -515,6 +538,7 @@ class Store:
 METHODS = (
     "next_counter", "create_run", "create_job", "create_jobs", "set_job_state", "hand_out", "hand_out_many", "take_back",
     "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
+    "set_pipeline_paused", "paused_pipelines",
     "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
 )  # fmt: skip
 

@@ -375,10 +375,13 @@ async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier:
 
 
 async def _reload(jobs: JobServerRequests) -> None:
+    """SIGHUP: a reload that fails, for any reason, is a log line; the daemon and its jobs go on."""
     try:
         result = await jobs.reload("SIGHUP")
-    except MaintdError as exc:
-        log.warning("reload refused: %s", exc.message)
+    except MaintdError:
+        pass  # logged by the reload, with its reason
+    except Exception as exc:  # noqa: BLE001 - never take the daemon down for a reload
+        log.warning("reload by SIGHUP refused: %s", config_mod.one_line(f"{type(exc).__name__}: {exc}"))
     else:
         log.info("configuration reloaded: %s pipeline(s)", result["pipelines"])
 

@@ -1,7 +1,10 @@
 """The daemon's configuration: TOML, decoded and validated by msgspec in one step.
 
 A bad file raises :class:`ConfigError` with one line naming the file, the key path and
-what was expected, e.g. ``maintd.toml: Expected `int`, got `str` - at `$.control.client_queue```.
+what was expected, e.g. ``maintd.toml: Expected `int`, got `str` - at `$.control.client_queue```;
+whatever else a file provokes (nesting deep enough to exhaust the parser's recursion, a
+NUL in a path) is one line too, never a traceback. Every duration (keys typed ``Duration``)
+is bounded: at most ``MAX_DURATION`` (30 days), some at least ``MIN_DURATION``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from actors.definitions import Duration, MaterialDef, PipelineDef, check_pipelines, parse_duration
+from actors.definitions import Duration, MaterialDef, PipelineDef, check_pipelines, duration_errors, parse_duration
 
 __all__ = ["Config", "ConfigError", "load", "parse_duration"]
 
@@ -75,13 +78,24 @@ def load(path: Path | None) -> Config:
     try:
         config = msgspec.toml.decode(data, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(one_line(f"{path}: {exc}")) from None
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    errors = check(config)
-    if errors:
-        raise ConfigError(f"{path}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
-    return resolve_urls(config, path.parent)
+        raise ConfigError(one_line(f"{path}: not valid TOML: {exc}")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    try:
+        errors = check(config)
+        if not errors:
+            return resolve_urls(config, path.parent)
+    except Exception as exc:  # noqa: BLE001 - whatever a file can provoke is one line, never a traceback
+        raise ConfigError(one_line(f"{path}: cannot be used: {type(exc).__name__}: {exc}")) from None
+    raise ConfigError(one_line(f"{path}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
+
+
+def one_line(text: str) -> str:
+    """The message on one line, control characters shown escaped, at most 1,000 characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 def check(config: Config) -> list[str]:
@@ -93,9 +107,13 @@ def check(config: Config) -> list[str]:
             if m.name in names:
                 errors.append(f"material name {m.name!r} is used twice - at `$.{where}[{i}].name`")
             names.add(m.name)
-            for key in ("poll_interval", "poll_timeout"):
-                if parse_duration(getattr(m, key)) <= 0:
-                    errors.append(f"{key} must be more than zero - at `$.{where}[{i}].{key}`")
+            if any(not c.isprintable() for c in m.url):
+                errors.append(f"a url cannot hold a NUL or another control character - at `$.{where}[{i}].url`")
+            errors += duration_errors(m, f"$.{where}[{i}]")
+    for field in msgspec.structs.fields(config):
+        section = getattr(config, field.name)
+        if isinstance(section, msgspec.Struct):
+            errors += duration_errors(section, f"$.{field.name}")
     if int(config.http.listen.rpartition(":")[2]) > 65535:
         errors.append("port must be 65535 or less - at `$.http.listen`")
     errors += check_pipelines(config.pipelines, {m.name for m in config.materials})

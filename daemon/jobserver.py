@@ -163,16 +163,38 @@ class JobServerRequests:
         ]
 
     async def reload(self, by: str) -> Any:
+        """Read the config file again and apply its pipelines. A reload that fails, for any
+        reason, leaves the running configuration as it is, is logged and raises a MaintdError saying why."""
+        try:
+            return await self._reload(by)
+        except MaintdError as exc:
+            log.warning("reload by %s refused: %s", by, exc.message)
+            raise
+
+    async def _reload(self, by: str) -> Any:
         if self.config_path is None:
             raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
         try:
             cfg = await trio.to_thread.run_sync(config_mod.load, self.config_path)
         except config_mod.ConfigError as exc:
             raise MaintdError(f"the configuration was not reloaded: {exc}", code="bad_config") from None
-        return await self.ask(
-            "config",
-            ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by),
-        )
+        except Exception as exc:  # noqa: BLE001 - load turns what a file provokes into ConfigError; anything else too
+            why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
+            raise MaintdError(f"the configuration was not reloaded: {self.config_path}: {why}", code="bad_config") from None
+        apply = ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by)
+        try:
+            return await self.ask("config", apply)
+        except MaintdError as exc:
+            raise MaintdError(f"the configuration was not reloaded: {exc.message}", code=exc.code) from None
+        except trio.TooSlowError:
+            raise MaintdError(
+                f"the configuration was not reloaded: the config subsystem did not answer within {ASK_TIMEOUT:g}s"
+                " (it may still apply it)",
+                code="timeout",
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the config actor failed or stopped: nothing was applied
+            why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
+            raise MaintdError(f"the configuration was not reloaded: {why}", code="unavailable") from None
 
     async def logs(self, job_id: int, max_bytes: int) -> Any:
         row = await self.stored("job", job_id)
