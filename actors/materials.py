@@ -15,6 +15,7 @@ import msgspec
 from .definitions import MaterialDef, parse_duration
 from .jobs import FilesFetched, PollFinished, ProcessPort
 from .ports import Clock, Timers
+from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import MATERIAL_UPDATE, InFlightItem, qualify
 
@@ -141,7 +142,7 @@ class MaterialsCore(SubsystemCore):
                 # The fetch is part of this material update: the item stays until FilesFetched.
                 self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
                 fetching = True
-        elif self.store.record_revision(key, result.revision, self.clock.now()):
+        elif self.record(key, result.revision):
             log.info("%s has a new revision %s", key, result.revision[:12])
             self.peers.tell("scheduler", MaterialChanged(material=key, revision=result.revision))
         if not fetching:
@@ -155,7 +156,7 @@ class MaterialsCore(SubsystemCore):
         if msg.error:
             log.warning("pipeline files of %s at %s: %s", key, msg.revision[:12], msg.error)
         if msg.files or not msg.error:
-            new = self.store.record_revision(key, msg.revision, self.clock.now())
+            new = self.record(key, msg.revision)
             files = ConfigRepoFiles(
                 repo=key.removeprefix("config:"), revision=msg.revision, files=msg.files, restored=not new and key in self.unsent
             )
@@ -163,6 +164,16 @@ class MaterialsCore(SubsystemCore):
             self.sent[key] = files
             self.peers.tell("config", files)
         self.rearm(key)
+
+    def record(self, key: str, revision: str) -> bool:
+        """Record a polled revision; True if it is new. A store that refuses the write (a full
+        disk) does not fail the subsystem: the revision counts as new now, and, not being
+        recorded, it is new again at the next poll, so nothing is missed."""
+        try:
+            return bool(self.store.record_revision(key, revision, self.clock.now()))
+        except StoreError as exc:
+            log.warning("cannot record revision %s of %s (%s); it is taken up again at the next poll", revision[:12], key, exc)
+            return True
 
     def send_again(self) -> None:
         """A (re)started config guard knows no config repo: it gets the files last sent, or, for a

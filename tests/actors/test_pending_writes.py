@@ -363,3 +363,26 @@ def test_no_write_is_kept_when_the_store_takes_them(w: World) -> None:
     s = w.sink.status
     assert s is not None and s.store.state == "ok" and s.store.write_failures == 0
     assert not [key for key in w.timers.armed if key.startswith("store-retry:")]
+
+
+def test_a_new_revision_the_store_refuses_does_not_fail_materials_and_is_taken_up_again(tmp_path: Path) -> None:
+    """A full disk when a poll finds a new revision: the materials core stays up, tells the
+    scheduler, and, the revision not being recorded, sees it as new again at the next poll."""
+    from actors.jobs import PollFinished
+    from actors.materials import MaterialChanged, MaterialsCore
+    from tests.actors.test_jobserver_cores import APP, World
+
+    disk = Disk()
+    w = World()
+    w.store = FailingStore(str(tmp_path / "maintd.db"), disk)
+    core = MaterialsCore(
+        "materials", w.sent.append, materials=[APP], config_repos=[], processes=w.procs,
+        timers=w.timers, clock=w.clock, store=w.store, peers=w.peers,
+    )  # fmt: skip
+    disk.full = True
+    core.handle(PollFinished(key="app", revision="r1"))  # raised StoreError out of the actor before
+    assert [m for m in w.peers.told if isinstance(m[1], MaterialChanged)][-1][1].revision == "r1"
+    assert w.store.last_revision("app") is None
+    disk.full = False
+    core.handle(PollFinished(key="app", revision="r1"))
+    assert w.store.last_revision("app") == "r1"
