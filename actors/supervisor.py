@@ -44,6 +44,7 @@ from .messages import (
     Unregister,
 )
 from .peers import Peers
+from .safety import blocking
 from .ports import Clock, StatusSink, Timers
 from .status import Event, HistoryEntry, MaintenanceInfo, RemovedSubsystem, RunningSystems, Status, SubsystemInfo, iso
 from .types import (
@@ -104,7 +105,7 @@ class SubsystemView:
     @items.setter
     def items(self, items: tuple[InFlightItem, ...]) -> None:
         self._items = items
-        self.blocking_count = sum(1 for item in items if item.blocks_restart)
+        self.blocking_count = len(blocking(items))
         groups: dict[str, list[InFlightItem]] = {}
         for item in items:
             groups.setdefault(GROUP_OF_KIND.get(item.kind, "other"), []).append(item)
