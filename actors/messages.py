@@ -127,6 +127,23 @@ class FromExternal(Msg):
     message: Any
 
 
+class CancelTimedOut(Msg):
+    """From the shell: the asker of this cancel stopped waiting (``cancel_timeout``).
+
+    The cancel ends there: another one of the same item may be sent.
+    """
+
+    item_id: str
+    reply: Any
+
+
+class ReconnectGraceEnded(Msg):
+    """A disconnected external subsystem did not come back (and report) in time."""
+
+    name: str
+    generation: int
+
+
 class GetHistory(Msg):
     pass
 

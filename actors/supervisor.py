@@ -25,6 +25,7 @@ from .messages import (
     Cancel,
     Cancelled,
     CancelRefused,
+    CancelTimedOut,
     DeadlineReached,
     Disable,
     Drained,
@@ -597,6 +598,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_restart(message)
             case DeadlineReached():
                 core.on_deadline_reached(message)
+            case CancelTimedOut(item_id=item_id):
+                view = core.views.get(item_id.partition("/")[0])
+                if view is not None and view.external and view.ref is not None:
+                    view.ref.tell(message)
             case FromExternal(name=name, message=inner):
                 view = core.views.get(name)
                 if view is not None and view.ref is not None:

@@ -21,6 +21,7 @@ import trio
 from actors.errors import BadRequest, Conflict, MaintdError
 from actors.future import CallbackFuture
 from actors.messages import (
+    CancelTimedOut,
     Disable,
     Enable,
     ExternalCancelResult,
@@ -292,7 +293,12 @@ class ControlServer:
                 reply = CallbackFuture()
                 item = await self.ask(RequestCancel(item=request.item, by=peer.user, reason=request.reason, reply=reply))
                 log.info("%s asked to cancel %s", peer.user, item)
-                return await self.bridge.wait(reply, self.cancel_timeout)
+                try:
+                    return await self.bridge.wait(reply, self.cancel_timeout)
+                except trio.TooSlowError:
+                    # This cancel ends here: the next one of the item is sent, not refused.
+                    self.supervisor.tell(CancelTimedOut(item_id=item, reply=reply))
+                    raise
             case p.RegisterRequest():
                 return await self.register(conn, request)
             case p.InFlightMessage() | p.IntakePausedMessage() | p.DrainedMessage() | p.CancelResultMessage():
