@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound
+from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
 from .external import ExternalCore, ExternalSubsystemActor
 from .future import CallbackFuture
 from .maintenance import Machine, MaintenanceEvent, Transition
@@ -31,12 +31,14 @@ from .messages import (
     Drained,
     Enable,
     ExternalGone,
+    ExternalInFlight,
     ExternalLeft,
     FromExternal,
     GetHistory,
     InFlightReport,
     IntakePaused,
     PauseIntake,
+    ReconnectGraceEnded,
     Register,
     RequestCancel,
     RestartSubsystem,
@@ -95,17 +97,40 @@ class SubsystemView:
         self.paused_for: str | None = None
         self.drained_for: str | None = None
         self.leaving: str | None = None
+        # An external whose process disconnected with blocking work: why, and until when its
+        # work keeps blocking. After it registers again, ``abandoned`` holds the old
+        # process's work (still blocking) until the new one reports (``awaiting``: what it
+        # sent, to know its actor's report of it) or the grace ends.
+        self.disconnected: str | None = None
+        self.reconnect_by: float | None = None
+        self.disconnects = 0
+        self.abandoned: tuple[InFlightItem, ...] = ()
+        self.awaiting: tuple[InFlightItem, ...] | None = None
+        self._shown: tuple[InFlightItem, ...] = ()
 
     def start(self) -> None:
-        self.ref = self.spawn(self.generation, self.items)
+        self.ref = self.spawn(self.generation, self._items)
 
     @property
     def items(self) -> tuple[InFlightItem, ...]:
-        return self._items
+        """Everything in flight here: the process's work, and its predecessor's it has not reported on."""
+        return self._shown
 
     @items.setter
     def items(self, items: tuple[InFlightItem, ...]) -> None:
         self._items = items
+        self._recount()
+
+    def set_abandoned(self, abandoned: tuple[InFlightItem, ...]) -> None:
+        self.abandoned = abandoned
+        self._recount()
+
+    def _recount(self) -> None:
+        items = self._items
+        if self.abandoned:
+            ids = {item.id for item in items}
+            items = items + tuple(item for item in self.abandoned if item.id not in ids)
+        self._shown = items
         self.blocking_count = len(blocking(items))
         groups: dict[str, list[InFlightItem]] = {}
         for item in items:
@@ -124,8 +149,11 @@ class SupervisorCore:
         history_size: int = 1000,
         peers: Peers | None = None,
         audit_log: Callable[..., Any] | None = None,
+        reconnect_grace: float = 0.0,
     ) -> None:
         self.audit_log = audit_log
+        #: How long the blocking work of an external that disconnected keeps blocking (0: not at all).
+        self.reconnect_grace = reconnect_grace
         self.peers = peers
         self.clock = clock
         self.timers = timers
@@ -150,7 +178,12 @@ class SupervisorCore:
     # -- subsystems ----------------------------------------------------------------------
 
     def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
-        if name in self.views:
+        known = self.views.get(name)
+        if known is not None and external and known.disconnected is not None:
+            return self.reattach(known, spawn, by)
+        if known is not None and known.leaving is not None:
+            raise StillLeaving(f"a subsystem named {name!r} is still disconnecting; register again")
+        if known is not None:
             raise Conflict(f"a subsystem named {name!r} is already registered")
         view = SubsystemView(name, spawn, external=external)
         self.start_view(view)
@@ -173,7 +206,88 @@ class SupervisorCore:
                 return
             except pykka.ActorDeadError:
                 pass
-        self.remove_subsystem(name, reason)
+        self.disconnect(name, reason)
+
+    def disconnect(self, name: str, reason: str) -> None:
+        """An external's process is gone. Its blocking work keeps blocking for ``reconnect_grace``.
+
+        Until the same name registers again and reports, or the grace ends, the view stays
+        (``disconnected``) with its items: a process that reconnects at once never makes a
+        window in which the server looks safe to restart.
+        """
+        view = self.views.get(name)
+        if view is None:
+            return
+        if not view.blocking_count or self.reconnect_grace <= 0:
+            self.remove_subsystem(name, reason)
+            return
+        if view.ref is not None:
+            view.ref.stop(block=False)
+        view.ref, view.leaving, view.disconnected = None, None, reason
+        view.awaiting = None
+        view.disconnects += 1
+        view.reconnect_by = self.clock.now() + self.reconnect_grace
+        self.timers.arm(f"reconnect:{name}", self.reconnect_grace, ReconnectGraceEnded(name=name, generation=view.disconnects))
+        self.record("subsystem_disconnected", by=SYSTEM, reason=reason, item=name)
+        self.recompute()
+        self.publish(
+            "subsystem_disconnected",
+            subsystem=name,
+            items=view.items,
+            message=f"{name} disconnected ({reason}); its {view.blocking_count} blocking item(s) keep blocking "
+            f"for {self.reconnect_grace:g}s or until it registers again and reports",
+        )
+
+    def reattach(self, view: SubsystemView, spawn: Spawn, by: str) -> SubsystemView:
+        """The process of a disconnected external registered again: its old work blocks until it reports."""
+        view.spawn = spawn
+        view.disconnected = None
+        earlier = view.items
+        view.items = ()
+        view.set_abandoned(earlier)
+        view.generation += 1
+        view.reported = view.failed = False
+        view.paused_for = view.drained_for = None
+        self.start_view(view)
+        if self.drain_id is not None:
+            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+        self.recompute()
+        self.publish(
+            "subsystem_registered",
+            subsystem=view.name,
+            message=f"{view.name} registered again by {by}; its earlier work blocks until it reports",
+        )
+        return view
+
+    def on_reconnect_grace_ended(self, msg: ReconnectGraceEnded) -> None:
+        view = self.views.get(msg.name)
+        if view is None or msg.generation != view.disconnects:
+            return
+        if view.disconnected is not None:
+            self.remove_subsystem(view.name, f"{view.disconnected}; did not register again within {self.reconnect_grace:g}s")
+            return
+        if view.abandoned:
+            self.release_abandoned(view, f"did not report within {self.reconnect_grace:g}s of going away")
+
+    def release_abandoned(self, view: SubsystemView, why: str) -> None:
+        """The earlier process's work stops blocking: the new one reported, or the grace ended."""
+        count = len(view.abandoned)
+        view.set_abandoned(())
+        view.awaiting = view.reconnect_by = None
+        self.timers.disarm(f"reconnect:{view.name}")
+        self.recompute()
+        self.publish(
+            "in_flight_changed", subsystem=view.name, items=view.items, message=f"{view.name} {why}: {count} earlier item(s) released"
+        )
+
+    def from_external(self, name: str, message: Any) -> None:
+        """A wire message from a registered process, on its way to the process's actor."""
+        view = self.views.get(name)
+        if view is None or view.ref is None:
+            return
+        if view.abandoned and isinstance(message, ExternalInFlight):
+            view.awaiting = message.items
+        view.ref.tell(message)
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()
@@ -185,6 +299,7 @@ class SupervisorCore:
         if view is None:
             return
         self.timers.disarm(f"restart:{name}")
+        self.timers.disarm(f"reconnect:{name}")
         if view.ref is not None:
             view.ref.stop(block=False)
         abandoned = view.items
@@ -219,7 +334,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if not view.failed:
+            if view.ref is not None:
                 view.ref.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute(publish_transition=False)
         self.publish("state_changed", message=f"{msg.by} turned on maintenance mode")
@@ -238,7 +353,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if not view.failed:
+            if view.ref is not None:
                 view.ref.tell(ResumeIntake(drain_id=drain_id))
         self.publish("state_changed", message=f"{msg.by} turned off maintenance mode")
         return self.maintenance_info()
@@ -262,6 +377,8 @@ class SupervisorCore:
             self.publish("state_changed", message=reason)
 
     def state_of(self, view: SubsystemView) -> SubsystemState:
+        if view.disconnected is not None:
+            return SubsystemState.DISCONNECTED
         if view.failed:
             return SubsystemState.FAILED
         if not view.reported:
@@ -290,6 +407,8 @@ class SupervisorCore:
             return
         view.items = msg.items
         view.reported = True
+        if view.abandoned and view.awaiting is not None and msg.items == view.awaiting:
+            self.release_abandoned(view, "registered again and reported its work")
         if view.blocking_count:
             view.drained_for = None
         self.recompute()
@@ -308,7 +427,7 @@ class SupervisorCore:
         if view is None or msg.generation != view.generation:
             return
         if view.leaving is not None:  # its process is gone too: nothing to restart
-            self.remove_subsystem(view.name, view.leaving)
+            self.disconnect(view.name, view.leaving)
             return
         view.failed = True
         view.failures += 1
@@ -354,6 +473,8 @@ class SupervisorCore:
             raise NotCancellable(MDU_REFUSAL)
         if not item.cancellable:
             raise NotCancellable(f"{item.id} ({item.kind}) does not accept cancel")
+        if view.disconnected is not None:
+            raise MaintdError(f"{view.name} is disconnected; its work can be cancelled once it registers again", code="unavailable")
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
         self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id)
@@ -443,6 +564,7 @@ class SupervisorCore:
                     external=view.external,
                     failures=view.failures,
                     last_error=view.last_error,
+                    reconnect_by=iso(view.reconnect_by),
                 )
                 for view in views
             ),
@@ -525,11 +647,18 @@ class SupervisorActor(pykka.ThreadingActor):
         peers: Peers | None = None,
         start_in_maintenance: Enable | None = None,
         audit_log: Callable[..., Any] | None = None,
+        reconnect_grace: float = 0.0,
     ) -> None:
         super().__init__()
         self.start_in_maintenance = start_in_maintenance
         self.core = SupervisorCore(
-            clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers, audit_log=audit_log
+            clock=clock,
+            timers=timers,
+            sink=sink,
+            restart_delay=restart_delay,
+            peers=peers,
+            audit_log=audit_log,
+            reconnect_grace=reconnect_grace,
         )
         self.builtins = builtins
 
@@ -562,6 +691,7 @@ class SupervisorActor(pykka.ThreadingActor):
         me = self.actor_ref
 
         def spawn(generation: int, items: tuple[InFlightItem, ...]) -> Any:
+            # ``items``: restored after the actor failed (the process is still there); none when it registers again.
             return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
 
         self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
@@ -603,9 +733,9 @@ class SupervisorActor(pykka.ThreadingActor):
                 if view is not None and view.external and view.ref is not None:
                     view.ref.tell(message)
             case FromExternal(name=name, message=inner):
-                view = core.views.get(name)
-                if view is not None and view.ref is not None:
-                    view.ref.tell(inner)
+                core.from_external(name, inner)
+            case ReconnectGraceEnded():
+                core.on_reconnect_grace_ended(message)
             case Enable():
                 return core.enable(message)
             case Disable():
@@ -617,7 +747,7 @@ class SupervisorActor(pykka.ThreadingActor):
             case Unregister(name=name, reason=reason):
                 core.unregister(name, reason)
             case ExternalLeft(subsystem=name, reason=reason):
-                core.remove_subsystem(name, reason)
+                core.disconnect(name, reason)
             case GetHistory():
                 return tuple(core.history)
             case "status":

@@ -18,7 +18,7 @@ import msgspec
 import pykka
 import trio
 
-from actors.errors import BadRequest, Conflict, MaintdError
+from actors.errors import BadRequest, Conflict, MaintdError, StillLeaving
 from actors.future import CallbackFuture
 from actors.messages import (
     CancelTimedOut,
@@ -47,6 +47,8 @@ log = logging.getLogger("maintd.control")
 NO_REPLY = object()
 FLUSH_TIMEOUT = 5.0
 ASK_TIMEOUT = 10.0
+#: How long a register waits for the same name's closing connection to be gone.
+REREGISTER_WAIT = 2.0
 
 
 class Connection:
@@ -330,10 +332,19 @@ class ControlServer:
         if conn.subsystem is not None:
             raise Conflict(f"this connection is already registered as {conn.subsystem!r}")
         conn.held = []
+        message = Register(name=request.name, link=ConnectionLink(self.bridge, conn), by=conn.peer.user, pid=conn.peer.pid)
         try:
-            result = await self.ask(
-                Register(name=request.name, link=ConnectionLink(self.bridge, conn), by=conn.peer.user, pid=conn.peer.pid)
-            )
+            # The same name's earlier connection may be closing this very moment (a process
+            # that reconnects at once): its removal takes a round trip through its actor.
+            give_up = trio.current_time() + REREGISTER_WAIT
+            while True:
+                try:
+                    result = await self.ask(message)
+                    break
+                except StillLeaving:
+                    if trio.current_time() >= give_up:
+                        raise
+                    await trio.sleep(0.005)
         except BaseException:
             conn.held = None
             raise

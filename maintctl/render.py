@@ -87,6 +87,26 @@ def items_table(items: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def seconds_until(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (then - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def reconnect_note(s: dict[str, Any]) -> str:
+    """What a subsystem whose process went away with blocking work is waiting for."""
+    left = seconds_until(s.get("reconnect_by"))
+    if left is None:
+        return ""
+    if s["state"] == "disconnected":
+        return f"  (disconnected, waiting {left:.0f}s for it to reconnect; its work still blocks)"
+    return f"  (registered again; its earlier work blocks until it reports, at most {left:.0f}s)"
+
+
 def status(result: dict[str, Any]) -> str:
     result = clean(result)
     m = result["maintenance"]
@@ -96,6 +116,7 @@ def status(result: dict[str, Any]) -> str:
         lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
         for s in subsystems:
             error = f"  ({s['last_error']})" if s["state"] == "failed" and s.get("last_error") else ""
+            error += reconnect_note(s)
             lines.append(f"  {s['name']:<24} {s['state']:<9} {s['in_flight']:>9} {s['blocking']:>8}{error}")
     else:
         lines.append("  no subsystems registered")

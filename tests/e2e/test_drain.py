@@ -67,6 +67,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
             "external": True,
             "failures": 0,
             "last_error": None,
+            "reconnect_by": None,
         }
     ]
 
@@ -169,7 +170,9 @@ def test_the_deadline_marks_the_drain_overdue_and_cancels_what_can_be_cancelled(
     ]
 
 
-def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(daemon: Daemon) -> None:
+def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(make_daemon) -> None:
+    # Its blocking work keeps blocking for reconnect_grace first (tests/e2e/test_reconnect.py).
+    daemon = make_daemon(config='[control]\nreconnect_grace = "200ms"\n')
     watcher = daemon.client()
     watcher.request("watch")
     sub = register(daemon, "flaky", [JOB])
