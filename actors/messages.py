@@ -86,15 +86,19 @@ class SubsystemFailed(Msg):
 
 
 class Enable(Msg):
+    """``peer``: which process asked (its pid and command line), for the audit log."""
+
     by: str
     reason: str | None = None
     deadline_seconds: float | None = None
     on_deadline: OnDeadline = OnDeadline.WAIT
+    peer: str | None = None
 
 
 class Disable(Msg):
     by: str
     reason: str | None = None
+    peer: str | None = None
 
 
 class RequestCancel(Msg):
@@ -104,6 +108,7 @@ class RequestCancel(Msg):
     by: str
     reply: Any
     reason: str | None = None
+    peer: str | None = None
 
 
 class Register(Msg):
@@ -113,6 +118,7 @@ class Register(Msg):
     link: Any
     by: str
     pid: int | None = None
+    peer: str | None = None
 
 
 class Unregister(Msg):

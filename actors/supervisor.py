@@ -69,8 +69,13 @@ log = logging.getLogger("maintd.supervisor")
 
 def _deadline_detail(msg: Enable) -> str | None:
     if msg.deadline_seconds is None:
-        return None
-    return f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}"
+        return _details(msg.peer)
+    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", msg.peer)
+
+
+def _details(*parts: str | None) -> str | None:
+    """An audit entry's detail: what was asked, then which process asked."""
+    return "; ".join(part for part in parts if part) or None
 
 
 DEADLINE_TIMER = "deadline"
@@ -343,7 +348,7 @@ class SupervisorCore:
     def disable(self, msg: Disable) -> MaintenanceInfo:
         now = self.clock.now()
         self.machine.check(MaintenanceEvent.DISABLE)
-        self.audit("disable", msg.by, now, reason=msg.reason)
+        self.audit("disable", msg.by, now, reason=msg.reason, detail=msg.peer)
         transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         drain_id, self.drain_id = self.drain_id or "", None
@@ -477,7 +482,7 @@ class SupervisorCore:
             raise MaintdError(f"{view.name} is disconnected; its work can be cancelled once it registers again", code="unavailable")
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
-        self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id)
+        self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id, detail=msg.peer)
         view.ref.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply))
         return item.id
 
@@ -695,6 +700,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
 
         self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
+        self.core.audit_after("register", msg.by, target=msg.name, detail=msg.peer)
         return {"name": msg.name, "maintenance": self.core.machine.state.value, "drain_id": self.core.drain_id}
 
     def on_receive(self, message: Any) -> Any:

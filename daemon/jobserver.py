@@ -136,20 +136,23 @@ class JobServerRequests:
             case p.TriggerRequest(pipeline=pipeline):
                 peer.require_admin("trigger", admin_group)
                 result = await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user))
-                await self.stored("audit", "trigger", peer.user, time.time(), target=f"{pipeline}/{result['counter']}")
+                target = f"{pipeline}/{result['counter']}"
+                await self.stored("audit", "trigger", peer.user, time.time(), target=target, detail=peer.detail)
                 return result
             case p.PipelinePauseRequest(pipeline=pipeline) | p.PipelineUnpauseRequest(pipeline=pipeline):
                 paused = isinstance(request, p.PipelinePauseRequest)
                 peer.require_admin("pipeline pause" if paused else "pipeline unpause", admin_group)
-                return await self.ask("config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user))
+                return await self.ask(
+                    "config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user, peer=peer.detail)
+                )
             case p.ReloadRequest():
                 peer.require_admin("reload", admin_group)
-                return await self.reload(peer.user)
+                return await self.reload(peer.user, peer.detail)
             case p.CancelRunRequest(pipeline=pipeline, counter=counter, stage=stage):
                 peer.require_admin("cancel_run", admin_group)
                 result = await self.ask("scheduler", CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user))
                 target = f"{pipeline}/{counter}" + (f"/{stage}" if stage else "")
-                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target)
+                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target, detail=peer.detail)
                 return result
         return NotImplemented
 
@@ -161,7 +164,7 @@ class JobServerRequests:
             for r in rows
         ]
 
-    async def reload(self, by: str) -> Any:
+    async def reload(self, by: str, peer: str | None = None) -> Any:
         if self.config_path is None:
             raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
         try:
@@ -170,7 +173,7 @@ class JobServerRequests:
             raise MaintdError(f"the configuration was not reloaded: {exc}", code="bad_config") from None
         return await self.ask(
             "config",
-            ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by),
+            ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer),
         )
 
     async def logs(self, job_id: int, max_bytes: int) -> Any:
