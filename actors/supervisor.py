@@ -281,9 +281,8 @@ class SupervisorCore:
         view.awaiting = view.reconnect_by = None
         self.timers.disarm(f"reconnect:{view.name}")
         self.recompute()
-        self.publish(
-            "in_flight_changed", subsystem=view.name, items=view.items, message=f"{view.name} {why}: {count} earlier item(s) released"
-        )
+        message = f"{view.name} {why}: {count} earlier item(s) released"
+        self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
 
     def from_external(self, name: str, message: Any) -> None:
         """A wire message from a registered process, on its way to the process's actor."""
@@ -479,7 +478,8 @@ class SupervisorCore:
         if not item.cancellable:
             raise NotCancellable(f"{item.id} ({item.kind}) does not accept cancel")
         if view.disconnected is not None:
-            raise MaintdError(f"{view.name} is disconnected; its work can be cancelled once it registers again", code="unavailable")
+            why = f"{view.name} is disconnected; its work can be cancelled once it registers again"
+            raise MaintdError(why, code="unavailable")
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
         self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id, detail=msg.peer)
