@@ -228,7 +228,8 @@ class SupervisorCore:
             return
         if view.ref is not None:
             view.ref.stop(block=False)
-        view.ref, view.leaving, view.disconnected = None, None, reason
+        self.timers.disarm(f"restart:{name}")  # a failed actor of a process that is gone: no restart
+        view.ref, view.leaving, view.disconnected, view.failed = None, None, reason, False
         view.awaiting = None
         view.disconnects += 1
         view.reconnect_by = self.clock.now() + self.reconnect_grace
