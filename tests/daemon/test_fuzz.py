@@ -479,7 +479,9 @@ def error_of(reply: dict[str, Any], code: str, text: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
-    d = Daemon(tmp_path_factory.mktemp("fuzz"), config=f"[control]\nmax_line_bytes = {LIMIT}\n").start()
+    # A disconnected subsystem's blocking work is removed after reconnect_grace: short here.
+    config = f'[control]\nmax_line_bytes = {LIMIT}\nreconnect_grace = "100ms"\n'
+    d = Daemon(tmp_path_factory.mktemp("fuzz"), config=config).start()
     try:
         f = Fuzzer(d)
         yield f
