@@ -15,6 +15,7 @@ state-changing request. These are procfs reads of a few hundred bytes: done inli
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -75,9 +76,9 @@ def job_marker(pid: int, daemon_pid: int | None = None, proc: str = PROC) -> str
     if pid <= 0:
         return None
     daemon_pid = os.getpid() if daemon_pid is None else daemon_pid
+    own_cgroup, own_marker = _own(daemon_pid, proc)
     cgroup = _cgroup(pid, proc)
-    own = _cgroup(daemon_pid, proc)
-    if cgroup is not None and cgroup != own:
+    if cgroup is not None and cgroup != own_cgroup:
         leaf = cgroup.rstrip("/").rpartition("/")[2]
         if leaf.startswith("job-"):
             return f"its cgroup is {escape(leaf)}"
@@ -85,9 +86,20 @@ def job_marker(pid: int, daemon_pid: int | None = None, proc: str = PROC) -> str
         return f"it runs under maintd (pid {daemon_pid})"
     marker = _environ_value(pid, "MAINTD_JOB", proc)
     # The daemon's own marker, when it runs inside another maintd's job, is not one of ours.
-    if marker and marker != _environ_value(daemon_pid, "MAINTD_JOB", proc):
+    if marker and marker != own_marker:
         return f"MAINTD_JOB={escape(marker[:64])}"
     return None
+
+
+def _own(daemon_pid: int, proc: str) -> tuple[str | None, str | None]:
+    """The daemon's cgroup (read each time: it may move into a leaf of its own) and marker."""
+    return _cgroup(daemon_pid, proc), _own_marker(daemon_pid, proc)
+
+
+@functools.lru_cache(maxsize=4)
+def _own_marker(daemon_pid: int, proc: str) -> str | None:
+    """The daemon's own ``MAINTD_JOB``: its environment does not change, so it is read once."""
+    return _environ_value(daemon_pid, "MAINTD_JOB", proc)
 
 
 def command_line(pid: int, proc: str = PROC) -> str:
