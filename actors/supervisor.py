@@ -47,8 +47,8 @@ from .messages import (
     Unregister,
 )
 from .peers import Peers
-from .safety import blocking
 from .ports import Clock, StatusSink, Timers
+from .safety import blocking
 from .status import Event, HistoryEntry, MaintenanceInfo, RemovedSubsystem, RunningSystems, Status, SubsystemInfo, iso
 from .types import (
     GROUP_OF_KIND,

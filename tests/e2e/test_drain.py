@@ -284,5 +284,7 @@ def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
     daemon.start()
     entries = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
     assert [(e["action"], e["by"], e["reason"]) for e in entries] == [("enable", "root", "upgrade"), ("disable", "root", "done")]
-    assert entries[0]["detail"] == "deadline 1800s, then wait"
+    # What was asked, then which process asked (its pid and command line).
+    assert entries[0]["detail"].startswith("deadline 1800s, then wait; pid ")
+    assert entries[0]["detail"].endswith("-m maintctl enable --reason upgrade --deadline 30m")
     assert status(daemon)["maintenance"]["enabled"] is False
