@@ -27,6 +27,7 @@ class SetPipelinePaused(msgspec.Struct, frozen=True, kw_only=True):
     pipeline: str
     paused: bool
     by: str
+    peer: str | None = None  # which process asked (pid and command line), for the audit log
 
 
 class ApplyConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +36,7 @@ class ApplyConfig(msgspec.Struct, frozen=True, kw_only=True):
     pipelines: tuple[PipelineDef, ...]
     materials: frozenset[str]
     by: str
+    peer: str | None = None  # which process asked (pid and command line), for the audit log
 
 
 class PipelineInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +121,7 @@ class ConfigGuardCore(SubsystemCore):
             raise Conflict(f"pipeline {msg.pipeline!r} is already {'paused' if msg.paused else 'unpaused'}")
         # Recorded first (the state and its audit entry in one transaction): a change the store
         # cannot record is refused and not made.
-        self.store.set_pipeline_paused(msg.pipeline, msg.paused, msg.by, self.clock.now())
+        self.store.set_pipeline_paused(msg.pipeline, msg.paused, msg.by, self.clock.now(), detail=msg.peer)
         (self.paused.add if msg.paused else self.paused.discard)(msg.pipeline)
         log.info("%s %sd pipeline %s", msg.by, verb, msg.pipeline)
         self.publish()
@@ -128,7 +130,8 @@ class ConfigGuardCore(SubsystemCore):
     def apply(self, msg: ApplyConfig) -> dict[str, Any]:
         if not self.intake_open:
             raise refuse_in_maintenance("a configuration reload")
-        self.store.audit("config_reload", msg.by, self.clock.now(), detail=f"{len(msg.pipelines)} pipeline(s)")
+        detail = f"{len(msg.pipelines)} pipeline(s)" + (f"; {msg.peer}" if msg.peer else "")
+        self.store.audit("config_reload", msg.by, self.clock.now(), detail=detail)
         self.base = {p.name: p for p in msg.pipelines}
         self.materials = set(msg.materials)
         log.info("%s reloaded the configuration: %d pipeline(s)", msg.by, len(self.base))

@@ -52,3 +52,7 @@ class SubsystemGone(MaintdError):
 
 class IllegalTransition(Conflict):
     """An event that the maintenance state machine does not accept in its current state."""
+
+
+class StillLeaving(Conflict):
+    """A name whose process's connection is closing: registering again succeeds a moment later."""

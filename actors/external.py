@@ -16,6 +16,7 @@ import pykka
 from .errors import Conflict, NotCancellable, SubsystemGone
 from .messages import (
     Cancel,
+    CancelTimedOut,
     ExternalCancelResult,
     ExternalDrained,
     ExternalGone,
@@ -53,8 +54,12 @@ class ExternalCore(SubsystemCore):
         return super().drain_complete() and self.acked_for == self.paused_for and self.said_drained_for == self.paused_for
 
     def on_cancel(self, item: InFlightItem, msg: Cancel) -> None:
-        if item.id in self.pending:
-            self.refuse(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}"))
+        waiting = self.pending.get(item.id)
+        # Refused only while the earlier cancel's asker still waits for its answer: one that
+        # timed out (CancelTimedOut) is gone from ``pending``, and one nobody waits for (the
+        # deadline's) gives way to the new one, which is sent to the process again.
+        if waiting is not None and waiting.reply is not None and not waiting.reply.done:
+            self.refuse(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}'s answer"))
             return
         self.pending[item.id] = msg
         self.link.send({"type": "cancel", "item": item.local_id})
@@ -72,6 +77,10 @@ class ExternalCore(SubsystemCore):
                 if drain_id == self.paused_for:
                     self.said_drained_for = drain_id
                     self.check_drained()
+            case CancelTimedOut(item_id=item_id, reply=reply):
+                waiting = self.pending.get(item_id)
+                if waiting is not None and waiting.reply is reply:
+                    del self.pending[item_id]
             case ExternalGone(reason=reason):
                 # Through this actor, so that the reports the process sent before it
                 # closed reach the supervisor before the removal does.

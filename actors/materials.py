@@ -178,7 +178,7 @@ class MaterialsCore(SubsystemCore):
     def send_again(self) -> None:
         """A (re)started config guard knows no config repo: it gets the files last sent, or, for a
         repo not sent yet by this actor, the files of the next poll."""
-        for key, files in self.sent.items():
+        for files in self.sent.values():
             self.peers.tell("config", msgspec.structs.replace(files, restored=True))
 
     def rearm(self, key: str) -> None:

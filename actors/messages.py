@@ -86,15 +86,19 @@ class SubsystemFailed(Msg):
 
 
 class Enable(Msg):
+    """``peer``: which process asked (its pid and command line), for the audit log."""
+
     by: str
     reason: str | None = None
     deadline_seconds: float | None = None
     on_deadline: OnDeadline = OnDeadline.WAIT
+    peer: str | None = None
 
 
 class Disable(Msg):
     by: str
     reason: str | None = None
+    peer: str | None = None
 
 
 class RequestCancel(Msg):
@@ -104,6 +108,7 @@ class RequestCancel(Msg):
     by: str
     reply: Any
     reason: str | None = None
+    peer: str | None = None
 
 
 class Register(Msg):
@@ -113,6 +118,7 @@ class Register(Msg):
     link: Any
     by: str
     pid: int | None = None
+    peer: str | None = None
 
 
 class Unregister(Msg):
@@ -125,6 +131,23 @@ class FromExternal(Msg):
 
     name: str
     message: Any
+
+
+class CancelTimedOut(Msg):
+    """From the shell: the asker of this cancel stopped waiting (``cancel_timeout``).
+
+    The cancel ends there: another one of the same item may be sent.
+    """
+
+    item_id: str
+    reply: Any
+
+
+class ReconnectGraceEnded(Msg):
+    """A disconnected external subsystem did not come back (and report) in time."""
+
+    name: str
+    generation: int
 
 
 class GetHistory(Msg):

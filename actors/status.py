@@ -44,6 +44,8 @@ class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     external: bool
     failures: int = 0
     last_error: str | None = None
+    #: While an external's earlier work still blocks after its process went away: until when.
+    reconnect_by: str | None = None
 
 
 class RunningSystems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -87,9 +89,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type
     """One change, pushed to every ``watch`` subscriber.
 
     ``event`` names what happened: ``state_changed``, ``in_flight_changed``,
-    ``subsystem_state``, ``subsystem_registered``, ``subsystem_removed``, ``overdue``,
-    ``cancelled``, ``cancel_refused``. ``items`` lists what is left (``overdue``), what was
-    abandoned (``subsystem_removed``) or the subsystem's in-flight work.
+    ``subsystem_state``, ``subsystem_registered``, ``subsystem_disconnected``,
+    ``subsystem_removed``, ``overdue``, ``cancelled``, ``cancel_refused``. ``items`` lists
+    what is left (``overdue``), what was abandoned (``subsystem_removed``), what keeps
+    blocking (``subsystem_disconnected``) or the subsystem's in-flight work.
     """
 
     seq: int

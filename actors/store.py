@@ -461,7 +461,7 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def set_pipeline_paused(self, pipeline: str, paused: bool, by: str, at: float) -> int:
+    def set_pipeline_paused(self, pipeline: str, paused: bool, by: str, at: float, detail: str | None = None) -> int:
         """Record that ``pipeline`` is paused (or not) and its audit entry, in one transaction."""
         verb = "pause" if paused else "unpause"
         with self._tx(f"the {verb} of pipeline {pipeline}") as db:
@@ -470,8 +470,8 @@ class Store:
             else:
                 db.execute("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
             cur = db.execute(
-                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, NULL, ?, NULL)",
-                (at, f"pipeline_{verb}", by, pipeline),
+                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, NULL, ?, ?)",
+                (at, f"pipeline_{verb}", by, pipeline, detail),
             )
             return int(cur.lastrowid or 0)
 

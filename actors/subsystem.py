@@ -27,6 +27,7 @@ from .messages import (
     ResumeIntake,
     SubsystemFailed,
 )
+from .safety import blocking
 from .types import MATERIAL_UPDATE, MDU_REFUSAL, InFlightItem
 
 Emit = Callable[[Any], None]
@@ -117,7 +118,7 @@ class SubsystemCore:
 
     @property
     def blocking(self) -> list[InFlightItem]:
-        return [item for item in self.items.values() if item.blocks_restart]
+        return blocking(self.items.values())
 
     def drain_complete(self) -> bool:
         """Whether the drain is done here; subclasses may ask for more (an external's word)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound
+from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
 from .external import ExternalCore, ExternalSubsystemActor
 from .future import CallbackFuture
 from .maintenance import Machine, MaintenanceEvent, Transition
@@ -25,17 +25,20 @@ from .messages import (
     Cancel,
     Cancelled,
     CancelRefused,
+    CancelTimedOut,
     DeadlineReached,
     Disable,
     Drained,
     Enable,
     ExternalGone,
+    ExternalInFlight,
     ExternalLeft,
     FromExternal,
     GetHistory,
     InFlightReport,
     IntakePaused,
     PauseIntake,
+    ReconnectGraceEnded,
     Register,
     RequestCancel,
     RestartSubsystem,
@@ -46,6 +49,7 @@ from .messages import (
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
+from .safety import blocking
 from .status import (
     Event,
     HistoryEntry,
@@ -76,8 +80,13 @@ log = logging.getLogger("maintd.supervisor")
 
 def _deadline_detail(msg: Enable) -> str | None:
     if msg.deadline_seconds is None:
-        return None
-    return f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}"
+        return _details(msg.peer)
+    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", msg.peer)
+
+
+def _details(*parts: str | None) -> str | None:
+    """An audit entry's detail: what was asked, then which process asked."""
+    return "; ".join(part for part in parts if part) or None
 
 
 DEADLINE_TIMER = "deadline"
@@ -106,18 +115,41 @@ class SubsystemView:
         self.leaving: str | None = None
         #: its writes that wait for the store (WritesPending), None when none
         self.writes: WritesPending | None = None
+        # An external whose process disconnected with blocking work: why, and until when its
+        # work keeps blocking. After it registers again, ``abandoned`` holds the old
+        # process's work (still blocking) until the new one reports (``awaiting``: what it
+        # sent, to know its actor's report of it) or the grace ends.
+        self.disconnected: str | None = None
+        self.reconnect_by: float | None = None
+        self.disconnects = 0
+        self.abandoned: tuple[InFlightItem, ...] = ()
+        self.awaiting: tuple[InFlightItem, ...] | None = None
+        self._shown: tuple[InFlightItem, ...] = ()
 
     def start(self) -> None:
-        self.ref = self.spawn(self.generation, self.items)
+        self.ref = self.spawn(self.generation, self._items)
 
     @property
     def items(self) -> tuple[InFlightItem, ...]:
-        return self._items
+        """Everything in flight here: the process's work, and its predecessor's it has not reported on."""
+        return self._shown
 
     @items.setter
     def items(self, items: tuple[InFlightItem, ...]) -> None:
         self._items = items
-        self.blocking_count = sum(1 for item in items if item.blocks_restart)
+        self._recount()
+
+    def set_abandoned(self, abandoned: tuple[InFlightItem, ...]) -> None:
+        self.abandoned = abandoned
+        self._recount()
+
+    def _recount(self) -> None:
+        items = self._items
+        if self.abandoned:
+            ids = {item.id for item in items}
+            items = items + tuple(item for item in self.abandoned if item.id not in ids)
+        self._shown = items
+        self.blocking_count = len(blocking(items))
         groups: dict[str, list[InFlightItem]] = {}
         for item in items:
             groups.setdefault(GROUP_OF_KIND.get(item.kind, "other"), []).append(item)
@@ -135,8 +167,11 @@ class SupervisorCore:
         history_size: int = 1000,
         peers: Peers | None = None,
         audit_log: Callable[..., Any] | None = None,
+        reconnect_grace: float = 0.0,
     ) -> None:
         self.audit_log = audit_log
+        #: How long the blocking work of an external that disconnected keeps blocking (0: not at all).
+        self.reconnect_grace = reconnect_grace
         self.peers = peers
         self.clock = clock
         self.timers = timers
@@ -163,7 +198,12 @@ class SupervisorCore:
     # -- subsystems ----------------------------------------------------------------------
 
     def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
-        if name in self.views:
+        known = self.views.get(name)
+        if known is not None and external and known.disconnected is not None:
+            return self.reattach(known, spawn, by)
+        if known is not None and known.leaving is not None:
+            raise StillLeaving(f"a subsystem named {name!r} is still disconnecting; register again")
+        if known is not None:
             raise Conflict(f"a subsystem named {name!r} is already registered")
         view = SubsystemView(name, spawn, external=external)
         self.start_view(view)
@@ -186,7 +226,88 @@ class SupervisorCore:
                 return
             except pykka.ActorDeadError:
                 pass
-        self.remove_subsystem(name, reason)
+        self.disconnect(name, reason)
+
+    def disconnect(self, name: str, reason: str) -> None:
+        """An external's process is gone. Its blocking work keeps blocking for ``reconnect_grace``.
+
+        Until the same name registers again and reports, or the grace ends, the view stays
+        (``disconnected``) with its items: a process that reconnects at once never makes a
+        window in which the server looks safe to restart.
+        """
+        view = self.views.get(name)
+        if view is None:
+            return
+        if not view.blocking_count or self.reconnect_grace <= 0:
+            self.remove_subsystem(name, reason)
+            return
+        if view.ref is not None:
+            view.ref.stop(block=False)
+        self.timers.disarm(f"restart:{name}")  # a failed actor of a process that is gone: no restart
+        view.ref, view.leaving, view.disconnected, view.failed = None, None, reason, False
+        view.awaiting = None
+        view.disconnects += 1
+        view.reconnect_by = self.clock.now() + self.reconnect_grace
+        self.timers.arm(f"reconnect:{name}", self.reconnect_grace, ReconnectGraceEnded(name=name, generation=view.disconnects))
+        self.record("subsystem_disconnected", by=SYSTEM, reason=reason, item=name)
+        self.recompute()
+        self.publish(
+            "subsystem_disconnected",
+            subsystem=name,
+            items=view.items,
+            message=f"{name} disconnected ({reason}); its {view.blocking_count} blocking item(s) keep blocking "
+            f"for {self.reconnect_grace:g}s or until it registers again and reports",
+        )
+
+    def reattach(self, view: SubsystemView, spawn: Spawn, by: str) -> SubsystemView:
+        """The process of a disconnected external registered again: its old work blocks until it reports."""
+        view.spawn = spawn
+        view.disconnected = None
+        earlier = view.items
+        view.items = ()
+        view.set_abandoned(earlier)
+        view.generation += 1
+        view.reported = view.failed = False
+        view.paused_for = view.drained_for = None
+        self.start_view(view)
+        if self.drain_id is not None:
+            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+        self.recompute()
+        self.publish(
+            "subsystem_registered",
+            subsystem=view.name,
+            message=f"{view.name} registered again by {by}; its earlier work blocks until it reports",
+        )
+        return view
+
+    def on_reconnect_grace_ended(self, msg: ReconnectGraceEnded) -> None:
+        view = self.views.get(msg.name)
+        if view is None or msg.generation != view.disconnects:
+            return
+        if view.disconnected is not None:
+            self.remove_subsystem(view.name, f"{view.disconnected}; did not register again within {self.reconnect_grace:g}s")
+            return
+        if view.abandoned:
+            self.release_abandoned(view, f"did not report within {self.reconnect_grace:g}s of going away")
+
+    def release_abandoned(self, view: SubsystemView, why: str) -> None:
+        """The earlier process's work stops blocking: the new one reported, or the grace ended."""
+        count = len(view.abandoned)
+        view.set_abandoned(())
+        view.awaiting = view.reconnect_by = None
+        self.timers.disarm(f"reconnect:{view.name}")
+        self.recompute()
+        message = f"{view.name} {why}: {count} earlier item(s) released"
+        self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
+
+    def from_external(self, name: str, message: Any) -> None:
+        """A wire message from a registered process, on its way to the process's actor."""
+        view = self.views.get(name)
+        if view is None or view.ref is None:
+            return
+        if view.abandoned and isinstance(message, ExternalInFlight):
+            view.awaiting = message.items
+        view.ref.tell(message)
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()
@@ -198,6 +319,7 @@ class SupervisorCore:
         if view is None:
             return
         self.timers.disarm(f"restart:{name}")
+        self.timers.disarm(f"reconnect:{name}")
         if view.ref is not None:
             view.ref.stop(block=False)
         abandoned = view.items
@@ -232,7 +354,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if not view.failed:
+            if view.ref is not None:
                 view.ref.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute(publish_transition=False)
         self.publish("state_changed", message=f"{msg.by} turned on maintenance mode")
@@ -241,7 +363,7 @@ class SupervisorCore:
     def disable(self, msg: Disable) -> MaintenanceInfo:
         now = self.clock.now()
         self.machine.check(MaintenanceEvent.DISABLE)
-        self.audit("disable", msg.by, now, reason=msg.reason)
+        self.audit("disable", msg.by, now, reason=msg.reason, detail=msg.peer)
         transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         drain_id, self.drain_id = self.drain_id or "", None
@@ -251,7 +373,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if not view.failed:
+            if view.ref is not None:
                 view.ref.tell(ResumeIntake(drain_id=drain_id))
         self.publish("state_changed", message=f"{msg.by} turned off maintenance mode")
         return self.maintenance_info()
@@ -275,6 +397,8 @@ class SupervisorCore:
             self.publish("state_changed", message=reason)
 
     def state_of(self, view: SubsystemView) -> SubsystemState:
+        if view.disconnected is not None:
+            return SubsystemState.DISCONNECTED
         if view.failed:
             return SubsystemState.FAILED
         if not view.reported:
@@ -303,6 +427,8 @@ class SupervisorCore:
             return
         view.items = msg.items
         view.reported = True
+        if view.abandoned and view.awaiting is not None and msg.items == view.awaiting:
+            self.release_abandoned(view, "registered again and reported its work")
         if view.blocking_count:
             view.drained_for = None
         self.recompute()
@@ -321,7 +447,7 @@ class SupervisorCore:
         if view is None or msg.generation != view.generation:
             return
         if view.leaving is not None:  # its process is gone too: nothing to restart
-            self.remove_subsystem(view.name, view.leaving)
+            self.disconnect(view.name, view.leaving)
             return
         view.failed = True
         view.failures += 1
@@ -395,9 +521,12 @@ class SupervisorCore:
             raise NotCancellable(MDU_REFUSAL)
         if not item.cancellable:
             raise NotCancellable(f"{item.id} ({item.kind}) does not accept cancel")
+        if view.disconnected is not None:
+            why = f"{view.name} is disconnected; its work can be cancelled once it registers again"
+            raise MaintdError(why, code="unavailable")
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
-        self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id)
+        self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id, detail=msg.peer)
         view.ref.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply))
         return item.id
 
@@ -484,6 +613,7 @@ class SupervisorCore:
                     external=view.external,
                     failures=view.failures,
                     last_error=view.last_error,
+                    reconnect_by=iso(view.reconnect_by),
                 )
                 for view in views
             ),
@@ -567,11 +697,18 @@ class SupervisorActor(pykka.ThreadingActor):
         peers: Peers | None = None,
         start_in_maintenance: Enable | None = None,
         audit_log: Callable[..., Any] | None = None,
+        reconnect_grace: float = 0.0,
     ) -> None:
         super().__init__()
         self.start_in_maintenance = start_in_maintenance
         self.core = SupervisorCore(
-            clock=clock, timers=timers, sink=sink, restart_delay=restart_delay, peers=peers, audit_log=audit_log
+            clock=clock,
+            timers=timers,
+            sink=sink,
+            restart_delay=restart_delay,
+            peers=peers,
+            audit_log=audit_log,
+            reconnect_grace=reconnect_grace,
         )
         self.builtins = builtins
 
@@ -604,9 +741,11 @@ class SupervisorActor(pykka.ThreadingActor):
         me = self.actor_ref
 
         def spawn(generation: int, items: tuple[InFlightItem, ...]) -> Any:
+            # ``items``: restored after the actor failed (the process is still there); none when it registers again.
             return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
 
         self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
+        self.core.audit_after("register", msg.by, target=msg.name, detail=msg.peer)
         return {"name": msg.name, "maintenance": self.core.machine.state.value, "drain_id": self.core.drain_id}
 
     def on_receive(self, message: Any) -> Any:
@@ -642,10 +781,14 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_deadline_reached(message)
             case WritesPending():
                 core.on_writes_pending(message)
+            case CancelTimedOut(item_id=item_id):
+                view = core.views.get(item_id.partition("/")[0])
+                if view is not None and view.external and view.ref is not None:
+                    view.ref.tell(message)
             case FromExternal(name=name, message=inner):
-                view = core.views.get(name)
-                if view is not None and view.ref is not None:
-                    view.ref.tell(inner)
+                core.from_external(name, inner)
+            case ReconnectGraceEnded():
+                core.on_reconnect_grace_ended(message)
             case Enable():
                 return core.enable(message)
             case Disable():
@@ -657,7 +800,7 @@ class SupervisorActor(pykka.ThreadingActor):
             case Unregister(name=name, reason=reason):
                 core.unregister(name, reason)
             case ExternalLeft(subsystem=name, reason=reason):
-                core.remove_subsystem(name, reason)
+                core.disconnect(name, reason)
             case GetHistory():
                 return tuple(core.history)
             case "status":

@@ -22,6 +22,8 @@ class SubsystemState(enum.StrEnum):
     ``unknown``: started (or restarted) and has not reported yet. ``pausing``: asked to
     stop its intake, no acknowledgement yet. ``paused``: intake stopped, work still in
     flight. ``drained``: intake stopped and nothing in flight that blocks a restart.
+    ``disconnected``: an external's process went away with blocking work, which keeps
+    blocking until it registers again and reports, or ``[control] reconnect_grace`` ends.
     """
 
     RUNNING = "running"
@@ -30,6 +32,7 @@ class SubsystemState(enum.StrEnum):
     PAUSED = "paused"
     DRAINED = "drained"
     FAILED = "failed"
+    DISCONNECTED = "disconnected"
 
 
 class OnDeadline(enum.StrEnum):

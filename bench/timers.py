@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ def timed(c: LineClient, limit: float, type_: str, **fields: object) -> float:
     t0 = time.monotonic()
     try:
         reply = json.loads(c.raw(type_, **fields))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise TimedOut(type_) from None
     if not reply.get("ok"):
         if reply.get("error", {}).get("code") == "timeout":
@@ -76,7 +75,7 @@ def wait_state(c: LineClient, state: str, limit: float, t0: float) -> float:
         try:
             if c.request("status")["maintenance"]["state"] == state:
                 return time.monotonic() - t0
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise TimedOut(f"maintenance state {state}") from None
         time.sleep(0.01)
 

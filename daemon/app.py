@@ -218,6 +218,7 @@ async def run(settings: Settings) -> int:
                     builtins=builtins,
                     peers=peers,
                     audit_log=sync_store.audit,
+                    reconnect_grace=config_mod.parse_duration(cfg.control.reconnect_grace),
                     start_in_maintenance=(
                         Enable(by="maintd", reason="started with --start-in-maintenance")
                         if settings.start_in_maintenance

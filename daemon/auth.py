@@ -1,11 +1,21 @@
 """Who is on the other end of a connection (SO_PEERCRED) and whether they may change state.
 
 Reading is open to anyone who can open the socket (its file mode decides that). Changing
-state needs root, the daemon's own user, or membership of the configured admin group.
+state needs root, the daemon's own user, or membership of the configured admin group, and
+is refused to the processes of maintd's own jobs: jobs run as the daemon's user, so a job
+(whoever can push to a config repo writes one) could otherwise turn maintenance mode off or
+on, cancel, trigger or reload as if it were the operator.
+
+A peer is a job's process when any of these holds (see :func:`job_marker`): its cgroup v2
+is a job's (``job-<id>``, beside the daemon's own), it descends from the daemon (the ppid
+chain in ``/proc/PID/stat``), or its environment has ``MAINTD_JOB`` (where readable). The
+peer's pid and command line (bounded, escaped) go into the audit entry of every
+state-changing request. These are procfs reads of a few hundred bytes: done inline.
 """
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -14,21 +24,42 @@ import struct
 
 from actors.errors import Forbidden
 
+from .logs import escape
+
 _CREDS = struct.Struct("3i")
+#: How far up the ppid chain a peer is followed, and how much of its command line is kept.
+MAX_ANCESTORS = 64
+CMDLINE_BYTES = 512
+ENVIRON_BYTES = 256 * 1024
+PROC = "/proc"
 
 
 class Peer:
-    __slots__ = ("admin", "gid", "pid", "uid", "user")
+    __slots__ = ("admin", "cmdline", "gid", "job", "pid", "uid", "user")
 
-    def __init__(self, pid: int, uid: int, gid: int, admin_group: str | None) -> None:
+    def __init__(
+        self, pid: int, uid: int, gid: int, admin_group: str | None, *, job: str | None = None, cmdline: str = ""
+    ) -> None:
         self.pid, self.uid, self.gid = pid, uid, gid
         try:
             self.user = pwd.getpwuid(uid).pw_name
         except KeyError:
             self.user = f"uid:{uid}"
         self.admin = uid == 0 or uid == os.geteuid() or _in_group(self.user, gid, admin_group)
+        self.job = job
+        self.cmdline = cmdline
+
+    @property
+    def detail(self) -> str:
+        """For the audit log: which process asked."""
+        return f"pid {self.pid}: {self.cmdline or '?'}"
 
     def require_admin(self, action: str, admin_group: str | None) -> None:
+        if self.job is not None:
+            raise Forbidden(
+                f"{action} changes state and is refused to a job's own processes ({self.job}): "
+                "a job may not change maintd's state; ask an operator"
+            )
         if not self.admin:
             who = f"you are {self.user} (uid {self.uid})"
             group = f", or membership of group {admin_group!r}" if admin_group else ""
@@ -37,7 +68,102 @@ class Peer:
 
 def peer_of(sock: socket.socket, admin_group: str | None) -> Peer:
     pid, uid, gid = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
-    return Peer(pid, uid, gid, admin_group)
+    return Peer(pid, uid, gid, admin_group, job=job_marker(pid), cmdline=command_line(pid))
+
+
+def job_marker(pid: int, daemon_pid: int | None = None, proc: str = PROC) -> str | None:
+    """Why ``pid`` is one of this daemon's jobs' processes, or None if it is not."""
+    if pid <= 0:
+        return None
+    daemon_pid = os.getpid() if daemon_pid is None else daemon_pid
+    own_cgroup, own_marker = _own(daemon_pid, proc)
+    cgroup = _cgroup(pid, proc)
+    if cgroup is not None and cgroup != own_cgroup:
+        leaf = cgroup.rstrip("/").rpartition("/")[2]
+        if leaf.startswith("job-"):
+            return f"its cgroup is {escape(leaf)}"
+    if _descends_from(pid, daemon_pid, proc):
+        return f"it runs under maintd (pid {daemon_pid})"
+    marker = _environ_value(pid, "MAINTD_JOB", proc)
+    # The daemon's own marker, when it runs inside another maintd's job, is not one of ours.
+    if marker and marker != own_marker:
+        return f"MAINTD_JOB={escape(marker[:64])}"
+    return None
+
+
+def _own(daemon_pid: int, proc: str) -> tuple[str | None, str | None]:
+    """The daemon's cgroup (read each time: it may move into a leaf of its own) and marker."""
+    return _cgroup(daemon_pid, proc), _own_marker(daemon_pid, proc)
+
+
+@functools.lru_cache(maxsize=4)
+def _own_marker(daemon_pid: int, proc: str) -> str | None:
+    """The daemon's own ``MAINTD_JOB``: its environment does not change, so it is read once."""
+    return _environ_value(daemon_pid, "MAINTD_JOB", proc)
+
+
+def command_line(pid: int, proc: str = PROC) -> str:
+    """``pid``'s command line, its arguments joined by spaces, bounded and escaped for a log."""
+    data = _read(f"{proc}/{pid}/cmdline", CMDLINE_BYTES + 1)
+    if data is None:
+        return ""
+    cut = len(data) > CMDLINE_BYTES
+    text = data[:CMDLINE_BYTES].rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+    return escape(text) + (" ..." if cut else "")
+
+
+def _read(path: str, limit: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:  # gone, or not ours to read
+        return None
+
+
+def _cgroup(pid: int, proc: str) -> str | None:
+    data = _read(f"{proc}/{pid}/cgroup", 4096)
+    if data is None:
+        return None
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def _parent(pid: int, proc: str) -> int | None:
+    data = _read(f"{proc}/{pid}/stat", 1024)
+    if data is None:
+        return None
+    # pid (comm) state ppid ...; comm may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _descends_from(pid: int, ancestor: int, proc: str) -> bool:
+    current: int | None = pid
+    for _ in range(MAX_ANCESTORS):
+        current = _parent(current, proc) if current is not None else None
+        if current is None or current <= 0:
+            return False
+        if current == ancestor:
+            return True
+        if current == 1:
+            return False
+    return False
+
+
+def _environ_value(pid: int, name: str, proc: str) -> str | None:
+    data = _read(f"{proc}/{pid}/environ", ENVIRON_BYTES)
+    if data is None:
+        return None
+    prefix = name.encode() + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode("utf-8", "replace")
+    return None
 
 
 def _in_group(user: str, gid: int, group: str | None) -> bool:

@@ -27,6 +27,9 @@ class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_line_bytes: Annotated[int, Meta(ge=1024, le=64 << 20)] = 1 << 20
     client_queue: Annotated[int, Meta(ge=8, le=1_000_000)] = 4096
     cancel_timeout: Duration = "30s"
+    #: How long the blocking work of an external subsystem whose process disconnected keeps
+    #: blocking, unless the same name registers again and reports first ("0s": not at all).
+    reconnect_grace: Duration = "10s"
 
 
 class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -38,6 +38,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from prometheus_client.exposition import choose_encoder
 
+from actors.safety import has_running_work
 from actors.status import Status, SubsystemInfo
 from actors.types import InFlightItem
 
@@ -215,9 +216,11 @@ def _other(item: InFlightItem) -> dict[str, Any]:
 def gocd_info(status: Status) -> dict[str, Any]:
     """GoCD's maintenance mode info; ``attributes`` only while maintenance mode is on.
 
-    ``has_running_systems`` is GoCD's: material updates or building jobs (scheduled jobs
-    survive a restart and do not count), and, maintd's addition, external work that blocks
-    the restart, listed under ``running_systems.other``.
+    ``has_running_systems`` is "not safe to restart because of running work": any listed
+    item that blocks the restart, whatever its group, from :func:`actors.safety.has_running_work`,
+    the computation the supervisor's ``safe_to_restart`` uses. An item that says
+    ``blocks_restart: false`` (a scheduled job, which survives a restart) is listed but
+    does not count.
     """
     m = status.maintenance
     info: dict[str, Any] = {
@@ -228,9 +231,7 @@ def gocd_info(status: Status) -> dict[str, Any]:
     if m.enabled:
         rs = status.running_systems
         info["attributes"] = {
-            "has_running_systems": bool(
-                rs.material_update_in_progress or rs.building_jobs or any(i.blocks_restart for i in rs.other)
-            ),
+            "has_running_systems": has_running_work(rs),
             "running_systems": {
                 "material_update_in_progress": [_material(i) for i in rs.material_update_in_progress],
                 "building_jobs": [_job(i, "Building") for i in rs.building_jobs],

@@ -137,20 +137,23 @@ class JobServerRequests:
             case p.TriggerRequest(pipeline=pipeline):
                 peer.require_admin("trigger", admin_group)
                 result = await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user))
-                await self.stored("audit", "trigger", peer.user, time.time(), target=f"{pipeline}/{result['counter']}")
+                target = f"{pipeline}/{result['counter']}"
+                await self.stored("audit", "trigger", peer.user, time.time(), target=target, detail=peer.detail)
                 return result
             case p.PipelinePauseRequest(pipeline=pipeline) | p.PipelineUnpauseRequest(pipeline=pipeline):
                 paused = isinstance(request, p.PipelinePauseRequest)
                 peer.require_admin("pipeline pause" if paused else "pipeline unpause", admin_group)
-                return await self.ask("config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user))
+                return await self.ask(
+                    "config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user, peer=peer.detail)
+                )
             case p.ReloadRequest():
                 peer.require_admin("reload", admin_group)
-                return await self.reload(peer.user)
+                return await self.reload(peer.user, peer.detail)
             case p.CancelRunRequest(pipeline=pipeline, counter=counter, stage=stage):
                 peer.require_admin("cancel_run", admin_group)
                 result = await self.ask("scheduler", CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user))
                 target = f"{pipeline}/{counter}" + (f"/{stage}" if stage else "")
-                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target)
+                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target, detail=peer.detail)
                 return result
         return NotImplemented
 
@@ -162,16 +165,16 @@ class JobServerRequests:
             for r in rows
         ]
 
-    async def reload(self, by: str) -> Any:
+    async def reload(self, by: str, peer: str | None = None) -> Any:
         """Read the config file again and apply its pipelines. A reload that fails, for any
         reason, leaves the running configuration as it is, is logged and raises a MaintdError saying why."""
         try:
-            return await self._reload(by)
+            return await self._reload(by, peer)
         except MaintdError as exc:
             log.warning("reload by %s refused: %s", by, exc.message)
             raise
 
-    async def _reload(self, by: str) -> Any:
+    async def _reload(self, by: str, peer: str | None) -> Any:
         if self.config_path is None:
             raise MaintdError("maintd was started without --config: there is no file to reload", code="bad_request")
         try:
@@ -181,7 +184,9 @@ class JobServerRequests:
         except Exception as exc:  # noqa: BLE001 - load turns what a file provokes into ConfigError; anything else too
             why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
             raise MaintdError(f"the configuration was not reloaded: {self.config_path}: {why}", code="bad_config") from None
-        apply = ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by)
+        apply = ApplyConfig(
+            pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer
+        )
         try:
             return await self.ask("config", apply)
         except MaintdError as exc:

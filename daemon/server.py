@@ -19,9 +19,10 @@ import msgspec
 import pykka
 import trio
 
-from actors.errors import BadRequest, Conflict, MaintdError
+from actors.errors import BadRequest, Conflict, MaintdError, StillLeaving
 from actors.future import CallbackFuture
 from actors.messages import (
+    CancelTimedOut,
     Disable,
     Enable,
     ExternalCancelResult,
@@ -48,6 +49,8 @@ log = logging.getLogger("maintd.control")
 NO_REPLY = object()
 FLUSH_TIMEOUT = 5.0
 ASK_TIMEOUT = 10.0
+#: How long a register waits for the same name's closing connection to be gone.
+REREGISTER_WAIT = 2.0
 
 
 class Connection:
@@ -280,21 +283,29 @@ class ControlServer:
                         reason=request.reason,
                         deadline_seconds=request.deadline_seconds,
                         on_deadline=OnDeadline(request.on_deadline),
+                        peer=peer.detail,
                     )
                 )
                 log.info("%s turned on maintenance mode (reason: %s)", peer.user, request.reason or "none given")
                 return info
             case p.DisableRequest():
                 peer.require_admin("disable", self.config.admin_group)
-                info = await self.ask(Disable(by=peer.user, reason=request.reason))
+                info = await self.ask(Disable(by=peer.user, reason=request.reason, peer=peer.detail))
                 log.info("%s turned off maintenance mode", peer.user)
                 return info
             case p.CancelRequest():
                 peer.require_admin("cancel", self.config.admin_group)
                 reply = CallbackFuture()
-                item = await self.ask(RequestCancel(item=request.item, by=peer.user, reason=request.reason, reply=reply))
+                item = await self.ask(
+                    RequestCancel(item=request.item, by=peer.user, reason=request.reason, reply=reply, peer=peer.detail)
+                )
                 log.info("%s asked to cancel %s", peer.user, item)
-                return await self.bridge.wait(reply, self.cancel_timeout)
+                try:
+                    return await self.bridge.wait(reply, self.cancel_timeout)
+                except trio.TooSlowError:
+                    # This cancel ends here: the next one of the item is sent, not refused.
+                    self.supervisor.tell(CancelTimedOut(item_id=item, reply=reply))
+                    raise
             case p.RegisterRequest():
                 return await self.register(conn, request)
             case p.InFlightMessage() | p.IntakePausedMessage() | p.DrainedMessage() | p.CancelResultMessage():
@@ -311,10 +322,12 @@ class ControlServer:
 
     async def forbidden(self, conn: Connection, action: str) -> None:
         peer = conn.peer
-        log.warning("refused %s from %s (uid %s, pid %s): forbidden", action, peer.user, peer.uid, peer.pid)
+        why = f"a job's process: {peer.job}" if peer.job else "not an admin"
+        log.warning("refused %s from %s (uid %s, %s; %s): forbidden", action, peer.user, peer.uid, peer.detail, why)
         if self.jobs is not None:
+            detail = f"uid {peer.uid}; {peer.detail}; {why}"
             try:
-                await self.jobs.stored("audit", "forbidden", peer.user, time.time(), target=action, detail=f"uid {peer.uid}")
+                await self.jobs.stored("audit", "forbidden", peer.user, time.time(), target=action, detail=detail)
             except (MaintdError, trio.TooSlowError) as exc:
                 log.error("could not record the refused %s in the audit log: %s", action, exc)
 
@@ -326,10 +339,21 @@ class ControlServer:
         if conn.subsystem is not None:
             raise Conflict(f"this connection is already registered as {conn.subsystem!r}")
         conn.held = []
+        message = Register(
+            name=request.name, link=ConnectionLink(self.bridge, conn), by=conn.peer.user, pid=conn.peer.pid, peer=conn.peer.detail
+        )
         try:
-            result = await self.ask(
-                Register(name=request.name, link=ConnectionLink(self.bridge, conn), by=conn.peer.user, pid=conn.peer.pid)
-            )
+            # The same name's earlier connection may be closing this very moment (a process
+            # that reconnects at once): its removal takes a round trip through its actor.
+            give_up = trio.current_time() + REREGISTER_WAIT
+            while True:
+                try:
+                    result = await self.ask(message)
+                    break
+                except StillLeaving:
+                    if trio.current_time() >= give_up:
+                        raise
+                    await trio.sleep(0.005)
         except BaseException:
             conn.held = None
             raise

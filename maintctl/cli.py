@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         with Client(path) as client:
             return COMMANDS[args.command](client, args, as_json)
     except Unreachable as exc:
-        print(f"maintctl: {exc}", file=sys.stderr)
+        print(render.terminal(f"maintctl: {exc}"), file=sys.stderr)
         return EXIT_UNREACHABLE
     except DaemonError as exc:
-        print(f"maintctl: {exc.code}: {exc.message}", file=sys.stderr)
+        print(render.terminal(f"maintctl: {exc.code}: {exc.message}"), file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def out(value: Any, as_json: bool, text: str) -> None:
-    print(msgspec.json.encode(value).decode() if as_json else text, flush=True)
+    print(msgspec.json.encode(value).decode() if as_json else render.terminal(text), flush=True)
 
 
 def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -178,11 +178,11 @@ def cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             code = EXIT_REFUSED
             results.append({"item": item, "cancelled": False, "error": {"code": exc.code, "message": exc.message}})
             if not as_json:
-                print(f"maintctl: {item}: {exc.code}: {exc.message}", file=sys.stderr)
+                print(render.terminal(f"maintctl: {item}: {exc.code}: {exc.message}"), file=sys.stderr)
             continue
         results.append(result)
         if not as_json:
-            print(f"cancelled {result['item']}")
+            print(render.terminal(f"cancelled {result['item']}"))
     if as_json:
         out(results, True, "")
     return code
@@ -239,7 +239,7 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def cmd_history(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     result = client.request("history")
     lines = []
-    for e in result["entries"]:
+    for e in render.clean(result["entries"]):
         what = e["action"] + (f" {e['item']}" if e.get("item") else "")
         states = f" ({e['from_state']} -> {e['to_state']})" if e.get("to_state") else ""
         why = f": {e['reason']}" if e.get("reason") else ""
@@ -280,7 +280,7 @@ def cmd_logs(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     else:
         if result["truncated"]:
             print(f"[... showing the last {len(result['text'].encode())} of {result['size']} bytes]")
-        sys.stdout.write(result["text"])
+        sys.stdout.write(render.escape(result["text"], keep="\n\t"))
         sys.stdout.flush()
     return EXIT_OK
 

@@ -1,9 +1,18 @@
-"""Human-readable output for maintctl. ``--json`` bypasses all of this."""
+"""Human-readable output for maintctl. ``--json`` bypasses all of this.
+
+Every string from the daemon may hold text a client chose (an item's id and description,
+a reason, a pipeline name). Each renderer first passes what it got through :func:`clean`,
+which escapes control characters and bidi overrides (``\\x1b``, ``\\u202e``), and ``maintctl``
+passes its whole human output through :func:`terminal` too: nothing it prints can retitle
+the terminal, move its cursor or reorder what it shows.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+
+from daemon.logs import escape
 
 GROUP_TITLES = {
     "material_update_in_progress": "Material updates in progress (cannot be cancelled)",
@@ -11,6 +20,22 @@ GROUP_TITLES = {
     "scheduled_jobs": "Scheduled jobs (kept across a restart; do not block it)",
     "other": "Other work",
 }
+
+
+def clean(value: Any) -> Any:
+    """``value`` (a decoded reply) with every string in it, keys included, escaped for a terminal."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def terminal(text: str) -> str:
+    """Text about to be printed: escaped but for its own line breaks (the last line of defence)."""
+    return escape(text, keep="\n")
 
 
 def when(ts: float | None) -> str:
@@ -23,6 +48,7 @@ def when(ts: float | None) -> str:
 
 
 def maintenance_line(m: dict[str, Any]) -> str:
+    m = clean(m)
     if not m["enabled"]:
         by = f" (last turned off by {m['updated_by']} at {m['updated_on']})" if m.get("updated_by") else ""
         return f"Maintenance mode: off{by}"
@@ -37,6 +63,7 @@ def maintenance_line(m: dict[str, Any]) -> str:
 
 
 def safe_line(m: dict[str, Any]) -> str:
+    m = clean(m)
     if m["safe_to_restart"]:
         return "Safe to restart: YES"
     if not m["enabled"]:
@@ -45,6 +72,7 @@ def safe_line(m: dict[str, Any]) -> str:
 
 
 def items_table(items: list[dict[str, Any]]) -> list[str]:
+    items = clean(items)
     rows = []
     for item in items:
         flags = []
@@ -68,7 +96,28 @@ def store_line(store: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def seconds_until(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (then - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def reconnect_note(s: dict[str, Any]) -> str:
+    """What a subsystem whose process went away with blocking work is waiting for."""
+    left = seconds_until(s.get("reconnect_by"))
+    if left is None:
+        return ""
+    if s["state"] == "disconnected":
+        return f"  (disconnected, waiting {left:.0f}s for it to reconnect; its work still blocks)"
+    return f"  (registered again; its earlier work blocks until it reports, at most {left:.0f}s)"
+
+
 def status(result: dict[str, Any]) -> str:
+    result = clean(result)
     m = result["maintenance"]
     lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store")), ""]
     subsystems = result["subsystems"]
@@ -76,6 +125,7 @@ def status(result: dict[str, Any]) -> str:
         lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
         for s in subsystems:
             error = f"  ({s['last_error']})" if s["state"] == "failed" and s.get("last_error") else ""
+            error += reconnect_note(s)
             lines.append(f"  {s['name']:<24} {s['state']:<9} {s['in_flight']:>9} {s['blocking']:>8}{error}")
     else:
         lines.append("  no subsystems registered")
@@ -93,6 +143,7 @@ def status(result: dict[str, Any]) -> str:
 
 
 def event(e: dict[str, Any]) -> str:
+    e = clean(e)
     m = e["maintenance"]
     safe = "safe to restart" if m["safe_to_restart"] else m["state"]
     where = f" {e['subsystem']}" if e.get("subsystem") else ""
@@ -103,11 +154,13 @@ def event(e: dict[str, Any]) -> str:
 
 
 def remaining(result: dict[str, Any]) -> list[dict[str, Any]]:
+    result = clean(result)
     rs = result["running_systems"]
     return [item for group in GROUP_TITLES for item in rs.get(group) or []]
 
 
 def progress(result: dict[str, Any]) -> str:
+    result = clean(result)
     m = result["maintenance"]
     if not m["enabled"]:
         return "maintenance mode is off; waiting for it to be turned on and drained"
@@ -120,6 +173,7 @@ def progress(result: dict[str, Any]) -> str:
 
 
 def pipelines(rows: list[dict[str, Any]]) -> str:
+    rows = clean(rows)
     if not rows:
         return "no pipelines configured"
     lines = [f"  {'PIPELINE':<24} {'STATE':<8} {'MATERIALS':<24} {'TIMER':<16} STAGES   (SOURCE)"]
@@ -132,6 +186,7 @@ def pipelines(rows: list[dict[str, Any]]) -> str:
 
 
 def runs(rows: list[dict[str, Any]]) -> str:
+    rows = clean(rows)
     if not rows:
         return "no runs yet"
     lines = []
@@ -148,6 +203,7 @@ def runs(rows: list[dict[str, Any]]) -> str:
 
 
 def agents(rows: list[dict[str, Any]]) -> str:
+    rows = clean(rows)
     lines = []
     for a in rows:
         doing = f" {a['job']} (pid {a['pid']}) since {when(a.get('since'))}" if a["state"] == "building" else ""

@@ -606,7 +606,7 @@ class DrainMachine(RuleBasedStateMachine):
             self.cancels.append(CancelCase(reply, item_id, by, "cancelled"))
             return
         e = self.exts[owner]
-        if item_id in e.pending:
+        if e.pending.get(item_id) is not None:  # its asker still waits; the deadline's (None) gives way
             self.cancels.append(CancelCase(reply, item_id, by, "refused", "conflict"))
             return
         COUNTS["drain ext cancels"] += 1

@@ -10,6 +10,7 @@ is full" does. Reads go on working, as they do on a full disk.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -19,8 +20,8 @@ from actors.agents import AgentsCore
 from actors.definitions import PipelineDef
 from actors.jobs import JobExited, JobState
 from actors.messages import Disable, Drained, Enable, InFlightReport
-from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
 from actors.peers import Peers
+from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
 from actors.scheduler import JobFinished, SchedulerCore, Trigger
 from actors.store import Store, StoreActor, StoreError, SyncStore
 from actors.supervisor import SupervisorActor

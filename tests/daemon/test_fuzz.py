@@ -64,7 +64,7 @@ READ_ONLY = ("status", "inflight", "history", "ping", "pipelines", "agents", "ru
 AUDITED = {
     "enable": "enable", "disable": "disable", "cancel": "cancel_requested", "trigger": "trigger",
     "cancel_run": "cancel_run", "pipeline_pause": "pipeline_pause", "pipeline_unpause": "pipeline_unpause",
-    "reload": "config_reload",
+    "reload": "config_reload", "register": "register",
 }  # fmt: skip
 
 REQUESTS: dict[str, mi.StructType] = {cls.__struct_config__.tag: mi.type_info(cls) for cls in p.AnyRequest.__args__}  # type: ignore[attr-defined]
@@ -479,7 +479,9 @@ def error_of(reply: dict[str, Any], code: str, text: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
-    d = Daemon(tmp_path_factory.mktemp("fuzz"), config=f"[control]\nmax_line_bytes = {LIMIT}\n").start()
+    # A disconnected subsystem's blocking work is removed after reconnect_grace: short here.
+    config = f'[control]\nmax_line_bytes = {LIMIT}\nreconnect_grace = "100ms"\n'
+    d = Daemon(tmp_path_factory.mktemp("fuzz"), config=config).start()
     try:
         f = Fuzzer(d)
         yield f

@@ -67,6 +67,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
             "external": True,
             "failures": 0,
             "last_error": None,
+            "reconnect_by": None,
         }
     ]
 
@@ -169,7 +170,9 @@ def test_the_deadline_marks_the_drain_overdue_and_cancels_what_can_be_cancelled(
     ]
 
 
-def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(daemon: Daemon) -> None:
+def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(make_daemon) -> None:
+    # Its blocking work keeps blocking for reconnect_grace first (tests/e2e/test_reconnect.py).
+    daemon = make_daemon(config='[control]\nreconnect_grace = "200ms"\n')
     watcher = daemon.client()
     watcher.request("watch")
     sub = register(daemon, "flaky", [JOB])
@@ -281,5 +284,7 @@ def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
     daemon.start()
     entries = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
     assert [(e["action"], e["by"], e["reason"]) for e in entries] == [("enable", "root", "upgrade"), ("disable", "root", "done")]
-    assert entries[0]["detail"] == "deadline 1800s, then wait"
+    # What was asked, then which process asked (its pid and command line).
+    assert entries[0]["detail"].startswith("deadline 1800s, then wait; pid ")
+    assert entries[0]["detail"].endswith("-m maintctl enable --reason upgrade --deadline 30m")
     assert status(daemon)["maintenance"]["enabled"] is False

@@ -107,6 +107,14 @@ class Worker:
 
 
 @pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A killed worker's jobs block for reconnect_grace (tests/e2e/test_reconnect.py): short here."""
+    d = Daemon(tmp_path, config='[control]\nreconnect_grace = "300ms"\n').start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
 def start_worker(daemon: Daemon, tmp_path: Path) -> Iterator[Any]:
     workers: list[Worker] = []
 
@@ -139,6 +147,7 @@ def test_it_registers_and_its_real_jobs_show_as_building_jobs(daemon: Daemon, st
         "external": True,
         "failures": 0,
         "last_error": None,
+        "reconnect_by": None,
     }
     item = next(i for i in s["running_systems"]["building_jobs"] if i["id"] == "batch/job-1")
     assert item["kind"] == "building_job" and item["cancellable"] and item["blocks_restart"]

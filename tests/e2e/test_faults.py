@@ -187,7 +187,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_a_subsystem_process_killed_while_it_holds_work_is_removed_and_its_work_abandoned(daemon: Daemon) -> None:
+def test_a_subsystem_process_killed_while_it_holds_work_is_removed_and_its_work_abandoned(make_daemon: Any) -> None:
+    # Its work keeps blocking for reconnect_grace (tests/e2e/test_reconnect.py), then it is removed.
+    daemon = make_daemon(config='[control]\nreconnect_grace = "300ms"\n')
     watcher = daemon.client()
     assert watcher.request("watch")["ok"]
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(daemon.socket)], stdout=subprocess.PIPE, text=True)
@@ -207,6 +209,8 @@ def test_a_subsystem_process_killed_while_it_holds_work_is_removed_and_its_work_
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+    disconnected = watcher.next_event(lambda m: m.get("event") == "subsystem_disconnected")
+    assert disconnected["subsystem"] == "victim" and not disconnected["maintenance"]["safe_to_restart"]
     removed = watcher.next_event(lambda m: m.get("event") == "subsystem_removed")
     assert removed["subsystem"] == "victim"
     assert sorted(i["id"] for i in removed["items"]) == ["victim/job-1", "victim/job-2"]
