@@ -61,7 +61,10 @@ def items_table(items: list[dict[str, Any]]) -> list[str]:
 
 def status(result: dict[str, Any]) -> str:
     m = result["maintenance"]
-    lines = [maintenance_line(m), safe_line(m), ""]
+    lines = [maintenance_line(m), safe_line(m)]
+    if result.get("job_tracking"):
+        lines.append(f"Job tracking: {result['job_tracking']}")
+    lines.append("")
     subsystems = result["subsystems"]
     if subsystems:
         lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
