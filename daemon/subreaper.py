@@ -4,7 +4,9 @@ Every job's environment has ``MAINTD_JOB=<instance>:<job_id>``; its processes ar
 processes of the daemon's user whose ``/proc/<pid>/environ`` holds it (a process that
 clears its environment escapes: the cgroup mechanism has no such hole). A scan races with
 processes that appear and vanish: every read may fail and is then skipped, and a kill is
-repeated until a scan finds nothing, since a fork can slip between a scan and its kill.
+repeated until a scan finds nothing, since a fork can slip between a scan and its kill; and
+an empty scan is trusted only if no pid was handed out during it, or the next scan is empty
+too (a double fork's grandchild, born after ``/proc`` was listed, is in the next listing).
 Signals go through a pidfd opened before the marker is checked again, so a recycled pid
 is never signalled.
 
@@ -84,6 +86,15 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def _last_pid() -> str:
+    """The pid the kernel handed out last (``/proc/loadavg``): unchanged, no process was born."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return f.read().rsplit(None, 1)[-1].decode()
+    except OSError:
+        return ""
+
+
 class SubreaperTracking:
     mechanism = "subreaper"
 
@@ -106,6 +117,23 @@ class SubreaperTracking:
         return MarkerTree(self, marker(self.instance, job_id))
 
     # -- scanning and reaping ------------------------------------------------------------
+
+    def live(self, wanted: bytes, prefix: bool = False) -> list[int]:
+        """:meth:`scan`, but an empty answer is one to trust.
+
+        A scan is no snapshot: a process born after ``/proc`` was listed, whose parent then
+        exited before its turn (a double fork), is missed. An empty scan counts only when no
+        pid was handed out meanwhile, or when the scan right after it is empty too (the
+        missed process is in that one's listing)."""
+        empty_before = False
+        while True:
+            before = _last_pid()
+            found = self.scan(wanted, prefix)
+            if found:
+                return found
+            if empty_before or _last_pid() == before:
+                return []
+            empty_before = True
 
     def scan(self, wanted: bytes, prefix: bool = False) -> list[int]:
         """The live processes whose marker is ``wanted`` (or starts with it); reaps orphans."""
@@ -178,7 +206,7 @@ class SubreaperTracking:
         """SIGKILL every process marked ``wanted`` until none is left; how many the first scan found."""
         first: int | None = None
         look = FIRST_LOOK
-        while pids := self.scan(wanted, prefix):
+        while pids := self.live(wanted, prefix):
             if first is None:
                 first = len(pids)
             for pid in pids:
@@ -209,7 +237,7 @@ class SubreaperTracking:
         with trio.move_on_after(timeout):
             found = await self.kill_marked(wanted, prefix=True)
             return found
-        left = self.scan(wanted, prefix=True)
+        left = self.live(wanted, prefix=True)
         raise TrackingError(f"processes left by an earlier maintd did not end within {timeout:g}s: pids {left}")
 
 
@@ -231,7 +259,7 @@ class MarkerTree:
         self.tracking.mains.discard(self.main)
 
     def pids(self) -> list[int]:
-        return self.tracking.scan(self.value)
+        return self.tracking.live(self.value)
 
     def count(self) -> int:
         return len(self.pids())

@@ -185,7 +185,9 @@ async def test_leftovers_are_killed_after_the_grace_and_the_log_says_so(
     assert "maintd: killed 1 leftover process\n" in Path(spec.log).read_text()
 
 
-async def test_the_marker_is_in_every_jobs_environment(runner_for: Callable[..., Any], tracking: Tracking, tmp_path: Path) -> None:
+async def test_the_marker_is_in_every_jobs_environment(
+    runner_for: Callable[..., Any], tracking: Tracking, tmp_path: Path
+) -> None:
     runner = runner_for()
     spec = spec_for(tmp_path, job_id=42, argv=(PY, "-c", "import os; print(os.environ['MAINTD_JOB'])"))
     inbox = Inbox()
@@ -303,7 +305,10 @@ async def test_the_sweep_kills_what_an_earlier_daemon_left(tracking: Tracking, t
 
 
 def test_cgroup_asked_for_where_there_is_none_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cgroup, "cgroup2_mount", lambda: (_ for _ in ()).throw(TrackingError("no cgroup2 file system is mounted")))
+    def no_cgroup2() -> Path:
+        raise TrackingError("no cgroup2 file system is mounted")
+
+    monkeypatch.setattr(cgroup, "cgroup2_mount", no_cgroup2)
     with pytest.raises(TrackingError, match="no cgroup2"):
         jobtree.setup("cgroup", tmp_path)
 
