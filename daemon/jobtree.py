@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["MARK", "MODES", "JobTree", "Tracking", "TrackingError", "instance_id", "marker", "setup"]
@@ -55,8 +54,9 @@ class JobTree(Protocol):
 
     #: what the job's environment gets on top of its own
     env: dict[str, str]
-    #: run in the child before exec (None: nothing to do); minimal, allocation-free
-    preexec_fn: Callable[[], None] | None
+
+    def command(self, argv: list[str]) -> list[str]:
+        """The command to spawn for ``argv``: it joins the tree before it runs anything."""
 
     def spawned(self, pid: int) -> None:
         """The main process is there (its pid), or ``-1``: it could not be spawned."""

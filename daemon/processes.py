@@ -389,13 +389,9 @@ class ProcessRunner:
         try:
             argv = _job_argv(spec)
             # mkdir and open are filesystem calls: not in the loop that serves the socket.
-            log_file = await trio.to_thread.run_sync(_open_log, spec, self.root)
-            if self.tracking is not None:
-                try:
-                    job.tree = await trio.to_thread.run_sync(self.tracking.job, spec.job_id)
-                except BaseException:
-                    log_file.close()
-                    raise
+            log_file, job.tree = await trio.to_thread.run_sync(_prepare, spec, self.root, self.tracking)
+            if job.tree is not None:
+                argv = job.tree.command(argv)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
             _append_log(spec.log, error)
@@ -410,7 +406,6 @@ class ProcessRunner:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,
-                preexec_fn=job.tree.preexec_fn if job.tree is not None else None,
             )
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
@@ -428,6 +423,7 @@ class ProcessRunner:
         job.process = proc
         timed_out = False
         leftovers = 0
+        emptied = False
         try:
             self._tell(reply_to, JobStarted(job_id=spec.job_id, pid=proc.pid))
             if self._closed:
@@ -439,6 +435,7 @@ class ProcessRunner:
                 if job.tree is not None:
                     job.tree.main_reaped()
                     leftovers = await self._leftovers(job)
+                    emptied = True  # nothing can join an empty tree: nothing to kill below
             if scope.cancelled_caught:
                 timed_out = True
                 log.info("job %s: timed out after %ss, stopping it", spec.job_id, spec.timeout)
@@ -450,10 +447,10 @@ class ProcessRunner:
                     _killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()
                 # whatever the job left running goes with it
-                _killpg(proc.pid, signal.SIGKILL)
-                if job.tree is not None:
-                    if (killed := await job.tree.kill_all()) and not leftovers:
-                        log.info("job %s: killed %d leftover process(es)", spec.job_id, killed)
+                if job.tree is None:
+                    _killpg(proc.pid, signal.SIGKILL)
+                elif not emptied and (killed := await job.tree.kill_all()):
+                    log.info("job %s: killed %d process(es) of it that were left", spec.job_id, killed)
             if job.tree is not None:
                 job.tree.main_reaped()
                 job.tree.close()
@@ -492,6 +489,33 @@ def _job_argv(spec: JobSpec) -> list[str]:
     if not spec.argv:
         raise ValueError("the job has neither argv nor shell")
     return list(spec.argv)
+
+
+def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:
+    """The job's log and its tree (in a worker thread: file system calls)."""
+    log_file = _open_log(spec, root)
+    if tracking is None:
+        return log_file, None
+    tree = None
+    try:
+        tree = tracking.job(spec.job_id)
+        _check_executable(_job_argv(spec)[0], spec)  # the shim would only say it in the log
+    except BaseException:
+        log_file.close()
+        if tree is not None:
+            tree.close()
+        raise
+    return log_file, tree
+
+
+def _check_executable(program: str, spec: JobSpec) -> None:
+    """FileNotFoundError, as subprocess would raise it, when ``program`` cannot be run."""
+    if os.sep in program:
+        found = os.path.join(spec.workspace, program)  # relative to the job's cwd
+    else:
+        found = shutil.which(program, path=_job_env(spec).get("PATH")) or ""
+    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise FileNotFoundError(2, "No such file or directory", program)
 
 
 def _job_env(spec: JobSpec, tree: JobTree | None = None) -> dict[str, str]:

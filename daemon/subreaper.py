@@ -20,7 +20,7 @@ here only if it is
 - a pid a scan saw carrying one of our markers, and not a job's main process, or
 - still a zombie ``ZOMBIE_GRACE`` seconds after it was first seen (trio reaps its own at once).
 
-Reaping runs on every SIGCHLD and every scan. SIGCHLD also wakes the jobs waiting for their
+Reaping runs on SIGCHLD (at most every ``REAP_EVERY`` seconds) and in every scan. SIGCHLD also wakes the jobs waiting for their
 last process: the last one of a tree is always the daemon's child when it exits.
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import time
@@ -41,6 +42,7 @@ log = logging.getLogger("maintd.jobtree")
 
 PR_SET_CHILD_SUBREAPER = 36
 ZOMBIE_GRACE = 10.0
+REAP_EVERY = 0.2
 FIRST_LOOK = 0.02  # the wait between two scans starts here and doubles up to LAST_LOOK
 LAST_LOOK = 1.0
 _KEY = MARK.encode() + b"="
@@ -55,12 +57,19 @@ def _set_subreaper() -> None:
         raise TrackingError(f"cannot become the child subreaper: {exc}") from None
 
 
-def _marker_of(pid: int) -> bytes | None:
-    """The value of MAINTD_JOB in the process's environment; None if none (or it is gone)."""
+def _environ(pid: int) -> bytes | None:
+    """The process's environment (empty for a zombie or a kernel thread); None if it is gone."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
+            return f.read()
     except OSError:
+        return None
+
+
+def _marker_of(pid: int, env: bytes | None = None) -> bytes | None:
+    """The value of MAINTD_JOB in the process's environment; None if none (or it is gone)."""
+    env = _environ(pid) if env is None else env
+    if not env:
         return None
     at = env.find(_KEY)
     while at > 0 and env[at - 1] != 0:
@@ -138,6 +147,8 @@ class SubreaperTracking:
     def scan(self, wanted: bytes, prefix: bool = False) -> list[int]:
         """The live processes whose marker is ``wanted`` (or starts with it); reaps orphans."""
         found = []
+        zombies: set[int] = set()
+        ours = self.instance.encode()
         for pid in _pids():
             if pid == self.me:
                 continue
@@ -146,39 +157,45 @@ class SubreaperTracking:
                     continue
             except OSError:
                 continue
-            value = _marker_of(pid)
-            if value is None or not value.startswith(self.instance.encode()):
+            env = _environ(pid)
+            if env == b"":  # a zombie (or a kernel thread): ours to reap?
+                self._reap_one(pid, zombies)
+                continue
+            value = _marker_of(pid, env)
+            if value is None or not value.startswith(ours):
                 continue
             self.marked.add(pid)
             if value == wanted or (prefix and value.startswith(wanted)):
                 found.append(pid)
-        self.reap()
+        self._forget(zombies)
         return found
 
-    def reap(self) -> int:
+    def reap(self) -> None:
         """Reap the zombie children that are not trio's (see the module docstring)."""
-        reaped = 0
-        now = time.monotonic()
-        zombies = set()
+        zombies: set[int] = set()
         for pid in _pids():
-            st = _stat(pid)
-            if st is None or st[1] != self.me or st[0] != "Z" or pid in self.mains:
-                continue
-            zombies.add(pid)
-            _state, _ppid, sid = st
-            first = self._zombies.setdefault(pid, now)
-            if (sid not in (pid, self.my_sid)) or pid in self.marked or now - first > ZOMBIE_GRACE:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
-                    reaped += 1
-                self._zombies.pop(pid, None)
-                self.marked.discard(pid)
+            self._reap_one(pid, zombies)
+        self._forget(zombies)
+
+    def _reap_one(self, pid: int, zombies: set[int]) -> None:
+        st = _stat(pid)
+        if st is None or st[1] != self.me or st[0] != "Z" or pid in self.mains:
+            return
+        zombies.add(pid)
+        sid = st[2]
+        first = self._zombies.setdefault(pid, time.monotonic())
+        if (sid not in (pid, self.my_sid)) or pid in self.marked or time.monotonic() - first > ZOMBIE_GRACE:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+            self._zombies.pop(pid, None)
+            self.marked.discard(pid)
+
+    def _forget(self, zombies: set[int]) -> None:
         for pid in list(self._zombies):
             if pid not in zombies:
                 del self._zombies[pid]
         if len(self.marked) > 4096:  # forget the pids that are gone
             self.marked = {pid for pid in self.marked if os.path.exists(f"/proc/{pid}")}
-        return reaped
 
     def close(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -189,14 +206,24 @@ class SubreaperTracking:
         self.changed = trio.Event()
 
     async def run(self) -> None:
-        """Reap orphans on every SIGCHLD, and wake the jobs that wait for their last process."""
+        """Wake the jobs that wait for their last process on every SIGCHLD, and reap orphans
+        (at most every ``REAP_EVERY`` seconds: a pass reads every process's stat)."""
         with trio.open_signal_receiver(signal.SIGCHLD) as signals:
-            async for _ in signals:
-                try:
-                    self.reap()
-                except Exception:
-                    log.exception("cannot reap orphans")
-                self.kick()
+            incoming = signals.__aiter__()
+            pending = False
+            last = -math.inf
+            while True:
+                with trio.move_on_after(REAP_EVERY if pending else math.inf):
+                    await incoming.__anext__()
+                    self.kick()
+                    pending = True
+                if pending and trio.current_time() - last >= REAP_EVERY:
+                    pending = False
+                    last = trio.current_time()
+                    try:
+                        self.reap()
+                    except Exception:
+                        log.exception("cannot reap orphans")
 
     async def wait_change(self, timeout: float) -> None:
         with trio.move_on_after(timeout):
@@ -242,13 +269,14 @@ class SubreaperTracking:
 
 
 class MarkerTree:
-    preexec_fn = None
-
     def __init__(self, tracking: SubreaperTracking, value: str) -> None:
         self.tracking = tracking
         self.value = value.encode()
         self.env = {MARK: value}
         self.main = -1
+
+    def command(self, argv: list[str]) -> list[str]:
+        return argv
 
     def spawned(self, pid: int) -> None:
         if pid > 0:

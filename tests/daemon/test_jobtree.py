@@ -287,17 +287,14 @@ async def test_the_sweep_kills_what_an_earlier_daemon_left(tracking: Tracking, t
     tree = await trio.to_thread.run_sync(tracking.job, 7)
     pidfile = tmp_path / "left.pid"
     proc = await trio.lowlevel.open_process(
-        ["/bin/sh", "-c", ESCAPES["setsid"]],
+        tree.command(["/bin/sh", "-c", ESCAPES["setsid"]]),
         env={**os.environ, **tree.env, "P": str(pidfile)},
-        preexec_fn=tree.preexec_fn,
         start_new_session=True,
     )
     tree.spawned(proc.pid)
     await proc.wait()
     tree.main_reaped()
     (left,) = await pids_in(pidfile)
-    if tracking.mechanism == "cgroup":
-        tree.spawned(-1)  # the dead daemon's descriptors are gone with it; its cgroup is not
     found = await tracking.sweep(10)
     assert found == 1
     assert not alive(left)
