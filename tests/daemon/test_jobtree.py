@@ -321,3 +321,58 @@ def test_the_cgroup2_mount_is_found_unified_or_hybrid(tmp_path: Path) -> None:
     unified.write_text("30 23 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
     assert cgroup.cgroup2_mount(str(hybrid)) == Path("/sys/fs/cgroup/unified")
     assert cgroup.cgroup2_mount(str(unified)) == Path("/sys/fs/cgroup")
+
+
+async def test_a_missing_executable_is_still_a_start_error(runner_for: Callable[..., Any], tmp_path: Path) -> None:
+    runner = runner_for()
+    spec = spec_for(tmp_path, argv=("no-such-program-here",))
+    inbox = Inbox()
+    runner.start_job(inbox, spec)
+    exited = await inbox.next()
+    assert isinstance(exited, JobExited) and exited.returncode is None
+    assert exited.error is not None and "No such file or directory" in exited.error
+
+
+def test_an_unknown_mechanism_is_a_one_line_config_error(tmp_path: Path) -> None:
+    from daemon import config
+
+    path = tmp_path / "maintd.toml"
+    path.write_text('[agents]\nprocess_tracking = "ptrace"\n')
+    with pytest.raises(config.ConfigError, match=r"\$\.agents\.process_tracking"):
+        config.load(path)
+
+
+DELEGATED = """
+import json, os, sys
+from daemon import cgroup
+t = cgroup.CgroupTracking.open("0123456789ab")
+print(json.dumps({"base": str(t.base), "own": open("/proc/self/cgroup").read()}))
+"""
+
+
+def test_under_systemd_maintd_moves_into_a_daemon_leaf_and_puts_jobs_beside_it(tmp_path: Path) -> None:
+    """A unit's delegated cgroup, made by hand: maintd (a child here) moves itself into
+    ``daemon`` and its job cgroups are made beside it, not in a subtree of their own."""
+    import json
+    import subprocess
+
+    cgroup_or_skip(tmp_path)
+    mount = cgroup.cgroup2_mount()
+    unit = mount / cgroup.own_cgroup().lstrip("/") / f"test-unit-{os.getpid()}.service"
+    unit.mkdir()
+    try:
+        enter = f'echo 0 > "{unit}/cgroup.procs" && exec "$@"'
+        out = subprocess.run(
+            ["/bin/sh", "-c", enter, "sh", sys.executable, "-c", DELEGATED],
+            env={**os.environ, "INVOCATION_ID": "0" * 32, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        seen = json.loads(out.stdout)
+        assert seen["base"] == str(unit)
+        assert f"0::/{unit.relative_to(mount)}/daemon\n" in seen["own"]
+    finally:
+        (unit / "daemon").rmdir()
+        unit.rmdir()
