@@ -360,9 +360,7 @@ class ProcessRunner:
                     if proc.returncode is None:
                         _killpg(proc.pid, signal.SIGKILL)
                 return
-            if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGTERM)  # the group first: what has not left it yet
-            job.tree.signal(signal.SIGTERM)
+            job.tree.signal(signal.SIGTERM)  # the main process with the rest: once each
             with trio.move_on_after(grace):
                 await proc.wait()
                 await job.tree.wait_empty()
