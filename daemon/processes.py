@@ -366,6 +366,9 @@ class ProcessRunner:
                 await job.tree.wait_empty()
             if proc.returncode is None or job.tree.count():
                 await job.tree.kill_all()
+            if proc.returncode is None:  # a stop in the instant before the child joined its tree
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGKILL)
         except Exception:
             log.exception("cannot stop job %s", job.spec.job_id)
 
