@@ -285,6 +285,7 @@ async def run(settings: Settings) -> int:
                 nursery.cancel_scope.cancel()
                 if socket_path is not None:
                     _remove_socket(socket_path)
+    tracking.close()  # again: a job task the nursery's cancel ended last has removed its cgroup by now
     notifier.close()
     log.info("stopped")
     return EXIT_FAILURE if failure else 0
