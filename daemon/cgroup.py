@@ -14,8 +14,8 @@ or a hybrid ``/sys/fs/cgroup/unified``. No controller is enabled, so the "no int
 processes" rule never applies.
 
 The child enters its cgroup before it runs anything: it is spawned as ``/bin/sh -c 'echo 0
-> "$0" && exec "$@"' <cgroup.procs> <argv...>``, which writes itself into the cgroup and
-then execs the job (same pid: the main process's exit code is still the job's). A
+> "$0" || exit 125; exec "$@"' <cgroup.procs> <argv...>``, which writes itself into the
+cgroup and then execs the job (same pid: the main process's exit code is still the job's). A
 ``preexec_fn`` doing the same write would make CPython fork the whole daemon instead of
 using vfork/posix_spawn, in the trio thread: measured with bench/jobs.py, that cost 3
 times the throughput; the shim's exec costs the child, not the loop. (Python 3.11 has no
