@@ -126,6 +126,8 @@ time.sleep(60)'
 """,
     "nohup": 'nohup sleep 60 > /dev/null 2>&1 & echo $! > "$P.tmp"; mv "$P.tmp" "$P"',
 }
+#: The main process waits for the escaped one to be up: it ends after it, not before
+UP = '\nwhile [ ! -e "$P" ]; do sleep 0.01; done\n'
 
 
 async def started(inbox: Inbox) -> JobStarted:
@@ -147,7 +149,7 @@ async def test_an_escaped_process_keeps_the_job_running_with_leftovers_wait(
 ) -> None:
     runner = runner_for(leftovers="wait")
     pidfile = tmp_path / "escaped.pid"
-    spec = spec_for(tmp_path, shell=ESCAPES[escape], env={"P": str(pidfile)})
+    spec = spec_for(tmp_path, shell=ESCAPES[escape] + UP, env={"P": str(pidfile)})
     inbox = Inbox()
     runner.start_job(inbox, spec)
     main = await started(inbox)
@@ -170,7 +172,7 @@ async def test_leftovers_are_killed_after_the_grace_and_the_log_says_so(
     grace = 0.5
     runner = runner_for(leftovers="kill", kill_grace=grace)
     pidfile = tmp_path / "escaped.pid"
-    spec = spec_for(tmp_path, shell=ESCAPES[escape], env={"P": str(pidfile)})
+    spec = spec_for(tmp_path, shell=ESCAPES[escape] + UP, env={"P": str(pidfile)})
     inbox = Inbox()
     runner.start_job(inbox, spec)
     main = await started(inbox)
