@@ -1,9 +1,9 @@
 """The agent subsystem: ``count`` local agents, each running one job at a time.
 
 An idle agent asks the scheduler for work only while the intake is open; paused, idle
-agents pick up nothing and busy ones finish. A cancel sends SIGTERM to the job's process
-group and SIGKILL after the grace period (the process runner does it); the job stays in
-flight until its process has really exited.
+agents pick up nothing and busy ones finish. A cancel sends SIGTERM to every process of the
+job and SIGKILL after the grace period (the process runner does it); the job stays in
+flight until none of its processes is left.
 
 An Assign the agents do not take (paused, busy) is given back with :class:`GiveBack`,
 which names the jobs they hold; until the scheduler answers :class:`TakenBack` every
@@ -186,7 +186,7 @@ class AgentsCore(SubsystemCore):
             state = JobState.PASSED
         else:
             state = JobState.FAILED
-        detail = msg.error or ("timed out" if msg.timed_out else None)
+        detail = job_detail(msg)
         now = self.clock.now()
 
         def record() -> None:
@@ -272,6 +272,14 @@ class AgentsCore(SubsystemCore):
             case _:
                 return NotImplemented
         return None
+
+
+def job_detail(msg: JobExited) -> str | None:
+    """What the job's state change records besides its state: why it failed, what was killed."""
+    parts = [msg.error or ("timed out" if msg.timed_out else None)]
+    if msg.leftovers:
+        parts.append(f"killed {msg.leftovers} leftover process{'es' if msg.leftovers != 1 else ''}")
+    return "; ".join(p for p in parts if p) or None
 
 
 def restored_item(subsystem: str, row: Any, now: float) -> InFlightItem:

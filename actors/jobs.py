@@ -59,11 +59,11 @@ class ProcessPort(Protocol):
         ...
 
     def start_job(self, reply_to: Any, spec: JobSpec) -> None:
-        """Start the job in its own process group; tell :class:`JobStarted`, later :class:`JobExited`."""
+        """Start the job; tell :class:`JobStarted`, and :class:`JobExited` once none of its processes is left."""
         ...
 
     def stop_job(self, job_id: int, grace: float) -> None:
-        """SIGTERM to the job's process group, SIGKILL after ``grace`` seconds if it lives on."""
+        """SIGTERM to every process of the job, SIGKILL after ``grace`` seconds to those left."""
         ...
 
     def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
@@ -94,9 +94,12 @@ class JobStarted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobExited(msgspec.Struct, frozen=True, kw_only=True):
-    """``returncode`` as subprocess gives it (negative: killed by that signal)."""
+    """``returncode`` as subprocess gives it (negative: killed by that signal): the main
+    process's. Told once none of the job's processes is left; ``leftovers`` counts those the
+    runner killed after the main process exited (``[agents] leftover_processes = "kill"``)."""
 
     job_id: int
     returncode: int | None
     error: str | None = None
     timed_out: bool = False
+    leftovers: int = 0

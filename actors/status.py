@@ -83,6 +83,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     running_systems: RunningSystems
     removed: tuple[RemovedSubsystem, ...] = ()
     store: StoreInfo = StoreInfo()
+    #: how the daemon finds a job's processes (set by the shell, not the supervisor)
+    job_tracking: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="event"):

@@ -42,7 +42,7 @@ from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod
-from . import fds, lock, logs, paths
+from . import fds, jobtree, lock, logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -174,13 +174,30 @@ async def run(settings: Settings) -> int:
         last_described[:] = [status]
         notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status))
 
+    # Before the store marks the jobs that were building interrupted, and before anyone can
+    # ask: what a dead daemon's jobs left running is killed and seen gone.
+    try:
+        tracking = await jobtree.start(cfg.agents.process_tracking, settings.state_dir)
+    except jobtree.TrackingError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             hub = StatusHub(bridge, on_fatal)
             metrics = Metrics(daemon_registry(), version=VERSION)
             hub.listeners.append(metrics.update)
+            hub.job_tracking = tracking.describe()
+            metrics.job_tracking(tracking.mechanism)
             timers = TrioTimers(bridge, nursery)
-            processes = ProcessRunner(bridge, nursery, root=settings.state_dir)
+            processes = ProcessRunner(
+                bridge,
+                nursery,
+                root=settings.state_dir,
+                tracking=tracking,
+                kill_grace=config_mod.parse_duration(cfg.agents.cancel_grace),
+                leftovers=cfg.agents.leftover_processes,
+            )
             socket_path: Path | None = None  # set once this process bound the socket and must unlink it
             try:
                 try:
@@ -273,9 +290,11 @@ async def run(settings: Settings) -> int:
                     # Jobs still building are killed; the next start marks them interrupted.
                     with trio.move_on_after(JOBS_STOP_TIMEOUT):
                         await processes.aclose()
+                    tracking.close()
                 nursery.cancel_scope.cancel()
                 if socket_path is not None:
                     _remove_socket(socket_path)
+    tracking.close()  # again: a job task the nursery's cancel ended last has removed its cgroup by now
     notifier.close()
     log.info("stopped")
     return EXIT_FAILURE if failure else 0

@@ -10,7 +10,7 @@ is bounded: at most ``MAX_DURATION`` (30 days), some at least ``MIN_DURATION``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -47,6 +47,12 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     count: Annotated[int, Meta(ge=0, le=256)] = 2
     cancel_grace: Duration = "10s"
+    #: How a job's processes are found: "cgroup" (v2), "subreaper" (PR_SET_CHILD_SUBREAPER and
+    #: the MAINTD_JOB marker), or "auto": cgroup where a writable cgroup2 exists, else subreaper.
+    process_tracking: Literal["auto", "cgroup", "subreaper"] = "auto"
+    #: What is left running when a job's main process exits: "kill" it after cancel_grace,
+    #: or "wait" for it (the job ends when its last process does).
+    leftover_processes: Literal["kill", "wait"] = "kill"
 
 
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -49,6 +49,8 @@ class StatusHub:
         # older than the events already sent, and a new watcher waits for the next one.
         self._stale = False
         self._waiting: dict[Watcher, Callable[[bytes], tuple[bytes, ...]]] = {}
+        #: one line on how jobs' processes are tracked, added to every status sent
+        self.job_tracking: str | None = None
 
     # -- the port (any thread) -------------------------------------------------------------
 
@@ -117,7 +119,9 @@ class StatusHub:
                 self._running = status.running_systems
                 self._running_raw = msgspec.Raw(self._encoder.encode(status.running_systems))
             # The same shape, with the running systems already encoded.
-            self._status_json = self._encoder.encode(msgspec.structs.replace(status, running_systems=self._running_raw))
+            self._status_json = self._encoder.encode(
+                msgspec.structs.replace(status, running_systems=self._running_raw, job_tracking=self.job_tracking)
+            )
         return self._status_json
 
     def inflight_json(self) -> bytes:

@@ -129,6 +129,7 @@ class Metrics:
         self._store_failures_seen = 0
         self.build = Info("maintd_build", "The running maintd", registry=r)
         self.build.info({"version": version})
+        self.tracking = Info("maintd_job_tracking", "How a job's processes are found: cgroup or subreaper", registry=r)
         for result in JOB_RESULTS:
             self.jobs.labels(result=result)
         for result in POLL_RESULTS:
@@ -240,6 +241,10 @@ class Metrics:
             self.jobs.labels(result=result).inc()
         else:
             log.warning("job result %r is not counted (not one of %s)", result, ", ".join(JOB_RESULTS))
+
+    def job_tracking(self, mechanism: str) -> None:
+        """Which mechanism finds a job's processes: ``cgroup`` or ``subreaper`` (set once)."""
+        self.tracking.info({"mechanism": mechanism})
 
     def material_polled(self, result: str) -> None:
         """A material or config repo poll ended: ok, error or timeout."""

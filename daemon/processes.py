@@ -5,9 +5,13 @@ thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio t
 runner's nursery, and the answer goes back with ``reply_to.tell(message)``.
 
 Every child runs in a session (and so a process group) of its own, so a timeout or a stop
-reaches the whole tree it started (``ssh`` under ``git``, ``sleep`` under ``sh``), not just
-the process we spawned. No task lets an exception out: a failure becomes the ``error`` of
-the reply, or a log line, and the nursery lives on.
+of git reaches the whole tree it started (``ssh`` under ``git``). A job is more than its
+group: it is every process it starts (:mod:`daemon.jobtree`), whatever they do to their
+session, so a cancel, a timeout and the daemon's stop end all of them, and the job ends
+(:class:`JobExited` is told) only when none is left. The main process's exit code is the
+job's result; what it left running is killed after ``kill_grace`` (``leftover_processes =
+"kill"``) or waited for (``"wait"``), and the job's log says so. No task lets an exception
+out: a failure becomes the ``error`` of the reply, or a log line, and the nursery lives on.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import trio
 
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
 from daemon.bridge import Bridge
+from daemon.jobtree import JobTree, Tracking
 
 __all__ = ["MAX_CONFIG_FILES", "MAX_CONFIG_FILE_BYTES", "ProcessRunner"]
 
@@ -71,6 +76,7 @@ def _git_failure(step: str, result: subprocess.CompletedProcess[bytes]) -> str:
 class _Job:
     spec: JobSpec
     process: trio.Process | None = None
+    tree: JobTree | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     stop_grace: float | None = None  # a stop asked for before the process was there
     reported: bool = False
@@ -91,6 +97,8 @@ class ProcessRunner:
         git: str = "git",
         kill_grace: float = 10.0,
         root: str | os.PathLike[str] | None = None,
+        tracking: Tracking | None = None,
+        leftovers: str = "kill",
     ) -> None:
         self.bridge = bridge
         #: the state directory: jobs' workspaces and logs are made inside it without following
@@ -99,6 +107,11 @@ class ProcessRunner:
         self.nursery = nursery
         self.git = git
         self.kill_grace = kill_grace  # between SIGTERM and SIGKILL when a job's timeout passes
+        #: finds every process of a job (None: the job is its process group, as git is)
+        self.tracking = tracking
+        self.leftovers = leftovers  # "kill" (after kill_grace) or "wait"
+        if tracking is not None:
+            nursery.start_soon(tracking.run)
         self._jobs: dict[int, _Job] = {}
         #: the JobExited told for each job that ended, newest last (at most EXITS_KEPT)
         self._exits: collections.OrderedDict[int, JobExited] = collections.OrderedDict()
@@ -129,13 +142,13 @@ class ProcessRunner:
         return len(self._jobs)
 
     async def aclose(self) -> None:
-        """Shutdown: SIGKILL every live job's process group and wait (bounded) for them to go."""
+        """Shutdown: SIGKILL every process of every live job and wait (bounded) for them to go."""
         self._closed = True
         jobs = list(self._jobs.values())
         for job in jobs:
             job.stop_grace = 0.0
-            if job.process is not None and job.process.returncode is None:
-                _killpg(job.process.pid, signal.SIGKILL)
+            if job.process is not None:
+                self._spawn(self._terminate, job, 0.0)
         with trio.move_on_after(_REAP_TIMEOUT):
             for job in jobs:
                 await job.exited.wait()
@@ -332,20 +345,32 @@ class ProcessRunner:
         if job.process is None:
             job.stop_grace = grace if job.stop_grace is None else min(job.stop_grace, grace)
             return
-        self._spawn(self._terminate, job.process, grace)
+        self._spawn(self._terminate, job, grace)
 
-    async def _terminate(self, proc: trio.Process, grace: float) -> None:
-        """SIGTERM to the group; SIGKILL to it if the process has not exited after ``grace``."""
+    async def _terminate(self, job: _Job, grace: float) -> None:
+        """SIGTERM to every process of the job; SIGKILL to all that are left after ``grace``."""
+        proc = job.process
+        assert proc is not None
         try:
-            if proc.returncode is not None:
+            if job.tree is None:
+                if proc.returncode is None:
+                    _killpg(proc.pid, signal.SIGTERM)
+                    with trio.move_on_after(grace):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        _killpg(proc.pid, signal.SIGKILL)
                 return
-            _killpg(proc.pid, signal.SIGTERM)
+            job.tree.signal(signal.SIGTERM)  # the main process with the rest: once each
             with trio.move_on_after(grace):
                 await proc.wait()
-            if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGKILL)
+                await job.tree.wait_empty()
+            if proc.returncode is None or job.tree.count():
+                await job.tree.kill_all()
+            if proc.returncode is None:  # a stop in the instant before the child joined its tree
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGKILL)
         except Exception:
-            log.exception("cannot stop process %s", proc.pid)
+            log.exception("cannot stop job %s", job.spec.job_id)
 
     async def _run_job(self, reply_to: Any, job: _Job) -> None:
         spec = job.spec
@@ -365,7 +390,9 @@ class ProcessRunner:
         try:
             argv = _job_argv(spec)
             # mkdir and open are filesystem calls: not in the loop that serves the socket.
-            log_file = await trio.to_thread.run_sync(_open_log, spec, self.root)
+            log_file, job.tree = await trio.to_thread.run_sync(_prepare, spec, self.root, self.tracking)
+            if job.tree is not None:
+                argv = job.tree.command(argv)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
             _append_log(spec.log, error)
@@ -375,7 +402,7 @@ class ProcessRunner:
             proc = await trio.lowlevel.open_process(
                 argv,
                 cwd=spec.workspace,
-                env=_job_env(spec),
+                env=_job_env(spec, job.tree),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
@@ -385,35 +412,76 @@ class ProcessRunner:
             error = f"cannot start: {exc}"
             with contextlib.suppress(OSError, ValueError):
                 log_file.write(f"maintd: {error}\n".encode())
+            if job.tree is not None:
+                job.tree.close()
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
         finally:
             log_file.close()
+        if job.tree is not None:
+            job.tree.spawned(proc.pid)
 
         job.process = proc
         timed_out = False
+        leftovers = 0
+        emptied = False
         try:
             self._tell(reply_to, JobStarted(job_id=spec.job_id, pid=proc.pid))
             if self._closed:
-                _killpg(proc.pid, signal.SIGKILL)
+                self._spawn(self._terminate, job, 0.0)
             elif job.stop_grace is not None:
-                self._spawn(self._terminate, proc, job.stop_grace)
-            deadline = math.inf if spec.timeout is None else trio.current_time() + spec.timeout
-            with trio.move_on_at(deadline) as scope:
+                self._spawn(self._terminate, job, job.stop_grace)
+            with trio.move_on_at(self._deadline(spec)) as scope:
                 await proc.wait()
+                if job.tree is not None:
+                    job.tree.main_reaped()
+                    leftovers = await self._leftovers(job)
+                    emptied = True  # nothing can join an empty tree: nothing to kill below
             if scope.cancelled_caught:
                 timed_out = True
                 log.info("job %s: timed out after %ss, stopping it", spec.job_id, spec.timeout)
-                await self._terminate(proc, self.kill_grace)
+                await self._terminate(job, self.kill_grace)
                 await proc.wait()
         finally:
-            if proc.returncode is None:  # cancelled (shutdown) or a failure above: leave nothing behind
-                _killpg(proc.pid, signal.SIGKILL)
-                with trio.CancelScope(shield=True), trio.move_on_after(_REAP_TIMEOUT):
+            with trio.CancelScope(shield=True), trio.move_on_after(_REAP_TIMEOUT):
+                if proc.returncode is None:  # cancelled (shutdown) or a failure above: leave nothing behind
+                    _killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()
-            # whatever the job left running in its group goes with it
-            _killpg(proc.pid, signal.SIGKILL)
-            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out))
+                # whatever the job left running goes with it
+                if job.tree is None:
+                    _killpg(proc.pid, signal.SIGKILL)
+                elif not emptied and (killed := await job.tree.kill_all()):
+                    log.info("job %s: killed %d process(es) of it that were left", spec.job_id, killed)
+            if job.tree is not None:
+                job.tree.main_reaped()
+                job.tree.close()
+            self._exited(
+                reply_to,
+                job,
+                JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out, leftovers=leftovers),
+            )
+
+    def _deadline(self, spec: JobSpec) -> float:
+        return math.inf if spec.timeout is None else trio.current_time() + spec.timeout
+
+    async def _leftovers(self, job: _Job) -> int:
+        """The main process has exited: wait for the rest of the tree, or kill it after the grace.
+
+        How many were killed (0: none was left, or they ended by themselves)."""
+        tree = job.tree
+        assert tree is not None
+        if self.leftovers == "wait":
+            await tree.wait_empty()
+            return 0
+        with trio.move_on_after(self.kill_grace):
+            await tree.wait_empty()
+            return 0
+        killed = await tree.kill_all()
+        if killed:
+            note = f"killed {killed} leftover process{'es' if killed != 1 else ''}"
+            log.info("job %s: %s after its main process exited", job.spec.job_id, note)
+            _note_in_log(job.spec.log, note)
+        return killed
 
 
 def _job_argv(spec: JobSpec) -> list[str]:
@@ -424,13 +492,41 @@ def _job_argv(spec: JobSpec) -> list[str]:
     return list(spec.argv)
 
 
-def _job_env(spec: JobSpec) -> dict[str, str]:
+def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:
+    """The job's log and its tree (in a worker thread: file system calls)."""
+    log_file = _open_log(spec, root)
+    if tracking is None:
+        return log_file, None
+    tree = None
+    try:
+        tree = tracking.job(spec.job_id)
+        _check_executable(_job_argv(spec)[0], spec)  # the shim would only say it in the log
+    except BaseException:
+        log_file.close()
+        if tree is not None:
+            tree.close()
+        raise
+    return log_file, tree
+
+
+def _check_executable(program: str, spec: JobSpec) -> None:
+    """FileNotFoundError, as subprocess would raise it, when ``program`` cannot be run."""
+    if os.sep in program:
+        found = os.path.join(spec.workspace, program)  # relative to the job's cwd
+    else:
+        found = shutil.which(program, path=_job_env(spec).get("PATH")) or ""
+    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise FileNotFoundError(2, "No such file or directory", program)
+
+
+def _job_env(spec: JobSpec, tree: JobTree | None = None) -> dict[str, str]:
     base = {
         "PATH": os.environ.get("PATH") or os.defpath,
         "HOME": spec.workspace,
         "LANG": os.environ.get("LANG") or "C.UTF-8",
     }
-    return {**base, **spec.env}
+    # The marker last: a job's env cannot take it away.
+    return {**base, **spec.env, **(tree.env if tree is not None else {})}
 
 
 def _open_log(spec: JobSpec, root: str | None = None) -> IO[bytes]:
@@ -495,6 +591,17 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _note_in_log(path: str, note: str) -> None:
+    """Best effort: a line at the end of a job's log, never written through a symlink."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, f"maintd: {note}\n".encode())
+    os.close(fd)
 
 
 def _append_log(path: str, error: str) -> None:

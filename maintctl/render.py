@@ -119,7 +119,10 @@ def reconnect_note(s: dict[str, Any]) -> str:
 def status(result: dict[str, Any]) -> str:
     result = clean(result)
     m = result["maintenance"]
-    lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store")), ""]
+    lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store"))]
+    if result.get("job_tracking"):
+        lines.append(f"Job tracking: {result['job_tracking']}")
+    lines.append("")
     subsystems = result["subsystems"]
     if subsystems:
         lines.append(f"  {'SUBSYSTEM':<24} {'STATE':<9} {'IN FLIGHT':>9} {'BLOCKING':>8}")
