@@ -96,7 +96,7 @@ def mechanism(request: Any, tmp_path: Path) -> str:
 def test_an_escaped_process_keeps_its_job_building_and_the_server_unsafe(
     make_daemon: Any, tmp_path: Path, mechanism: str
 ) -> None:
-    escaped_file = tmp_path / "escaped.pid"
+    escaped_file, main_file = tmp_path / "escaped.pid", tmp_path / "main.pid"
     d = make_daemon(
         config=config(tmp_path, mechanism, escape(tmp_path), leftovers="wait")
     )
@@ -131,7 +131,7 @@ def test_leftovers_are_killed_after_cancel_grace_and_the_log_says_so(make_daemon
 def test_kill_9_of_maintd_then_restart_ends_the_tree_before_anything_is_said(
     make_daemon: Any, tmp_path: Path, mechanism: str
 ) -> None:
-    escaped_file = tmp_path / "escaped.pid"
+    escaped_file, main_file = tmp_path / "escaped.pid", tmp_path / "main.pid"
     shell = escape(tmp_path) + "; exec sleep 300"
     d = make_daemon(config=config(tmp_path, mechanism, shell))
     escaped, main = pid_in(escaped_file), pid_in(main_file)
