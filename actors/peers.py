@@ -20,12 +20,23 @@ class Peers:
         self._held: dict[str, list[Any]] = {}
 
     def set(self, name: str, ref: Any) -> None:
-        """The current actor of ``name`` (None while it is failed). Held messages go to a new one."""
+        """The current actor of ``name`` (None while it is failed). Held messages go to a new one.
+
+        A new actor that has died already (it failed at once, or the daemon is stopping)
+        raises nothing here: the messages it did not take stay held for the next one, in
+        order, and the caller (the supervisor) goes on.
+        """
         with self._lock:
             self._refs[name] = ref
-            if ref is not None:
-                for message in self._held.pop(name, []):
+            if ref is None:
+                return
+            held = self._held.pop(name, [])
+            for i, message in enumerate(held):
+                try:
                     ref.tell(message)
+                except pykka.ActorDeadError:
+                    self._held[name] = held[i:]
+                    return
 
     def tell(self, name: str, message: Any) -> None:
         """Tell the current actor of ``name``; while it is being restarted, hold the message for it."""
