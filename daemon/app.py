@@ -36,6 +36,7 @@ import trio
 from actors.errors import MaintdError
 from actors.messages import Enable
 from actors.peers import Peers
+from actors.safety import blocking
 from actors.status import Event, Status
 from actors.store import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
@@ -331,7 +332,7 @@ def _blocking(status: Status | None) -> list[InFlightItem]:
     if status is None:
         return []
     rs = status.running_systems
-    return [i for i in (*rs.material_update_in_progress, *rs.building_jobs, *rs.scheduled_jobs, *rs.other) if i.blocks_restart]
+    return blocking((*rs.material_update_in_progress, *rs.building_jobs, *rs.scheduled_jobs, *rs.other))
 
 
 async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: Notifier, timeout: float) -> None:
