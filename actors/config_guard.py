@@ -17,7 +17,7 @@ from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
 from .ports import Clock
-from .scheduler import PipelinesChanged
+from .scheduler import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
 
 log = logging.getLogger("maintd.config")
@@ -213,6 +213,8 @@ class ConfigGuardCore(SubsystemCore):
                 return self.set_paused(message)
             case ApplyConfig():
                 return self.apply(message)
+            case PipelinesWanted():
+                self.publish()
             case ConfigRepoFiles():
                 if self.intake_open or message.restored:  # restored: what it had, not a change
                     self.merge_repo(message)

@@ -57,6 +57,11 @@ class PipelinesChanged(msgspec.Struct, frozen=True, kw_only=True):
     paused: frozenset[str] = frozenset()
 
 
+class PipelinesWanted(msgspec.Struct, frozen=True):
+    """From a (re)started scheduler to the config guard: publish the pipelines again. The
+    scheduler starts with the config file's pipelines only; a config repo's come from the guard."""
+
+
 class WantWork(msgspec.Struct, frozen=True):
     agent: str
 
@@ -185,11 +190,17 @@ class SchedulerCore(SubsystemCore):
         self.report()
         self.check_drained()
         self.peers.tell("agents", AnnounceIdle())
+        self.peers.tell("config", PipelinesWanted())
 
     def restore(self) -> None:
-        """Runs in progress and their scheduled jobs come back from the store (after any restart)."""
+        """Runs in progress and their scheduled jobs come back from the store (after any restart).
+
+        A run of a pipeline this scheduler does not know yet (one from a config repo, whose
+        files come after the start) is left in the store and restored when a configuration
+        brings its pipeline (:meth:`change_pipelines`); a run restored already is not again.
+        """
         for row in self.store.recent_runs(limit=100_000):
-            if row.state != "running":
+            if row.state != "running" or row.id in self.runs:
                 continue
             pipeline = self.pipelines.get(row.pipeline)
             jobs = row.jobs
@@ -249,8 +260,19 @@ class SchedulerCore(SubsystemCore):
         """A new configuration: the timers of the pipelines whose schedule changed, and only those,
         are disarmed or armed again (pausing a pipeline changes no timer: a paused pipeline's timer
         fires and is skipped, as GoCD does)."""
+        known = set(self.pipelines)
         self.pipelines = {p.name: p for p in pipelines}
         self.paused_pipelines = paused
+        if set(self.pipelines) - known:
+            # Runs of the pipelines that just became known (a config repo's, after a restart)
+            # come back from the store now: their scheduled jobs queue again, and their
+            # jobs' ends are heard.
+            before = len(self.runs)
+            self.restore()
+            if len(self.runs) != before:
+                self.report()
+                self.check_drained()
+                self.dispatch()
         for name, timer in list(self.armed.items()):
             p = self.pipelines.get(name)
             if p is None or p.timer != timer:

@@ -790,8 +790,12 @@ class Bus:
         self.seq = itertools.count()
         self.inbox: dict[str, collections.deque[tuple[int, Any]]] = {name: collections.deque() for name in CORES}
         self.refs: dict[str, PeerRef] = {}
+        self.elsewhere: list[tuple[str, Any]] = []
 
     def tell(self, name: str, message: Any) -> None:
+        if name not in self.inbox:  # a subsystem this machine does not model (config, materials)
+            self.elsewhere.append((name, message))
+            return
         self.inbox[name].append((next(self.seq), message))
 
     def ref(self, name: str) -> PeerRef:

@@ -25,6 +25,7 @@ from actors.scheduler import (
     GiveBack,
     JobFinished,
     PipelinesChanged,
+    PipelinesWanted,
     SchedulerCore,
     TakenBack,
     TimerDue,
@@ -598,3 +599,45 @@ def test_config_repo_files_merge_the_valid_pipelines_only(w: World) -> None:
     assert [p.name for p in published.pipelines] == ["app", "from-repo"]
     assert published.pipelines[0] == PIPE  # the config file's "app" wins over the repo's
     assert {p.name: p.source for p in core.handle("info")} == {"app": "config file", "from-repo": "config repo pipes"}
+
+
+def test_a_restarted_scheduler_restores_the_runs_of_pipelines_it_learns_later(w: World) -> None:
+    """A config repo's pipelines reach a (re)started scheduler after its start: the runs in
+    progress of those pipelines come back then, scheduled jobs queued again and a stage whose
+    jobs all ended going on. Before, they were left `running` in the store for ever."""
+    scheduler(w, agents=1)  # app/1: compile handed to agent-1, package scheduled
+    ids = w.job_ids()
+    w.store.set_job_state(ids["compile"], JobState.PASSED, w.clock.now(), returncode=0)  # ended while it was down
+    restarted = SchedulerCore(
+        "scheduler", w.sent.append, pipelines=[], store=w.store, peers=w.peers,
+        timers=w.timers, clock=w.clock, work_root="/srv/maintd",
+    )  # fmt: skip
+    restarted.start()
+    assert queued(restarted) == [] and restarted.runs == {}
+    restarted.handle(PipelinesChanged(pipelines=(PIPE,)))
+    assert queued(restarted) == ["package"]
+    restarted.handle(PipelinesChanged(pipelines=(PIPE, OTHER)))  # a run restored already is not again
+    assert queued(restarted) == ["package"]
+    restarted.handle(WantWork("agent-2"))
+    assert queued(restarted) == []
+    restarted.handle(JobFinished(job_id=ids["package"], state=JobState.PASSED))
+    assert queued(restarted) == ["unit"]  # the run went on to its next stage
+
+
+def test_a_restarted_scheduler_asks_the_config_guard_for_the_pipelines_and_gets_the_config_repos(w: World) -> None:
+    """A scheduler actor restarted alone knows only the config file's pipelines: it asks, and
+    the guard publishes every pipeline, a config repo's included, with the pauses."""
+    g = guard(w)
+    g.start()
+    g.handle(ConfigRepoFiles(repo="pipes", revision="c1", files={"p.toml": PIPELINE_FILE.format(name="docs", material="app")}))
+    core = scheduler(w, trigger=False)
+    core.start()
+    wanted = w.peers.to("config", PipelinesWanted)
+    assert wanted
+    w.peers.told.clear()
+    g.handle(wanted[0])
+    published = w.peers.to("scheduler", PipelinesChanged)
+    assert published and {p.name for p in published[-1].pipelines} == {"app", "docs"}
+    core.handle(published[-1])
+    core.handle(Trigger(pipeline="docs", by="alice"))
+    assert queued(core) == ["make"]

@@ -28,6 +28,7 @@ from actors.supervisor import SupervisorActor
 from tests.actors import test_jobserver_restarts as restarts
 from tests.actors.fakes import FakeClock, FakeSink, FakeTimers
 from tests.actors.test_jobserver_cores import PIPE, FakePeers, FakeProcesses
+from tests.conftest import wait_for
 
 FULL = "database or disk is full"
 
@@ -298,12 +299,18 @@ def wait_status(w: World, predicate: Any, what: str) -> Any:
     return w.sink.wait(predicate, what=what)
 
 
+def recorded_building(w: World) -> None:
+    """The agents do not wait for their "building" writes: the disk fills only once they landed."""
+    wait_for(lambda: {j.state for j in w.store.recent_runs()[0].jobs} == {"building"}, 10, "both jobs recorded building")
+
+
 def test_actors_keep_results_through_a_full_disk_and_finish_the_run_when_it_has_room(w: World) -> None:
     w.ref("scheduler").ask(Trigger(pipeline="app", by="alice"), timeout=restarts.ASK)
     w.runner.wait(lambda: len(w.runner.running) == 2, "both jobs to build")
     w.supervisor.ask(Enable(by="alice", reason="upgrade"), timeout=restarts.ASK)
     w.settle()
     compile_id, package_id = sorted(w.runner.running)
+    recorded_building(w)
 
     w.disk.full = True
     w.runner.exit(compile_id)
@@ -345,6 +352,7 @@ def test_a_restarted_agents_actor_learns_again_the_results_its_predecessor_kept(
     w.runner.wait(lambda: len(w.runner.running) == 2, "both jobs to build")
     w.settle()
     compile_id, _ = sorted(w.runner.running)
+    recorded_building(w)
     w.disk.full = True
     w.runner.exit(compile_id)
     wait_status(w, lambda s: s.store.pending_writes == 1, "the result waiting")
