@@ -58,6 +58,10 @@ class ExternalCore(SubsystemCore):
         # Refused only while the earlier cancel's asker still waits for its answer: one that
         # timed out (CancelTimedOut) is gone from ``pending``, and one nobody waits for (the
         # deadline's) gives way to the new one, which is sent to the process again.
+        # A cancel nobody waits for (the deadline's) while another is outstanding is not sent
+        # again: the process answers the one it has.
+        if waiting is not None and msg.reply is None:
+            return
         if waiting is not None and waiting.reply is not None and not waiting.reply.done:
             self.refuse(msg, Conflict(f"a cancel of {item.id} is already waiting for {self.name}'s answer"))
             return

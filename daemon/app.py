@@ -245,7 +245,7 @@ async def run(settings: Settings) -> int:
                 )
                 timers.target = supervisor
                 with trio.fail_after(STORE_TIMEOUT):
-                    await hub.ready.wait()  # serve nobody before the supervisor's first status
+                    await hub.ready.wait()  # serve nobody before every built-in subsystem has started
                 try:
                     listening = await open_control_listener(settings.socket, int(cfg.control.mode, 8), cfg.control.admin_group)
                 except ListenerError as exc:

@@ -38,7 +38,11 @@ class StatusHub:
         self.watchers: set[Watcher] = set()
         self.listeners: list[Callable[[Status, Event | None], None]] = []
         self._status_json: bytes | None = None
+        #: set once the supervisor has started every built-in subsystem (its "started" event)
+        #: and a status has them: the socket serves nobody before, so no request finds a
+        #: subsystem not started yet (a status comes after each one is added)
         self.ready = trio.Event()
+        self._started = False
         self._inflight_json: bytes | None = None
         self._running: Any = None  # the RunningSystems last encoded, and its encoding
         self._running_raw = msgspec.Raw(b"{}")
@@ -65,10 +69,13 @@ class StatusHub:
     def _apply(self, status: Status | None, event: Event | None) -> None:
         if status is None and event is not None:
             self._stale = True
+        if event is not None and event.event == "started":
+            self._started = True
         if status is not None:
             self.status = status
             self._stale = False
-            self.ready.set()
+            if self._started:
+                self.ready.set()
             self._status_json = self._inflight_json = None
             for listener in self.listeners:
                 try:

@@ -66,3 +66,14 @@ def test_a_cancel_nobody_waits_for_gives_way_to_an_operators_cancel() -> None:
     core.cancel(Cancel(item_id="ext/job-1", by="deadline", reply=None))  # the drain deadline's
     core.cancel(Cancel(item_id="ext/job-1", by="alice", reply=CallbackFuture()))
     assert cancels(link) == ["job-1", "job-1"] and refusals(emitted) == []
+
+
+def test_a_second_deadline_cancel_while_one_is_outstanding_is_not_sent_again() -> None:
+    """Two drains' deadlines cancel the same unanswered item: the process gets one cancel line
+    (found by the drain state machine in CI); an operator's cancel still gets through."""
+    core, link, emitted = make()
+    core.cancel(Cancel(item_id="ext/job-1", by="deadline"))
+    core.cancel(Cancel(item_id="ext/job-1", by="deadline"))
+    assert cancels(link) == ["job-1"] and refusals(emitted) == []
+    core.cancel(Cancel(item_id="ext/job-1", by="alice", reply=CallbackFuture()))
+    assert cancels(link) == ["job-1", "job-1"]

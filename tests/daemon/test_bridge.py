@@ -218,3 +218,18 @@ async def test_an_unsubscribed_waiting_watcher_is_forgotten() -> None:
     hub.unsubscribe(gone)
     hub._apply(status, None)
     assert gone.lines == [] and gone not in hub.watchers
+
+
+async def test_the_hub_is_ready_only_once_every_builtin_subsystem_started() -> None:
+    """The supervisor publishes a status after each subsystem it adds: serving the socket on
+    the first one let a request find `config` not started yet ("restarting; try again",
+    seen in CI under load). Ready means a status at or after the "started" event."""
+    hub = StatusHub(Bridge(trio.lowlevel.current_trio_token()), on_fatal=lambda error: None)
+    status = _status("normal")
+    registered = Event(seq=1, at="", event="subsystem_registered", maintenance=status.maintenance)
+    hub._apply(status, registered)  # materials added; scheduler, agents and config not yet
+    assert not hub.ready.is_set()
+    hub._apply(None, Event(seq=2, at="", event="started", maintenance=status.maintenance))  # in a burst
+    assert not hub.ready.is_set()
+    hub._apply(status, None)
+    assert hub.ready.is_set()
