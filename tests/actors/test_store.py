@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
 from actors.errors import MaintdError
 from actors.future import CallbackFuture
 from actors.jobs import JobState
-from actors.store import RESTART_DETAIL, SCHEMA_VERSION, Store, StoreActor, StoreError, SyncStore
+from actors.schema import RESTART_DETAIL, SCHEMA_VERSION
+from actors.store import Store, StoreError
+from actors.store_actor import StoreActor, SyncStore
 
 T0 = 1_700_000_000.0
 
@@ -360,7 +363,7 @@ def held(db_path: Path) -> tuple[Any, Any, threading.Event]:
 
 
 def call(ref: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    from actors.store import StoreCall
+    from actors.store_actor import StoreCall
 
     reply: Any = CallbackFuture()
     ref.tell(StoreCall(name, args, kwargs, reply))
@@ -445,9 +448,14 @@ def test_calls_queued_behind_a_stop_are_answered_that_the_store_stopped(db_path:
     first = call(ref, "audit", "first", "alice", T0)
     stopped = ref.stop(block=False)
     late = call(ref, "audit", "late", "alice", T0)
+    late_proxy_call = ref.proxy().audit("late proxy call", "alice", T0)  # pykka's own messages, behind the stop:
+    stopped_again = ref.stop(block=False)  # answered by pykka's teardown, after the store's
     release.set()
-    stopped.get(timeout=10)
+    assert stopped.get(timeout=10) is True
     assert first.get(timeout=10) == 1
     with pytest.raises(Exception, match="stopped"):
         late.get(timeout=10)
+    with pytest.raises(pykka.ActorDeadError, match="stopped before handling the message"):
+        late_proxy_call.get(timeout=10)
+    assert stopped_again.get(timeout=10) is True  # a second stop queued behind the first is answered, not left hanging
     assert committed_audit(db_path) == ["first"]
