@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import trio
@@ -35,7 +34,7 @@ from actors.jobs import JobExited, JobSpec, JobStarted
 from daemon.bridge import Bridge
 from daemon.git import Git, killpg
 from daemon.jobtree import JobTree, Tracking
-from daemon.statedir import open_job_log
+from daemon.statedir import append_to_log, open_job_log
 
 __all__ = ["ProcessRunner"]
 
@@ -259,7 +258,7 @@ class ProcessRunner:
                 argv = job.tree.command(argv)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
-            _append_log(spec.log, error)
+            append_to_log(spec.log, error, self.root)
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
         try:
@@ -402,13 +401,3 @@ def _note_in_log(path: str, note: str) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, f"maintd: {note}\n".encode())
     os.close(fd)
-
-
-def _append_log(path: str, error: str) -> None:
-    """Best effort: the reason a job could not start, in its log for whoever reads it."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(f"maintd: {error}\n".encode())
-    except OSError:
-        pass

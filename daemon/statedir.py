@@ -9,6 +9,7 @@ path is walked from the state directory one component at a time with ``O_NOFOLLO
 end is opened relative to its folder. The state directory itself may be a symlink.
 
 - :func:`open_job_log`: the job's workspace and its fresh log, for the child to write;
+- :func:`append_to_log`: a line at the end of a job's log (why it could not start);
 - :func:`open_log`: a job's log, read-only, for ``maintctl logs``.
 """
 
@@ -106,6 +107,36 @@ def open_job_log(spec: JobSpec, root: str | None = None) -> IO[bytes]:
     finally:
         os.close(folder)
     return os.fdopen(fd, "wb")
+
+
+def append_to_log(path: str, line: str, root: str | None = None) -> None:
+    """Best effort: ``maintd: line`` at the end of a job's log (made if missing).
+
+    Under ``root`` its folders are reached as :func:`open_job_log` does, and the line is
+    written only to a regular file with one link: never through a symlink, a hard link or
+    a FIFO planted at the log's name.
+    """
+    data = f"maintd: {line}\n".encode()
+    try:
+        if root is None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(data)
+            return
+        folder = make_dirs(root, os.path.dirname(path))
+        try:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            fd = os.open(os.path.basename(path), flags, 0o666, dir_fd=folder)
+        finally:
+            os.close(folder)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def open_log(state_dirs: tuple[Path, ...], log_path: str) -> int:

@@ -548,3 +548,34 @@ def test_a_path_outside_the_state_directory_is_refused(tmp_path: Path) -> None:
     root, _outside, _spec = planted(tmp_path)
     with pytest.raises(OSError, match="outside the state directory"):
         open_job_log(spec_for(tmp_path / "elsewhere"), str(root))
+
+
+def plant_at_log(root: Path, outside: Path, log: Path, what: str) -> None:
+    """A symlink or a hard link to ``outside`` at ``log``, or its folder a symlink to a folder outside."""
+    if what == "symlinked folder":
+        elsewhere = outside.parent / "elsewhere"
+        (elsewhere / log.parent.name).mkdir(parents=True)
+        (root / "logs").symlink_to(elsewhere)
+        return
+    log.parent.mkdir(parents=True)
+    if what == "symlink":
+        log.symlink_to(outside)
+    else:
+        os.link(outside, log)
+
+
+@pytest.mark.parametrize("what", ["symlink", "hard link", "symlinked folder"])
+async def test_a_start_that_fails_writes_its_reason_through_nothing_planted_at_the_log(
+    make_runner: Callable[..., ProcessRunner], tmp_path: Path, what: str
+) -> None:
+    root, outside, _spec = planted(tmp_path)
+    spec = spec_for(root)  # neither argv nor shell: the start fails before the log is made
+    plant_at_log(root, outside, Path(spec.log), what)
+    inbox = Inbox()
+    make_runner(root=root).start_job(inbox, spec)
+    message = await inbox.next()
+    assert isinstance(message, JobExited) and message.error == "cannot start: the job has neither argv nor shell"
+    assert outside.read_text() == "ORIGINAL\n"
+    if what == "symlinked folder":
+        assert list((tmp_path / "elsewhere").rglob("*.log")) == []
+        assert read(spec.log) == f"maintd: {message.error}\n"  # in a real folder made in the symlink's place
