@@ -173,28 +173,6 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def create_job(
-        self,
-        run_id: int,
-        pipeline: str,
-        pipeline_counter: int,
-        stage: str,
-        stage_counter: int,
-        stage_index: int,
-        name: str,
-        at: float,
-        log_path: str,
-    ) -> int:
-        with self._tx(f"the new job {pipeline}/{pipeline_counter}/{stage}/{name}") as db:
-            cur = db.execute(
-                "INSERT INTO jobs (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, state,"
-                " scheduled_at, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, 'scheduled', ?, ?)",
-                (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, at, log_path),
-            )
-            job_id = int(cur.lastrowid or 0)
-            _event(db, job_id, at, JobState.SCHEDULED.value)
-            return job_id
-
     def create_jobs(
         self,
         run_id: int,
@@ -261,18 +239,12 @@ class Store:
             )
             _event(db, job_id, at, new.value, detail)
 
-    def hand_out(self, job_id: int, agent: str) -> bool:
-        """Record that a scheduled job was given to ``agent`` (an Assign is on its way to the agents).
-
-        The job stays ``scheduled`` with its agent set until the agents start it (``building``)
-        or give it back (:meth:`take_back`). False (and no change) for a job that is not scheduled.
-        """
-        with self._tx(f"job {job_id} handed to {agent}") as db:
-            cur = db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id))
-            return cur.rowcount > 0
-
     def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]:
-        """:meth:`hand_out` for several (job id, agent) pairs in one transaction; one answer each."""
+        """Record that scheduled jobs were given to agents (Assigns are on their way), in one transaction.
+
+        Each job stays ``scheduled`` with its agent set until the agents start it (``building``)
+        or give it back (:meth:`take_back`). One answer per (job id, agent) pair: False (and no
+        change) for a job that is not scheduled."""
         with self._tx(f"{len(hand_outs)} jobs handed out") as db:
             done = [
                 db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id)).rowcount > 0
@@ -430,10 +402,3 @@ class Store:
         with self._read("the audit log") as db:
             rows = db.execute("SELECT id, at, action, by, reason, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
             return [AuditRow(**dict(zip(r.keys(), r, strict=True))) for r in reversed(rows.fetchall())]
-
-    def counts_by_state(self) -> dict[str, int]:
-        """How many jobs are in each state (every state, zeros included)."""
-        with self._read("the job counts") as db:
-            counts = {s.value: 0 for s in JobState}
-            counts.update({r["state"]: r["n"] for r in db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")})
-            return counts

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 #: The Store methods that StoreActor answers and SyncStore forwards.
 METHODS = (
-    "next_counter", "create_run", "create_job", "create_jobs", "set_job_state", "hand_out", "hand_out_many", "take_back",
+    "next_counter", "create_run", "create_jobs", "set_job_state", "hand_out_many", "take_back",
     "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
     "set_pipeline_paused", "paused_pipelines",
-    "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
+    "agent_jobs", "scheduled_jobs", "job_events", "audit_entries",
 )  # fmt: skip
 
 

@@ -40,7 +40,8 @@ def new_run(store: Store, pipeline: str = "build", trigger: str = "material", re
 
 
 def new_job(store: Store, run_id: int, name: str = "unit", stage: str = "test", index: int = 0, at: float = T0) -> int:
-    return store.create_job(run_id, "build", 1, stage, 1, index, name, at, f"/state/logs/{name}.log")
+    (job_id,) = store.create_jobs(run_id, "build", 1, stage, index, ((name, f"/state/logs/{name}.log"),), at)
+    return job_id
 
 
 def test_counters_count_per_pipeline(store: Store) -> None:
@@ -83,7 +84,6 @@ def test_a_run_and_its_jobs_go_through_their_lifecycle_with_an_event_per_change(
     assert [(j.name, j.state, j.returncode) for j in run.jobs] == [("unit", "passed", 0), ("lint", "failed", 2)]
     assert store.jobs_of_run(run_id) == list(run.jobs)
     assert store.scheduled_jobs() == []
-    assert store.counts_by_state() == {"scheduled": 0, "building": 0, "passed": 1, "failed": 1, "cancelled": 0, "interrupted": 0}
     assert store.job(9999) is None
 
 
@@ -283,7 +283,7 @@ def test_the_actor_answers_other_threads_through_sync_store(db_path: Path) -> No
     def caller() -> None:  # another actor's thread: the connection stays in the store's thread
         try:
             run_id = store.create_run("build", store.next_counter("build"), "user", "alice", {"repo": "abc"}, T0)
-            job_id = store.create_job(run_id, "build", 1, "test", 1, 0, "unit", T0, "/state/unit.log")
+            (job_id,) = store.create_jobs(run_id, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0)
             store.set_job_state(job_id, JobState.BUILDING, T0 + 1, agent="agent-1")
             results["runs"] = store.recent_runs()
             try:
@@ -303,9 +303,9 @@ def test_the_actor_answers_other_threads_through_sync_store(db_path: Path) -> No
     assert (run.counter, run.triggered_by, [j.state for j in run.jobs]) == (1, "alice", ["building"])
     assert "already cancelled" in results["refused"]
 
-    future = proxy.counts_by_state()
+    future = proxy.recent_runs()
     assert isinstance(future, CallbackFuture)
-    assert future.get(timeout=10)["cancelled"] == 1
+    assert [j.state for j in future.get(timeout=10)[0].jobs] == ["cancelled"]
     ref.stop()
     with pytest.raises(StoreError, match="the store has stopped"):
         store.next_counter("build")
@@ -407,14 +407,14 @@ def test_a_refused_call_in_a_group_gets_its_own_error_and_the_others_are_recorde
     try:
         run = call(ref, "create_run", "build", 1, "user", "alice", {}, T0)
         twice = call(ref, "create_run", "build", 1, "user", "bob", {}, T0)  # the same counter: refused
-        job = call(ref, "create_job", 1, "build", 1, "test", 1, 0, "unit", T0, "/state/unit.log")
+        jobs = call(ref, "create_jobs", 1, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0)
         unknown = call(ref, "set_job_state", 99, JobState.BUILDING, T0)
         audit = call(ref, "audit", "enable", "alice", T0)
         release.set()
         assert run.get(timeout=10) == 1
         with pytest.raises(ValueError, match="refused"):
             twice.get(timeout=10)
-        assert job.get(timeout=10) == 1
+        assert jobs.get(timeout=10) == [1]
         with pytest.raises(ValueError, match="no job 99"):
             unknown.get(timeout=10)
         assert audit.get(timeout=10) == 1
