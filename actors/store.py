@@ -1,144 +1,47 @@
-"""The SQLite store: runs, jobs, job events, material revisions, paused pipelines and the audit log.
+"""The plain SQLite store: runs, jobs, job events, material revisions, paused pipelines and the audit log.
 
 :class:`Store` is a plain class over one ``sqlite3`` connection; every method is one
-transaction, so a failure never leaves half a record. :class:`StoreActor` owns a Store in
-its own thread (a connection belongs to the thread that opened it) and answers through
-pykka proxies; :class:`SyncStore` lets other actors call it as if it were the plain Store
-(they ask downward to the store, never the other way).
+transaction, so a failure never leaves half a record. Its tables and their migrations are
+in :mod:`actors.schema`; the actor that owns a Store in its own thread, with group commit,
+and :class:`~actors.store_actor.SyncStore` are in :mod:`actors.store_actor`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-import pykka
-
 from .errors import MaintdError
-from .future import CallbackFuture
 from .jobs import TERMINAL, JobState
+from .schema import (
+    CANCEL_DETAIL,
+    JOB_COLUMNS,
+    MIGRATIONS,
+    RESTART_DETAIL,
+    RUN_COLUMNS,
+    RUN_INTERRUPTED_DETAIL,
+    RUN_STATES,
+    SCHEMA_VERSION,
+    TRIGGERS,
+    AuditRow,
+    JobEvent,
+    JobRow,
+    RunRow,
+    job_from_row,
+    run_from_row,
+)
 
 log = logging.getLogger(__name__)
-
-TRIGGERS = ("material", "timer", "user")
-RUN_STATES = ("running", "passed", "failed", "cancelled", "interrupted")
-RESTART_DETAIL = "daemon restarted while building"
-RUN_INTERRUPTED_DETAIL = "its run was interrupted by a daemon restart"
-CANCEL_DETAIL = "its cancel was asked for before a daemon restart"
-
-# One list of statements per schema version; PRAGMA user_version says how many ran.
-_JOB_STATES = ", ".join(f"'{s.value}'" for s in JobState)
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        f"""CREATE TABLE runs (
-            id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, counter INTEGER NOT NULL,
-            trigger TEXT NOT NULL CHECK (trigger IN ('material', 'timer', 'user')), triggered_by TEXT NOT NULL,
-            revisions TEXT NOT NULL DEFAULT '{{}}',
-            state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in RUN_STATES)})),
-            created_at REAL NOT NULL, finished_at REAL, UNIQUE (pipeline, counter))""",
-        f"""CREATE TABLE jobs (
-            id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs (id), pipeline TEXT NOT NULL,
-            pipeline_counter INTEGER NOT NULL, stage TEXT NOT NULL, stage_counter INTEGER NOT NULL,
-            stage_index INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ({_JOB_STATES})),
-            agent TEXT, scheduled_at REAL NOT NULL, started_at REAL, finished_at REAL, returncode INTEGER,
-            cancelled_by TEXT, log_path TEXT NOT NULL)""",
-        "CREATE INDEX jobs_by_run ON jobs (run_id)",
-        "CREATE INDEX jobs_by_state ON jobs (state)",
-        """CREATE TABLE job_events (
-            id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs (id), at REAL NOT NULL,
-            state TEXT NOT NULL, detail TEXT)""",
-        "CREATE INDEX job_events_by_job ON job_events (job_id)",
-        """CREATE TABLE revisions (
-            id INTEGER PRIMARY KEY, material TEXT NOT NULL, revision TEXT NOT NULL, seen_at REAL NOT NULL)""",
-        "CREATE INDEX revisions_by_material ON revisions (material, id)",
-        """CREATE TABLE audit (
-            id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, by TEXT NOT NULL,
-            reason TEXT, target TEXT, detail TEXT)""",
-    ),
-    # 2: the pause state of pipelines, so that no restart (of the config actor or the daemon) forgets it
-    (
-        """CREATE TABLE paused_pipelines (
-            pipeline TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(MaintdError):
     """The store could not read or record something (disk full, state directory not writable, ...)."""
 
     code = "store_unavailable"
-
-
-class JobRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One job. ``agent`` is set once the scheduler hands the job out (still ``scheduled``
-    while the Assign is on its way); ``cancelled_by`` is who cancelled it, or, on a job
-    that has not ended, who asked to: a restarted actor learns both from here."""
-
-    id: int
-    run_id: int
-    pipeline: str
-    pipeline_counter: int
-    stage: str
-    stage_counter: int
-    stage_index: int
-    name: str
-    state: str
-    agent: str | None
-    scheduled_at: float
-    started_at: float | None
-    finished_at: float | None
-    returncode: int | None
-    cancelled_by: str | None
-    log_path: str
-
-
-class RunRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    pipeline: str
-    counter: int
-    trigger: str
-    triggered_by: str
-    revisions: dict[str, str]
-    state: str
-    created_at: float
-    finished_at: float | None
-    jobs: tuple[JobRow, ...] = ()
-
-
-class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: int
-    at: float
-    state: str
-    detail: str | None
-
-
-class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    at: float
-    action: str
-    by: str
-    reason: str | None
-    target: str | None
-    detail: str | None
-
-
-_JOB_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(JobRow))
-_RUN_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(RunRow) if f.name != "jobs")
-
-
-def _job(row: sqlite3.Row) -> JobRow:
-    return JobRow(**dict(zip(row.keys(), row, strict=True)))
-
-
-def _run(row: sqlite3.Row, jobs: list[JobRow]) -> RunRow:
-    return RunRow(**{**dict(zip(row.keys(), row, strict=True)), "revisions": json.loads(row["revisions"]), "jobs": tuple(jobs)})
 
 
 def _event(db: sqlite3.Connection, job_id: int, at: float, state: str, detail: str | None = None) -> None:
@@ -149,7 +52,7 @@ class Store:
     """One SQLite database. Use it from the thread that opened it."""
 
     def later(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """As :meth:`SyncStore.later`; on the plain store the write happens at once."""
+        """As :meth:`~actors.store_actor.SyncStore.later`; on the plain store the write happens at once."""
         try:
             getattr(self, name)(*args, **kwargs)
         except (StoreError, ValueError) as exc:
@@ -187,7 +90,7 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    # -- group commit (see StoreActor) ------------------------------------------------------
+    # -- group commit (see actors.store_actor) ----------------------------------------------
 
     def begin_group(self) -> None:
         """Open one transaction for several calls: each call runs in a savepoint inside it
@@ -270,28 +173,6 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def create_job(
-        self,
-        run_id: int,
-        pipeline: str,
-        pipeline_counter: int,
-        stage: str,
-        stage_counter: int,
-        stage_index: int,
-        name: str,
-        at: float,
-        log_path: str,
-    ) -> int:
-        with self._tx(f"the new job {pipeline}/{pipeline_counter}/{stage}/{name}") as db:
-            cur = db.execute(
-                "INSERT INTO jobs (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, state,"
-                " scheduled_at, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, 'scheduled', ?, ?)",
-                (run_id, pipeline, pipeline_counter, stage, stage_counter, stage_index, name, at, log_path),
-            )
-            job_id = int(cur.lastrowid or 0)
-            _event(db, job_id, at, JobState.SCHEDULED.value)
-            return job_id
-
     def create_jobs(
         self,
         run_id: int,
@@ -358,18 +239,12 @@ class Store:
             )
             _event(db, job_id, at, new.value, detail)
 
-    def hand_out(self, job_id: int, agent: str) -> bool:
-        """Record that a scheduled job was given to ``agent`` (an Assign is on its way to the agents).
-
-        The job stays ``scheduled`` with its agent set until the agents start it (``building``)
-        or give it back (:meth:`take_back`). False (and no change) for a job that is not scheduled.
-        """
-        with self._tx(f"job {job_id} handed to {agent}") as db:
-            cur = db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id))
-            return cur.rowcount > 0
-
     def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]:
-        """:meth:`hand_out` for several (job id, agent) pairs in one transaction; one answer each."""
+        """Record that scheduled jobs were given to agents (Assigns are on their way), in one transaction.
+
+        Each job stays ``scheduled`` with its agent set until the agents start it (``building``)
+        or give it back (:meth:`take_back`). One answer per (job id, agent) pair: False (and no
+        change) for a job that is not scheduled."""
         with self._tx(f"{len(hand_outs)} jobs handed out") as db:
             done = [
                 db.execute("UPDATE jobs SET agent = ? WHERE id = ? AND state = 'scheduled'", (agent, job_id)).rowcount > 0
@@ -483,37 +358,39 @@ class Store:
 
     def job(self, job_id: int) -> JobRow | None:
         with self._read(f"job {job_id}") as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return None if row is None else _job(row)
+            row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else job_from_row(row)
 
     def jobs_of_run(self, run_id: int) -> list[JobRow]:
         with self._read(f"the jobs of run {run_id}") as db:
-            return [_job(r) for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY id", (run_id,))]
+            return [
+                job_from_row(r) for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ? ORDER BY id", (run_id,))
+            ]
 
     def recent_runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
         """The newest runs first, each with its jobs in the order they were created."""
         with self._read("the recent runs") as db:
             where, args = ("WHERE pipeline = ?", [pipeline]) if pipeline is not None else ("", [])
-            runs = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+            runs = db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
             jobs: dict[int, list[JobRow]] = {r["id"]: [] for r in runs}
             if runs:
                 marks = ", ".join("?" * len(runs))
-                for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE run_id IN ({marks}) ORDER BY id", list(jobs)):
-                    jobs[r["run_id"]].append(_job(r))
-            return [_run(r, jobs[r["id"]]) for r in runs]
+                for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id IN ({marks}) ORDER BY id", list(jobs)):
+                    jobs[r["run_id"]].append(job_from_row(r))
+            return [run_from_row(r, jobs[r["id"]]) for r in runs]
 
     def agent_jobs(self) -> list[JobRow]:
         """Jobs given to an agent that have not ended: building, or scheduled with an agent (on their way)."""
         with self._read("the jobs on agents") as db:
             rows = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'building' OR (state = 'scheduled' AND agent IS NOT NULL)"
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'building' OR (state = 'scheduled' AND agent IS NOT NULL)"
                 " ORDER BY id"
             )
-            return [_job(r) for r in rows]
+            return [job_from_row(r) for r in rows]
 
     def scheduled_jobs(self) -> list[JobRow]:
         with self._read("the scheduled jobs") as db:
-            return [_job(r) for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'scheduled' ORDER BY id")]
+            return [job_from_row(r) for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'scheduled' ORDER BY id")]
 
     def job_events(self, job_id: int) -> list[JobEvent]:
         with self._read(f"the events of job {job_id}") as db:
@@ -525,223 +402,3 @@ class Store:
         with self._read("the audit log") as db:
             rows = db.execute("SELECT id, at, action, by, reason, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
             return [AuditRow(**dict(zip(r.keys(), r, strict=True))) for r in reversed(rows.fetchall())]
-
-    def counts_by_state(self) -> dict[str, int]:
-        """How many jobs are in each state (every state, zeros included)."""
-        with self._read("the job counts") as db:
-            counts = {s.value: 0 for s in JobState}
-            counts.update({r["state"]: r["n"] for r in db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")})
-            return counts
-
-
-#: The Store methods that StoreActor answers and SyncStore forwards.
-METHODS = (
-    "next_counter", "create_run", "create_job", "create_jobs", "set_job_state", "hand_out", "hand_out_many", "take_back",
-    "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
-    "set_pipeline_paused", "paused_pipelines",
-    "agent_jobs", "scheduled_jobs", "job_events", "audit_entries", "counts_by_state",
-)  # fmt: skip
-
-
-#: The most calls one group commit holds (the actor commits sooner once its inbox is empty).
-GROUP_MAX = 200
-
-
-class StoreCall:
-    """One Store method call sent to a :class:`StoreActor` by :class:`SyncStore`.
-
-    ``reply`` is answered once the call's writes are committed (None: nobody waits; a
-    failure is logged).
-    """
-
-    __slots__ = ("args", "kwargs", "name", "reply")
-
-    def __init__(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: pykka.ThreadingFuture[Any] | None
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.kwargs = kwargs
-        self.reply = reply
-
-    def answer(self, ok: bool, value: Any) -> None:
-        if self.reply is not None:
-            if ok:
-                self.reply.set(value)
-            else:
-                self.reply.set_exception((type(value), value, value.__traceback__))
-        elif not ok:
-            log.error("the store could not record %s: %s", self.name, value)
-
-    def dead(self) -> None:
-        if self.reply is not None:
-            self.reply.set_exception((pykka.ActorDeadError, pykka.ActorDeadError("the store has stopped"), None))
-        else:
-            log.error("the store has stopped; %s was not recorded", self.name)
-
-
-class StoreActor(pykka.ThreadingActor):
-    """Owns one :class:`Store`, opened in the actor's own thread.
-
-    If the store cannot be opened the actor stays up and answers every call with that
-    :class:`StoreError`, so the asker learns why rather than just that the actor died.
-
-    Group commit: :class:`StoreCall` messages (from :class:`SyncStore`) that find more
-    messages behind them in the inbox run in one open transaction, each in a savepoint,
-    and are committed together once the inbox is empty (or after :data:`GROUP_MAX` calls,
-    or before any other message); only then is each caller answered, so nobody hears
-    "recorded" before it is committed. A call refused on its own (ValueError) is rolled
-    back alone; if the group fails as a whole (a StoreError: disk full, ...) it is rolled
-    back and its calls are carried out again one by one, each in its own transaction, so
-    each caller gets its own answer. Proxy calls (the trio shell's) commit the open group
-    first and then run alone, answered at once as pykka does.
-    """
-
-    use_daemon_thread = True
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._path = path
-        self._store: Store | None = None
-        self._error: StoreError | None = None
-        #: the calls of the open group and their outcomes (ok, value), not yet answered
-        self._pending: list[tuple[StoreCall, bool, Any]] = []
-
-    @staticmethod
-    def _create_future() -> CallbackFuture:
-        return CallbackFuture()
-
-    def on_start(self) -> None:
-        try:
-            self._store = Store(self._path)
-        except StoreError as exc:
-            log.error("%s", exc)
-            self._error = exc
-
-    def on_stop(self) -> None:
-        self._flush()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        # Calls still queued are answered now: nobody waits for a stopped store until a timeout.
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            if isinstance(envelope.message, StoreCall):
-                envelope.message.dead()
-            elif envelope.reply_to is not None:
-                if isinstance(envelope.message, pykka.messages._ActorStop):
-                    envelope.reply_to.set(None)
-                else:
-                    envelope.reply_to.set_exception(
-                        (
-                            pykka.ActorDeadError,
-                            pykka.ActorDeadError(f"{self.actor_ref} stopped before handling the message"),
-                            None,
-                        )
-                    )
-
-    def on_receive(self, message: Any) -> Any:
-        if not isinstance(message, StoreCall):
-            self._flush()
-            return super().on_receive(message)
-        store = self._store
-        if store is None or (not store._group and self.actor_inbox.empty()):
-            message.answer(*self._run(message))  # alone: its own transaction
-            return None
-        if not store._group:
-            try:
-                store.begin_group()
-            except StoreError:
-                message.answer(*self._run(message))
-                return None
-        ok, value = self._run(message)
-        if not ok and isinstance(value, StoreError):
-            self._redo(message)
-            return None
-        self._pending.append((message, ok, value))
-        if len(self._pending) >= GROUP_MAX or self.actor_inbox.empty():
-            self._flush()
-        return None
-
-    def _run(self, call: StoreCall) -> tuple[bool, Any]:
-        try:
-            return True, getattr(self._open(), call.name)(*call.args, **call.kwargs)
-        except Exception as exc:  # noqa: BLE001 - the caller's answer
-            return False, exc
-
-    def _flush(self) -> None:
-        """Commit the open group and answer its callers."""
-        store = self._store
-        if store is None or not store._group:
-            return
-        try:
-            store.commit_group()
-        except StoreError:
-            self._redo()
-            return
-        pending, self._pending = self._pending, []
-        for call, ok, value in pending:
-            call.answer(ok, value)
-
-    def _redo(self, failed: StoreCall | None = None) -> None:
-        """The group failed: roll it back and carry out its calls (and ``failed``) one by one."""
-        store = self._open()
-        store.abort_group()
-        calls = [call for call, _, _ in self._pending] + ([failed] if failed is not None else [])
-        self._pending = []
-        for call in calls:
-            call.answer(*self._run(call))
-
-    def _open(self) -> Store:
-        if self._store is None:
-            raise StoreError(self._error.message if self._error else f"the store at {self._path} is closed")
-        return self._store
-
-
-class SyncStore:
-    """The Store's methods over a :class:`StoreActor`, each blocking for its answer
-    (which comes once its writes are committed)."""
-
-    def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
-        self._ref = proxy.actor_ref
-        self._timeout = timeout
-
-    def later(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """Send a write without waiting for it; the store carries out its messages in order,
-        so later reads and writes see it. A failure is logged (it cannot be refused here)."""
-        try:
-            self._ref.tell(StoreCall(name, args, kwargs, None))
-        except pykka.ActorDeadError:
-            log.error("the store has stopped; %s was not recorded", name)
-
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-        try:
-            self._ref.tell(StoreCall(name, args, kwargs, reply))
-            return reply.get(timeout=self._timeout)
-        except pykka.Timeout:
-            raise StoreError(f"the store did not answer {name} within {self._timeout:g}s") from None
-        except pykka.ActorDeadError:
-            raise StoreError(f"the store has stopped; {name} was not carried out") from None
-
-
-def _actor_method(name: str) -> Callable[..., Any]:
-    @functools.wraps(getattr(Store, name))
-    def call(self: StoreActor, *args: Any, **kwargs: Any) -> Any:
-        self._flush()  # a proxy call is answered as soon as it returns: what came before is committed first
-        return getattr(self._open(), name)(*args, **kwargs)
-
-    return call
-
-
-def _sync_method(name: str) -> Callable[..., Any]:
-    @functools.wraps(getattr(Store, name))
-    def call(self: SyncStore, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, args, kwargs)
-
-    return call
-
-
-for _name in METHODS:
-    setattr(StoreActor, _name, _actor_method(_name))
-    setattr(SyncStore, _name, _sync_method(_name))

@@ -38,7 +38,7 @@ from actors.messages import Enable
 from actors.peers import Peers
 from actors.safety import blocking
 from actors.status import Event, Status
-from actors.store import StoreActor, SyncStore
+from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 from actors.types import InFlightItem
 

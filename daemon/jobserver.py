@@ -7,10 +7,8 @@ asking its current actor (downward), never by waiting on it in the loop.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from actors.status import iso
 from . import config as config_mod
 from . import protocol as p
 from .bridge import Bridge
+from .statedir import LogRefused, open_log
 
 log = logging.getLogger("maintd.jobserver")
 
@@ -226,56 +225,3 @@ class JobServerRequests:
             "truncated": size > len(data),
             "text": data.decode(errors="replace"),
         }
-
-
-class LogRefused(Exception):
-    pass
-
-
-def open_log(state_dirs: tuple[Path, ...], log_path: str) -> int:
-    """A read-only fd on ``log_path``, only if it is a regular file below ``STATE/logs``.
-
-    A job runs as the daemon's user and may replace its log, or a folder above it, with a
-    symlink, a FIFO or a hard link to any file (``ln -sf /etc/shadow "$LOG"``); anyone who may
-    open the control socket may then ask for that log. So the path is walked from the state
-    directory one component at a time with ``O_NOFOLLOW`` (no symlink below ``STATE`` is
-    followed, and nothing can be swapped between a check and the open), the file is opened
-    with ``O_NONBLOCK`` (a FIFO does not hang the thread) and it must be a regular file with
-    one link. ``state_dirs`` are the spellings of the state directory (as given, resolved)
-    that ``log_path`` may start with; the state directory itself may be a symlink.
-    Raises FileNotFoundError (no log yet) or :class:`LogRefused`.
-    """
-    path = Path(log_path)
-    for base in state_dirs:
-        if path.is_relative_to(base / "logs"):
-            parts = path.relative_to(base).parts
-            break
-    else:
-        raise LogRefused("it is not under the state directory's logs folder")
-    if any(part in ("", ".", "..") for part in parts):
-        raise LogRefused("its path has `..` in it")
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(base, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            try:
-                inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise LogRefused(f"{part} in its path is not a folder (a symlink?)") from None
-                raise
-            os.close(fd)
-            fd = inner
-        try:
-            file_fd = os.open(parts[-1], flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LogRefused("it is a symlink") from None
-            raise
-    finally:
-        os.close(fd)
-    info = os.fstat(file_fd)
-    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-        return file_fd
-    os.close(file_fd)
-    raise LogRefused("it is not a regular file" if not stat.S_ISREG(info.st_mode) else "it has other hard links")

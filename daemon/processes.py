@@ -1,11 +1,12 @@
-"""The process runner: git polls, config-repo reads and job processes, run by trio.
+"""The job runner: job processes (and, through :mod:`daemon.git`, git), run by trio.
 
 Implements :class:`actors.jobs.ProcessPort`. Every port method is called from an actor's
 thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio task in the
-runner's nursery, and the answer goes back with ``reply_to.tell(message)``.
+runner's nursery, and the answer goes back with ``reply_to.tell(message)``. Polls and
+config-repo reads are :class:`daemon.git.Git`'s; a job's workspace and log are made under
+the state directory by :mod:`daemon.statedir`, which follows no symlink there.
 
-Every child runs in a session (and so a process group) of its own, so a timeout or a stop
-of git reaches the whole tree it started (``ssh`` under ``git``). A job is more than its
+Every child runs in a session (and so a process group) of its own. A job is more than its
 group: it is every process it starts (:mod:`daemon.jobtree`), whatever they do to their
 session, so a cancel, a timeout and the daemon's stop end all of them, and the job ends
 (:class:`JobExited` is told) only when none is left. The main process's exit code is the
@@ -23,53 +24,25 @@ import math
 import os
 import shutil
 import signal
-import stat
 import subprocess
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import trio
 
-from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
+from actors.jobs import JobExited, JobSpec, JobStarted
 from daemon.bridge import Bridge
+from daemon.git import Git, killpg
 from daemon.jobtree import JobTree, Tracking
+from daemon.statedir import append_to_log, open_job_log
 
-__all__ = ["MAX_CONFIG_FILES", "MAX_CONFIG_FILE_BYTES", "ProcessRunner"]
+__all__ = ["ProcessRunner"]
 
 log = logging.getLogger("maintd.processes")
 
-MAX_CONFIG_FILES = 100
-MAX_CONFIG_FILE_BYTES = 256 * 1024
 _REAP_TIMEOUT = 5.0  # after a SIGKILL, how long to wait for the kernel to let the process go
 #: How many ended jobs' exits the runner keeps, to tell them again (report_jobs)
 EXITS_KEPT = 10_000
-
-
-def _killpg(pid: int, sig: int) -> None:
-    """Signal the process group led by ``pid``; a group that is gone already is no error."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-async def _kill_group(proc: trio.Process) -> None:
-    """``deliver_cancel`` for :func:`trio.run_process`: SIGKILL to the child's whole group."""
-    _killpg(proc.pid, signal.SIGKILL)
-
-
-def _first_error_line(stderr: bytes) -> str | None:
-    """The line of git's stderr that says what went wrong (a ``fatal:``/``error:`` line first)."""
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("fatal:", "error:")):
-            return line
-    return lines[0] if lines else None
-
-
-def _git_failure(step: str, result: subprocess.CompletedProcess[bytes]) -> str:
-    return _first_error_line(result.stderr) or f"git {step} exited with {result.returncode}"
 
 
 @dataclass(eq=False)
@@ -80,10 +53,6 @@ class _Job:
     exited: trio.Event = field(default_factory=trio.Event)
     stop_grace: float | None = None  # a stop asked for before the process was there
     reported: bool = False
-
-
-class _Skipped(Exception):
-    pass
 
 
 class ProcessRunner:
@@ -105,7 +74,7 @@ class ProcessRunner:
         #: a symlink below it (None: the paths are taken as they are)
         self.root = None if root is None else os.path.abspath(root)
         self.nursery = nursery
-        self.git = git
+        self._git = Git(git)
         self.kill_grace = kill_grace  # between SIGTERM and SIGKILL when a job's timeout passes
         #: finds every process of a job (None: the job is its process group, as git is)
         self.tracking = tracking
@@ -169,119 +138,13 @@ class ProcessRunner:
         except Exception as exc:  # noqa: BLE001 - an actor that has stopped meanwhile: nobody left to tell
             log.warning("cannot deliver %s: %r", type(message).__name__, exc)
 
-    def _git_env(self) -> dict[str, str]:
-        return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "LC_ALL": "C"}
-
-    async def _git(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-        """Run git in a session of its own; when cancelled, its whole group is killed."""
-        return await trio.run_process(
-            [self.git, *args],
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=self._git_env(),
-            start_new_session=True,
-            deliver_cancel=_kill_group,
-        )
-
-    # polls
+    # polls and config-repo files (daemon.git)
 
     async def _poll(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
-        try:
-            message = await self._poll_message(key, url, branch, timeout)
-        except Exception as exc:
-            log.exception("poll of %s failed", key)
-            message = PollFinished(key=key, error=f"poll failed: {exc}")
-        self._tell(reply_to, message)
-
-    async def _poll_message(self, key: str, url: str, branch: str, timeout: float) -> PollFinished:
-        ref = f"refs/heads/{branch}"
-        try:
-            with trio.move_on_after(timeout) as scope:
-                result = await self._git(["ls-remote", "--heads", "--", url, ref])
-        except OSError as exc:
-            return PollFinished(key=key, error=f"cannot run git: {exc}")
-        if scope.cancelled_caught:
-            return PollFinished(key=key, error=f"git ls-remote timed out after {timeout:g}s", timed_out=True)
-        if result.returncode != 0:
-            return PollFinished(key=key, error=_git_failure("ls-remote", result))
-        for line in result.stdout.decode("utf-8", "replace").splitlines():
-            sha, _, name = line.partition("\t")
-            if name.strip() == ref and sha:
-                return PollFinished(key=key, revision=sha.strip())
-        return PollFinished(key=key, error=f"branch {branch} not found")
-
-    # config-repo files
+        self._tell(reply_to, await self._git.poll(key, url, branch, timeout))
 
     async def _fetch(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
-        try:
-            message = await self._fetch_message(key, url, revision, timeout)
-        except Exception as exc:
-            log.exception("fetch of %s at %s failed", key, revision)
-            message = FilesFetched(key=key, revision=revision, error=f"fetch failed: {exc}")
-        self._tell(reply_to, message)
-
-    async def _fetch_message(self, key: str, url: str, revision: str, timeout: float) -> FilesFetched:
-        if not revision or revision.startswith("-") or any(c.isspace() or c == "\0" for c in revision):
-            return FilesFetched(key=key, revision=revision, error=f"invalid revision {revision!r}")
-        tmp = tempfile.mkdtemp(prefix="maintd-fetch-")
-        try:
-            with trio.move_on_after(timeout) as scope:
-                files, error = await self._read_files(os.path.join(tmp, "repo.git"), url, revision)
-            if scope.cancelled_caught:
-                return FilesFetched(key=key, revision=revision, error=f"fetch timed out after {timeout:g}s")
-            return FilesFetched(key=key, revision=revision, files=files, error=error)
-        except OSError as exc:
-            return FilesFetched(key=key, revision=revision, error=f"cannot run git: {exc}")
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
-
-    async def _read_files(self, repo: str, url: str, revision: str) -> tuple[dict[str, str], str | None]:
-        clone = await self._git(["clone", "--bare", "--quiet", "--", url, repo])
-        if clone.returncode != 0:
-            return {}, _git_failure("clone", clone)
-        gd = f"--git-dir={repo}"
-        parsed = await self._git([gd, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"])
-        if parsed.returncode != 0 or not parsed.stdout.strip():
-            return {}, f"revision {revision} not found"
-        commit = parsed.stdout.decode().strip()
-        tree = await self._git([gd, "ls-tree", "-r", "-l", "-z", "--full-tree", commit])
-        if tree.returncode != 0:
-            return {}, _git_failure("ls-tree", tree)
-        wanted: list[tuple[str, str, str]] = []  # (path, blob id, size)
-        for entry in tree.stdout.split(b"\0"):
-            if not entry:
-                continue
-            meta, _, raw_path = entry.partition(b"\t")
-            parts = meta.split()
-            path = raw_path.decode("utf-8", "replace")
-            # regular files only: no symlinks (120000) or submodules (commit)
-            if len(parts) == 4 and parts[1] == b"blob" and parts[0] in (b"100644", b"100755") and path.endswith(".toml"):
-                wanted.append((path, parts[2].decode(), parts[3].decode()))
-        files: dict[str, str] = {}
-        skipped: list[str] = []
-        if len(wanted) > MAX_CONFIG_FILES:
-            skipped.append(f"{len(wanted) - MAX_CONFIG_FILES} .toml files over the limit of {MAX_CONFIG_FILES}")
-            wanted = wanted[:MAX_CONFIG_FILES]
-        for path, blob, size in wanted:
-            try:
-                files[path] = await self._read_blob(gd, blob, size)
-            except _Skipped as why:
-                skipped.append(f"{path} ({why})")
-        return files, (f"skipped: {'; '.join(skipped)}" if skipped else None)
-
-    async def _read_blob(self, gd: str, blob: str, size: str) -> str:
-        if not size.isdigit() or int(size) > MAX_CONFIG_FILE_BYTES:
-            raise _Skipped(f"{size} bytes, over the limit of {MAX_CONFIG_FILE_BYTES}")
-        result = await self._git([gd, "cat-file", "blob", blob])
-        if result.returncode != 0:
-            raise _Skipped(_git_failure("cat-file", result))
-        try:
-            return result.stdout.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Skipped("not UTF-8") from None
+        self._tell(reply_to, await self._git.fetch(key, url, revision, timeout))
 
     # jobs
 
@@ -354,11 +217,11 @@ class ProcessRunner:
         try:
             if job.tree is None:
                 if proc.returncode is None:
-                    _killpg(proc.pid, signal.SIGTERM)
+                    killpg(proc.pid, signal.SIGTERM)
                     with trio.move_on_after(grace):
                         await proc.wait()
                     if proc.returncode is None:
-                        _killpg(proc.pid, signal.SIGKILL)
+                        killpg(proc.pid, signal.SIGKILL)
                 return
             job.tree.signal(signal.SIGTERM)  # the main process with the rest: once each
             with trio.move_on_after(grace):
@@ -395,7 +258,7 @@ class ProcessRunner:
                 argv = job.tree.command(argv)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
             error = f"cannot start: {exc}"
-            _append_log(spec.log, error)
+            append_to_log(spec.log, error, self.root)
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
         try:
@@ -445,11 +308,11 @@ class ProcessRunner:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_REAP_TIMEOUT):
                 if proc.returncode is None:  # cancelled (shutdown) or a failure above: leave nothing behind
-                    _killpg(proc.pid, signal.SIGKILL)
+                    killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()
                 # whatever the job left running goes with it
                 if job.tree is None:
-                    _killpg(proc.pid, signal.SIGKILL)
+                    killpg(proc.pid, signal.SIGKILL)
                 elif not emptied and (killed := await job.tree.kill_all()):
                     log.info("job %s: killed %d process(es) of it that were left", spec.job_id, killed)
             if job.tree is not None:
@@ -494,7 +357,7 @@ def _job_argv(spec: JobSpec) -> list[str]:
 
 def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:
     """The job's log and its tree (in a worker thread: file system calls)."""
-    log_file = _open_log(spec, root)
+    log_file = open_job_log(spec, root)
     if tracking is None:
         return log_file, None
     tree = None
@@ -529,70 +392,6 @@ def _job_env(spec: JobSpec, tree: JobTree | None = None) -> dict[str, str]:
     return {**base, **spec.env, **(tree.env if tree is not None else {})}
 
 
-def _open_log(spec: JobSpec, root: str | None = None) -> IO[bytes]:
-    """Make the job's workspace and open its log (fresh) for the child to write.
-
-    Under ``root`` no symlink below it is followed: a job of an earlier run can write in
-    the state directory (it runs as the daemon's user) and could plant a symlink where a
-    later run's log or workspace will be; the daemon must not truncate or write a file
-    outside it, nor make the workspace there. A symlink in the way is removed (that
-    touches nothing outside), anything else in the way stops the job with the reason.
-    """
-    if root is None:
-        Path(spec.workspace).mkdir(parents=True, exist_ok=True)
-        Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
-        return open(spec.log, "wb")  # closed by the caller once the child has it
-    os.close(_make_dirs(root, spec.workspace))
-    folder = _make_dirs(root, os.path.dirname(spec.log))
-    try:
-        name = os.path.basename(spec.log)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=folder)  # a link (hard or symbolic), a FIFO or an old log: never written through
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
-    except IsADirectoryError:
-        raise OSError(f"{spec.log} is a directory, in the way of the job's log") from None
-    except PermissionError as exc:
-        raise OSError(f"cannot make the job's log {spec.log}: {exc.strerror}") from None
-    finally:
-        os.close(folder)
-    return os.fdopen(fd, "wb")
-
-
-def _make_dirs(root: str, path: str) -> int:
-    """``mkdir -p path`` below ``root`` without following symlinks; an fd of the last folder."""
-    relative = os.path.relpath(os.path.abspath(path), root)
-    parts = [] if relative == "." else relative.split(os.sep)
-    if relative.startswith(os.pardir) or os.path.isabs(relative):
-        raise OSError(f"{path} is outside the state directory {root}")
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for depth, part in enumerate(parts, 1):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=fd)
-            try:
-                child = os.open(part, flags, dir_fd=fd)
-            except OSError:  # ELOOP (a symlink) or ENOTDIR (a file) in the way
-                if not _is_symlink(part, fd):
-                    raise OSError(f"{os.path.join(root, *parts[:depth])} is in the way: not a folder") from None
-                os.unlink(part, dir_fd=fd)
-                os.mkdir(part, dir_fd=fd)
-                child = os.open(part, flags, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _is_symlink(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:
-        return False
-
-
 def _note_in_log(path: str, note: str) -> None:
     """Best effort: a line at the end of a job's log, never written through a symlink."""
     try:
@@ -602,13 +401,3 @@ def _note_in_log(path: str, note: str) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, f"maintd: {note}\n".encode())
     os.close(fd)
-
-
-def _append_log(path: str, error: str) -> None:
-    """Best effort: the reason a job could not start, in its log for whoever reads it."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(f"maintd: {error}\n".encode())
-    except OSError:
-        pass

@@ -27,7 +27,9 @@ from actors.jobs import FilesFetched, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialsCore
 from actors.peers import Peers
 from actors.scheduler import SchedulerCore, Trigger
-from actors.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreActor, SyncStore
+from actors.schema import MIGRATIONS, SCHEMA_VERSION
+from actors.store import Store
+from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers
 from tests.conftest import wait_for

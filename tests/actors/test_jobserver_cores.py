@@ -162,7 +162,7 @@ def new_spec(w: World, job: str = "compile") -> JobSpec:
     """A job scheduled in the store, as the scheduler hands it to an agent."""
     counter = w.store.next_counter("app")
     run_id = w.store.create_run("app", counter, "user", "alice", {}, w.clock.now())
-    job_id = w.store.create_job(run_id, "app", counter, "build", 1, 0, job, w.clock.now(), f"/logs/{job}.log")
+    (job_id,) = w.store.create_jobs(run_id, "app", counter, "build", 0, ((job, f"/logs/{job}.log"),), w.clock.now())
     return JobSpec(
         job_id=job_id, run_id=run_id, pipeline="app", pipeline_counter=counter, stage="build", stage_counter=1,
         job=job, argv=(job,), workspace="/ws", log=f"/logs/{job}.log", agent="",
@@ -502,7 +502,7 @@ def test_agents_ask_for_work_for_each_idle_agent_and_a_restarted_core_keeps_old_
 
 def test_restarted_agents_give_back_a_job_whose_assign_was_lost_and_drop_the_late_assign(w: World) -> None:
     spec = new_spec(w)
-    w.store.hand_out(spec.job_id, "agent-1")  # the scheduler handed it out; the Assign was lost (or is late)
+    w.store.hand_out_many(((spec.job_id, "agent-1"),))  # the scheduler handed it out; the Assign was lost (or is late)
     core = agents(w)
     core.start()
     (give_back,) = w.peers.to("scheduler", GiveBack)

@@ -24,7 +24,7 @@ from actors.jobs import JobExited, JobSpec, JobStarted
 from actors.messages import Enable, RequestCancel
 from actors.peers import Peers
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
-from actors.store import StoreActor, SyncStore
+from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from actors.messages import Drained, Enable, InFlightReport, IntakePaused, SubsystemFailed
 from actors.safety import has_running_work
 from actors.supervisor import SupervisorCore
-from daemon.http import gocd_info
+from daemon.gocd_api import gocd_info
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
 from maintctl import render

@@ -23,7 +23,8 @@ from actors.messages import Disable, Drained, Enable, InFlightReport
 from actors.peers import Peers
 from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
 from actors.scheduler import JobFinished, SchedulerCore, Trigger
-from actors.store import Store, StoreActor, StoreError, SyncStore
+from actors.store import Store, StoreError
+from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 from tests.actors import test_jobserver_restarts as restarts
 from tests.actors.fakes import FakeClock, FakeSink, FakeTimers

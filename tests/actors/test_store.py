@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
 from actors.errors import MaintdError
 from actors.future import CallbackFuture
 from actors.jobs import JobState
-from actors.store import RESTART_DETAIL, SCHEMA_VERSION, Store, StoreActor, StoreError, SyncStore
+from actors.schema import RESTART_DETAIL, SCHEMA_VERSION
+from actors.store import Store, StoreError
+from actors.store_actor import StoreActor, SyncStore
 
 T0 = 1_700_000_000.0
 
@@ -37,7 +40,8 @@ def new_run(store: Store, pipeline: str = "build", trigger: str = "material", re
 
 
 def new_job(store: Store, run_id: int, name: str = "unit", stage: str = "test", index: int = 0, at: float = T0) -> int:
-    return store.create_job(run_id, "build", 1, stage, 1, index, name, at, f"/state/logs/{name}.log")
+    (job_id,) = store.create_jobs(run_id, "build", 1, stage, index, ((name, f"/state/logs/{name}.log"),), at)
+    return job_id
 
 
 def test_counters_count_per_pipeline(store: Store) -> None:
@@ -80,7 +84,6 @@ def test_a_run_and_its_jobs_go_through_their_lifecycle_with_an_event_per_change(
     assert [(j.name, j.state, j.returncode) for j in run.jobs] == [("unit", "passed", 0), ("lint", "failed", 2)]
     assert store.jobs_of_run(run_id) == list(run.jobs)
     assert store.scheduled_jobs() == []
-    assert store.counts_by_state() == {"scheduled": 0, "building": 0, "passed": 1, "failed": 1, "cancelled": 0, "interrupted": 0}
     assert store.job(9999) is None
 
 
@@ -280,7 +283,7 @@ def test_the_actor_answers_other_threads_through_sync_store(db_path: Path) -> No
     def caller() -> None:  # another actor's thread: the connection stays in the store's thread
         try:
             run_id = store.create_run("build", store.next_counter("build"), "user", "alice", {"repo": "abc"}, T0)
-            job_id = store.create_job(run_id, "build", 1, "test", 1, 0, "unit", T0, "/state/unit.log")
+            (job_id,) = store.create_jobs(run_id, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0)
             store.set_job_state(job_id, JobState.BUILDING, T0 + 1, agent="agent-1")
             results["runs"] = store.recent_runs()
             try:
@@ -300,9 +303,9 @@ def test_the_actor_answers_other_threads_through_sync_store(db_path: Path) -> No
     assert (run.counter, run.triggered_by, [j.state for j in run.jobs]) == (1, "alice", ["building"])
     assert "already cancelled" in results["refused"]
 
-    future = proxy.counts_by_state()
+    future = proxy.recent_runs()
     assert isinstance(future, CallbackFuture)
-    assert future.get(timeout=10)["cancelled"] == 1
+    assert [j.state for j in future.get(timeout=10)[0].jobs] == ["cancelled"]
     ref.stop()
     with pytest.raises(StoreError, match="the store has stopped"):
         store.next_counter("build")
@@ -360,7 +363,7 @@ def held(db_path: Path) -> tuple[Any, Any, threading.Event]:
 
 
 def call(ref: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    from actors.store import StoreCall
+    from actors.store_actor import StoreCall
 
     reply: Any = CallbackFuture()
     ref.tell(StoreCall(name, args, kwargs, reply))
@@ -404,14 +407,14 @@ def test_a_refused_call_in_a_group_gets_its_own_error_and_the_others_are_recorde
     try:
         run = call(ref, "create_run", "build", 1, "user", "alice", {}, T0)
         twice = call(ref, "create_run", "build", 1, "user", "bob", {}, T0)  # the same counter: refused
-        job = call(ref, "create_job", 1, "build", 1, "test", 1, 0, "unit", T0, "/state/unit.log")
+        jobs = call(ref, "create_jobs", 1, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0)
         unknown = call(ref, "set_job_state", 99, JobState.BUILDING, T0)
         audit = call(ref, "audit", "enable", "alice", T0)
         release.set()
         assert run.get(timeout=10) == 1
         with pytest.raises(ValueError, match="refused"):
             twice.get(timeout=10)
-        assert job.get(timeout=10) == 1
+        assert jobs.get(timeout=10) == [1]
         with pytest.raises(ValueError, match="no job 99"):
             unknown.get(timeout=10)
         assert audit.get(timeout=10) == 1
@@ -445,9 +448,14 @@ def test_calls_queued_behind_a_stop_are_answered_that_the_store_stopped(db_path:
     first = call(ref, "audit", "first", "alice", T0)
     stopped = ref.stop(block=False)
     late = call(ref, "audit", "late", "alice", T0)
+    late_proxy_call = ref.proxy().audit("late proxy call", "alice", T0)  # pykka's own messages, behind the stop:
+    stopped_again = ref.stop(block=False)  # answered by pykka's teardown, after the store's
     release.set()
-    stopped.get(timeout=10)
+    assert stopped.get(timeout=10) is True
     assert first.get(timeout=10) == 1
     with pytest.raises(Exception, match="stopped"):
         late.get(timeout=10)
+    with pytest.raises(pykka.ActorDeadError, match="stopped before handling the message"):
+        late_proxy_call.get(timeout=10)
+    assert stopped_again.get(timeout=10) is True  # a second stop queued behind the first is answered, not left hanging
     assert committed_audit(db_path) == ["first"]

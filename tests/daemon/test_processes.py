@@ -21,7 +21,9 @@ import trio
 
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
 from daemon.bridge import Bridge
-from daemon.processes import MAX_CONFIG_FILE_BYTES, ProcessRunner, _open_log
+from daemon.git import MAX_CONFIG_FILE_BYTES
+from daemon.processes import ProcessRunner
+from daemon.statedir import open_job_log
 
 WAIT = 15.0  # the most any one message may take to come
 
@@ -513,7 +515,7 @@ def test_a_jobs_log_is_made_fresh_and_nothing_in_its_place_is_written_through(tm
         os.mkfifo(log)  # opened for writing without a reader, this would block a thread
     else:
         log.write_text("the last run's log\n")
-    with _open_log(spec, str(root)) as f:
+    with open_job_log(spec, str(root)) as f:
         f.write(b"new\n")
     assert log.read_text() == "new\n" and not log.is_symlink() and log.stat().st_nlink == 1
     assert outside.read_text() == "ORIGINAL\n"
@@ -525,7 +527,7 @@ def test_a_symlinked_folder_on_the_way_is_replaced_not_followed(tmp_path: Path) 
     elsewhere.mkdir()
     (root / "ws").symlink_to(elsewhere)
     (root / "logs").symlink_to(elsewhere)
-    _open_log(spec, str(root)).close()
+    open_job_log(spec, str(root)).close()
     assert list(elsewhere.iterdir()) == []
     assert Path(spec.workspace).is_dir() and not (root / "ws").is_symlink()
     assert Path(spec.log).is_file() and not (root / "logs").is_symlink()
@@ -535,14 +537,45 @@ def test_a_file_or_folder_in_the_way_stops_the_job_with_the_reason(tmp_path: Pat
     root, _outside, spec = planted(tmp_path)
     (root / "ws").write_text("not a folder\n")
     with pytest.raises(OSError, match="is in the way: not a folder"):
-        _open_log(spec, str(root))
+        open_job_log(spec, str(root))
     (root / "ws").unlink()
     Path(spec.log).mkdir(parents=True)
     with pytest.raises(OSError, match="is a directory"):
-        _open_log(spec, str(root))
+        open_job_log(spec, str(root))
 
 
 def test_a_path_outside_the_state_directory_is_refused(tmp_path: Path) -> None:
     root, _outside, _spec = planted(tmp_path)
     with pytest.raises(OSError, match="outside the state directory"):
-        _open_log(spec_for(tmp_path / "elsewhere"), str(root))
+        open_job_log(spec_for(tmp_path / "elsewhere"), str(root))
+
+
+def plant_at_log(root: Path, outside: Path, log: Path, what: str) -> None:
+    """A symlink or a hard link to ``outside`` at ``log``, or its folder a symlink to a folder outside."""
+    if what == "symlinked folder":
+        elsewhere = outside.parent / "elsewhere"
+        (elsewhere / log.parent.name).mkdir(parents=True)
+        (root / "logs").symlink_to(elsewhere)
+        return
+    log.parent.mkdir(parents=True)
+    if what == "symlink":
+        log.symlink_to(outside)
+    else:
+        os.link(outside, log)
+
+
+@pytest.mark.parametrize("what", ["symlink", "hard link", "symlinked folder"])
+async def test_a_start_that_fails_writes_its_reason_through_nothing_planted_at_the_log(
+    make_runner: Callable[..., ProcessRunner], tmp_path: Path, what: str
+) -> None:
+    root, outside, _spec = planted(tmp_path)
+    spec = spec_for(root)  # neither argv nor shell: the start fails before the log is made
+    plant_at_log(root, outside, Path(spec.log), what)
+    inbox = Inbox()
+    make_runner(root=root).start_job(inbox, spec)
+    message = await inbox.next()
+    assert isinstance(message, JobExited) and message.error == "cannot start: the job has neither argv nor shell"
+    assert outside.read_text() == "ORIGINAL\n"
+    if what == "symlinked folder":
+        assert list((tmp_path / "elsewhere").rglob("*.log")) == []
+        assert read(spec.log) == f"maintd: {message.error}\n"  # in a real folder made in the symlink's place
