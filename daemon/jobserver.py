@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,10 +135,8 @@ class JobServerRequests:
                 return await self.logs(job_id, max_bytes)
             case p.TriggerRequest(pipeline=pipeline):
                 peer.require_admin("trigger", admin_group)
-                result = await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user))
-                target = f"{pipeline}/{result['counter']}"
-                await self.stored("audit", "trigger", peer.user, time.time(), target=target, detail=peer.detail)
-                return result
+                # the scheduler audits it after its checks and before the run starts
+                return await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user, peer=peer.detail))
             case p.PipelinePauseRequest(pipeline=pipeline) | p.PipelineUnpauseRequest(pipeline=pipeline):
                 paused = isinstance(request, p.PipelinePauseRequest)
                 peer.require_admin("pipeline pause" if paused else "pipeline unpause", admin_group)
@@ -151,10 +148,9 @@ class JobServerRequests:
                 return await self.reload(peer.user, peer.detail)
             case p.CancelRunRequest(pipeline=pipeline, counter=counter, stage=stage):
                 peer.require_admin("cancel_run", admin_group)
-                result = await self.ask("scheduler", CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user))
-                target = f"{pipeline}/{counter}" + (f"/{stage}" if stage else "")
-                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target, detail=peer.detail)
-                return result
+                # audited by the scheduler after its checks and before any job is cancelled
+                cancel = CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user, peer=peer.detail)
+                return await self.ask("scheduler", cancel)
         return NotImplemented
 
     async def history(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -184,9 +180,7 @@ class JobServerRequests:
         except Exception as exc:  # noqa: BLE001 - load turns what a file provokes into ConfigError; anything else too
             why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
             raise MaintdError(f"the configuration was not reloaded: {self.config_path}: {why}", code="bad_config") from None
-        apply = ApplyConfig(
-            pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer
-        )
+        apply = ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer)
         try:
             return await self.ask("config", apply)
         except MaintdError as exc:

@@ -31,7 +31,7 @@ from actors.scheduler import (
     Trigger,
     WantWork,
 )
-from actors.store import Store
+from actors.store import Store, StoreError
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
 from tests.actors.fakes import FakeClock, FakeTimers
 
@@ -598,3 +598,32 @@ def test_config_repo_files_merge_the_valid_pipelines_only(w: World) -> None:
     assert [p.name for p in published.pipelines] == ["app", "from-repo"]
     assert published.pipelines[0] == PIPE  # the config file's "app" wins over the repo's
     assert {p.name: p.source for p in core.handle("info")} == {"app": "config file", "from-repo": "config repo pipes"}
+
+
+class AuditFails(Store):
+    def audit(self, *args: Any, **kwargs: Any) -> int:
+        raise StoreError("the audit log cannot be written (disk full)")
+
+
+def test_a_trigger_that_cannot_be_audited_starts_no_run(w: World) -> None:
+    w.store = AuditFails(":memory:")
+    core = scheduler(w, trigger=False)
+    with maintd_error("store_unavailable"):
+        core.handle(Trigger(pipeline="app", by="alice"))
+    assert w.store.recent_runs() == [] and queued(core) == [] and core.items == {}
+
+
+def test_a_trigger_is_audited_with_its_run_and_peer(w: World) -> None:
+    scheduler(w, trigger=False).handle(Trigger(pipeline="app", by="alice", peer="pid 7"))
+    (entry,) = w.store.audit_entries()
+    assert (entry.action, entry.by, entry.target, entry.detail) == ("trigger", "alice", "app/1", "pid 7")
+
+
+def test_a_cancel_run_that_cannot_be_audited_cancels_nothing(w: World) -> None:
+    core = scheduler(w, agents=1)
+    ids = w.job_ids()
+    w.store.audit = AuditFails.audit.__get__(w.store)  # type: ignore[method-assign]
+    with maintd_error("store_unavailable"):
+        core.handle(CancelRun(pipeline="app", counter=1, by="bob"))
+    assert w.job(ids["package"]) == ("scheduled", None, None) and w.peers.to("agents", CancelJobs) == []
+    assert w.store.recent_runs()[0].state == "running"
