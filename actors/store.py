@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from .budget import SQLITE_BUSY, STORE_WAIT
 from .errors import MaintdError
 from .future import CallbackFuture
 from .jobs import TERMINAL, JobState
@@ -160,7 +161,7 @@ class Store:
         self._group = False  # a group transaction is open (begin_group)
         db: sqlite3.Connection | None = None
         try:
-            self._db = db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            self._db = db = sqlite3.connect(path, timeout=SQLITE_BUSY, isolation_level=None)
             db.row_factory = sqlite3.Row
             if path != ":memory:" and (mode := db.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
                 raise StoreError(f"cannot open the store at {path}: it cannot use WAL mode (it stays in {mode!r} mode)")
@@ -702,7 +703,7 @@ class SyncStore:
     """The Store's methods over a :class:`StoreActor`, each blocking for its answer
     (which comes once its writes are committed)."""
 
-    def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
+    def __init__(self, proxy: Any, timeout: float = STORE_WAIT) -> None:
         self._ref = proxy.actor_ref
         self._timeout = timeout
 

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from actors.agents import AgentsCore
+from actors.budget import ACTOR_ANSWER, STORE_WAIT
 from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
 from actors.errors import MaintdError, NotFound
@@ -33,7 +34,7 @@ from .bridge import Bridge
 
 log = logging.getLogger("maintd.jobserver")
 
-ASK_TIMEOUT = 30.0
+ASK_TIMEOUT = ACTOR_ANSWER  # actors/budget.py: longer than the actor waits on the store
 SUBSYSTEM_ORDER = ("materials", "scheduler", "agents", "config")
 
 
@@ -121,7 +122,7 @@ class JobServerRequests:
         return await self.bridge.ask(ref, message, ASK_TIMEOUT)
 
     async def stored(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), ASK_TIMEOUT)
+        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), STORE_WAIT)
 
     async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:
         match request:
