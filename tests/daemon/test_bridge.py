@@ -218,3 +218,16 @@ async def test_an_unsubscribed_waiting_watcher_is_forgotten() -> None:
     hub.unsubscribe(gone)
     hub._apply(status, None)
     assert gone.lines == [] and gone not in hub.watchers
+
+
+async def test_a_timer_armed_after_its_nursery_closed_is_dropped_and_the_batch_goes_on() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    async with trio.open_nursery() as closed:
+        pass
+    timers = TrioTimers(bridge, closed)
+    after = trio.Event()
+    timers.arm("late", 0, "tick")
+    bridge.call_soon(after.set)  # in the same pass, after the arm
+    with trio.fail_after(5):
+        await after.wait()
+    assert "late" not in timers._scopes
