@@ -35,7 +35,6 @@ from .bridge import Bridge
 log = logging.getLogger("maintd.jobserver")
 
 ASK_TIMEOUT = ACTOR_ANSWER  # actors/budget.py: longer than the actor waits on the store
-SUBSYSTEM_ORDER = ("materials", "scheduler", "agents", "config")
 
 
 def build_subsystems(
