@@ -252,10 +252,21 @@ def test_a_config_repo_revision_fetches_its_files_for_the_config_guard(w: World)
 def test_a_drain_does_not_end_while_a_config_repo_fetch_it_started_is_running(w: World) -> None:
     # Else the configuration changes after the daemon said it was safe to restart.
     core = materials(w, poll="config:pipes")
-    core.pause("d1")
     core.handle(PollFinished(key="config:pipes", revision="c1"))
-    fetching = bool(w.procs.of("fetch_files"))
-    assert not (fetching and w.drained()), "Drained was sent while fetch_files was still running"
+    assert len(w.procs.of("fetch_files")) == 1
+    core.pause("d1")
+    assert not w.drained(), "Drained was sent while fetch_files was still running"
+    core.handle(FilesFetched(key="config:pipes", revision="c1", files={}))
+    assert w.drained()
+
+
+def test_a_config_repo_poll_that_ends_during_a_drain_fetches_nothing(w: World) -> None:
+    core = materials(w, poll="config:pipes")
+    core.pause("d1")
+    assert not w.drained()
+    core.handle(PollFinished(key="config:pipes", revision="c1"))
+    assert w.procs.of("fetch_files") == [] and w.drained()
+    assert w.store.last_revision("config:pipes") is None  # taken up after the drain
 
 
 # --- scheduler ----------------------------------------------------------------------------
