@@ -37,10 +37,11 @@ class TimerDue(msgspec.Struct, frozen=True):
 
 
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):
-    """Asked by the shell for ``maintctl trigger``; answers the new run."""
+    """Asked by the shell for ``maintctl trigger``; answers the new run. ``peer``: for the audit entry."""
 
     pipeline: str
     by: str
+    peer: str | None = None
 
 
 class CancelRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +51,7 @@ class CancelRun(msgspec.Struct, frozen=True, kw_only=True):
     counter: int
     by: str
     stage: str | None = None
+    peer: str | None = None
 
 
 class PipelinesChanged(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,7 +286,7 @@ class SchedulerCore(SubsystemCore):
 
     # -- triggering --------------------------------------------------------------------
 
-    def trigger(self, pipeline_name: str, how: str, by: str) -> dict[str, Any]:
+    def trigger(self, pipeline_name: str, how: str, by: str, peer: str | None = None) -> dict[str, Any]:
         pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             raise NotFound(f"no pipeline named {pipeline_name!r} (`maintctl pipelines` lists them)")
@@ -292,6 +294,8 @@ class SchedulerCore(SubsystemCore):
             raise Conflict(f"pipeline {pipeline_name!r} is paused; unpause it first")
         now = self.clock.now()
         counter = self.store.next_counter(pipeline_name)
+        if how == "user":  # audited before it takes effect: a trigger that cannot be recorded starts nothing
+            self.store.audit("trigger", by, now, target=f"{pipeline_name}/{counter}", detail=peer)
         revisions = {m: rev for m in pipeline.materials if (rev := self.store.last_revision(m))}
         run_id = self.store.create_run(pipeline_name, counter, how, by, revisions, now)
         run = Run(run_id, pipeline, counter, revisions)
@@ -504,6 +508,9 @@ class SchedulerCore(SubsystemCore):
             raise NotFound(f"{msg.pipeline}/{msg.counter} is not running")
         if msg.stage is not None and run.pipeline.stages[run.stage_index].name != msg.stage:
             raise NotFound(f"stage {msg.stage!r} of {msg.pipeline}/{msg.counter} is not running")
+        # audited before it takes effect: a cancel that cannot be recorded cancels nothing
+        target = f"{msg.pipeline}/{msg.counter}" + (f"/{msg.stage}" if msg.stage else "")
+        self.store.audit("cancel_run", msg.by, self.clock.now(), target=target, detail=msg.peer)
         building = []
         scheduled = 0
         for job_id in sorted(run.pending):
@@ -535,12 +542,12 @@ class SchedulerCore(SubsystemCore):
                     # its own next firing first: a refused trigger must not leave it unarmed
                     self.arm_timer(name, pipeline.timer)
                     self.automatic(name, "timer")
-            case Trigger(pipeline=name, by=by):
+            case Trigger(pipeline=name, by=by, peer=peer):
                 if not self.intake_open:
                     raise MaintdError(
                         "maintenance mode is on: pipelines cannot be triggered until it is turned off", code="maintenance_mode"
                     )
-                return self.trigger(name, "user", by)
+                return self.trigger(name, "user", by, peer)
             case WantWork(agent=agent):
                 if agent not in self.waiting:
                     self.waiting.append(agent)

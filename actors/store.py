@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+from .budget import SQLITE_BUSY
 from .errors import MaintdError
 from .jobs import TERMINAL, JobState
 from .schema import (
@@ -63,7 +64,7 @@ class Store:
         self._group = False  # a group transaction is open (begin_group)
         db: sqlite3.Connection | None = None
         try:
-            self._db = db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            self._db = db = sqlite3.connect(path, timeout=SQLITE_BUSY, isolation_level=None)
             db.row_factory = sqlite3.Row
             if path != ":memory:" and (mode := db.execute("PRAGMA journal_mode=WAL").fetchone()[0]) != "wal":
                 raise StoreError(f"cannot open the store at {path}: it cannot use WAL mode (it stays in {mode!r} mode)")

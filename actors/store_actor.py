@@ -13,6 +13,7 @@ from typing import Any
 
 import pykka
 
+from .budget import STORE_WAIT
 from .future import CallbackFuture
 from .store import Store, StoreError
 
@@ -182,7 +183,7 @@ class SyncStore:
     """The Store's methods over a :class:`StoreActor`, each blocking for its answer
     (which comes once its writes are committed)."""
 
-    def __init__(self, proxy: Any, timeout: float = 30.0) -> None:
+    def __init__(self, proxy: Any, timeout: float = STORE_WAIT) -> None:
         self._ref = proxy.actor_ref
         self._timeout = timeout
 

@@ -129,6 +129,24 @@ class SubsystemView:
     def start(self) -> None:
         self.ref = self.spawn(self.generation, self._items)
 
+    def tell(self, message: Any) -> bool:
+        """Tell the subsystem's actor; False when there is none or it has died.
+
+        An actor that died has its ``SubsystemFailed`` on the way to the supervisor:
+        ``on_failed`` marks the view failed and ``on_restart`` gives the new actor what a
+        drain needs (it starts paused and is sent the PauseIntake again), so a tell it
+        missed is not lost, and the supervisor never raises halfway through a change it
+        has already made and audited.
+        """
+        if self.ref is None:
+            return False
+        try:
+            self.ref.tell(message)
+        except pykka.ActorDeadError:
+            log.info("%s: its actor has died; %s waits for its restart", self.name, type(message).__name__)
+            return False
+        return True
+
     @property
     def items(self) -> tuple[InFlightItem, ...]:
         """Everything in flight here: the process's work, and its predecessor's it has not reported on."""
@@ -209,7 +227,7 @@ class SupervisorCore:
         self.start_view(view)
         self.views[name] = view
         if self.drain_id is not None:
-            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+            view.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
         self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
         return view
@@ -220,12 +238,8 @@ class SupervisorCore:
         if view is None:
             return
         view.leaving = reason
-        if view.ref is not None:
-            try:
-                view.ref.tell(ExternalGone(reason=reason))
-                return
-            except pykka.ActorDeadError:
-                pass
+        if view.tell(ExternalGone(reason=reason)):
+            return
         self.disconnect(name, reason)
 
     def disconnect(self, name: str, reason: str) -> None:
@@ -271,7 +285,7 @@ class SupervisorCore:
         view.paused_for = view.drained_for = None
         self.start_view(view)
         if self.drain_id is not None:
-            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+            view.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
         self.publish(
             "subsystem_registered",
@@ -307,7 +321,7 @@ class SupervisorCore:
             return
         if view.abandoned and isinstance(message, ExternalInFlight):
             view.awaiting = message.items
-        view.ref.tell(message)
+        view.tell(message)
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()
@@ -354,8 +368,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if view.ref is not None:
-                view.ref.tell(PauseIntake(drain_id=self.drain_id))
+            view.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute(publish_transition=False)
         self.publish("state_changed", message=f"{msg.by} turned on maintenance mode")
         return self.maintenance_info()
@@ -373,8 +386,7 @@ class SupervisorCore:
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
-            if view.ref is not None:
-                view.ref.tell(ResumeIntake(drain_id=drain_id))
+            view.tell(ResumeIntake(drain_id=drain_id))
         self.publish("state_changed", message=f"{msg.by} turned off maintenance mode")
         return self.maintenance_info()
 
@@ -469,7 +481,7 @@ class SupervisorCore:
         view.paused_for = view.drained_for = None
         self.start_view(view)
         if self.drain_id is not None:
-            view.ref.tell(PauseIntake(drain_id=self.drain_id))
+            view.tell(PauseIntake(drain_id=self.drain_id))
         self.recompute()
         self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} restarted")
 
@@ -527,7 +539,8 @@ class SupervisorCore:
         if view.ref is None:
             raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
         self.audit("cancel_requested", msg.by, self.clock.now(), reason=msg.reason, target=item.id, detail=msg.peer)
-        view.ref.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply))
+        if not view.tell(Cancel(item_id=item.id, by=msg.by, reason=msg.reason, reply=msg.reply)):
+            raise MaintdError(f"{view.name} has failed and is restarting; try again", code="unavailable")
         return item.id
 
     def on_cancelled(self, msg: Cancelled) -> None:
@@ -554,8 +567,8 @@ class SupervisorCore:
             return
         for view in self.views.values():
             for item in view.items:
-                if item.cancellable and item.kind != MATERIAL_UPDATE and view.ref is not None:
-                    view.ref.tell(Cancel(item_id=item.id, by="deadline", reason="cancelled by the deadline"))
+                if item.cancellable and item.kind != MATERIAL_UPDATE:
+                    view.tell(Cancel(item_id=item.id, by="deadline", reason="cancelled by the deadline"))
 
     # -- records and publishing ----------------------------------------------------------
 
@@ -783,8 +796,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_writes_pending(message)
             case CancelTimedOut(item_id=item_id):
                 view = core.views.get(item_id.partition("/")[0])
-                if view is not None and view.external and view.ref is not None:
-                    view.ref.tell(message)
+                if view is not None and view.external:
+                    view.tell(message)
             case FromExternal(name=name, message=inner):
                 core.from_external(name, inner)
             case ReconnectGraceEnded():

@@ -50,7 +50,6 @@ GROUP_OF_KIND = {
     BUILDING_JOB: "building_jobs",
     SCHEDULED_JOB: "scheduled_jobs",
 }
-GROUPS = ("material_update_in_progress", "building_jobs", "scheduled_jobs", "other")
 
 #: Why a material update is never cancelled (the seed says so).
 MDU_REFUSAL = "material updates cannot be cancelled: a partial clone can corrupt the repository; wait for it to finish"

@@ -11,6 +11,11 @@ is a job's (``job-<id>``, beside the daemon's own), it descends from the daemon 
 chain in ``/proc/PID/stat``), or its environment has ``MAINTD_JOB`` (where readable). The
 peer's pid and command line (bounded, escaped) go into the audit entry of every
 state-changing request. These are procfs reads of a few hundred bytes: done inline.
+
+The user and group look-ups (``pwd``, ``grp``, ``getgrouplist``) may go over the network
+(NSS on LDAP, sssd) and they run in the event loop's thread, so their answers are kept for
+:data:`NAMES_LIFE` seconds (:data:`NAMES_MAX` of them): a user added to or removed from
+the admin group is seen within that time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import os
 import pwd
 import socket
 import struct
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from actors.errors import Forbidden
 
@@ -32,6 +40,35 @@ MAX_ANCESTORS = 64
 CMDLINE_BYTES = 512
 ENVIRON_BYTES = 256 * 1024
 PROC = "/proc"
+#: How long a user or group look-up is kept, and how many are kept.
+NAMES_LIFE = 60.0
+NAMES_MAX = 256
+
+
+class TimedCache:
+    """Answers kept for ``life`` seconds, at most ``size`` of them (the oldest go first)."""
+
+    def __init__(self, life: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.life, self.size, self.clock = life, size, clock
+        self._entries: dict[Hashable, tuple[float, Any]] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        now = self.clock()
+        kept = self._entries.pop(key, None)
+        if kept is not None and kept[0] > now:
+            self._entries[key] = kept
+            return kept[1]
+        value = compute()
+        while len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (now + self.life, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+NAMES = TimedCache(NAMES_LIFE, NAMES_MAX)
 
 
 class Peer:
@@ -41,11 +78,12 @@ class Peer:
         self, pid: int, uid: int, gid: int, admin_group: str | None, *, job: str | None = None, cmdline: str = ""
     ) -> None:
         self.pid, self.uid, self.gid = pid, uid, gid
-        try:
-            self.user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            self.user = f"uid:{uid}"
-        self.admin = uid == 0 or uid == os.geteuid() or _in_group(self.user, gid, admin_group)
+        self.user: str = NAMES.get(("user", uid), lambda: _user_name(uid))
+        self.admin = (
+            uid == 0
+            or uid == os.geteuid()
+            or NAMES.get(("admin", self.user, gid, admin_group), lambda: _in_group(self.user, gid, admin_group))
+        )
         self.job = job
         self.cmdline = cmdline
 
@@ -164,6 +202,13 @@ def _environ_value(pid: int, name: str, proc: str) -> str | None:
         if entry.startswith(prefix):
             return entry[len(prefix) :].decode("utf-8", "replace")
     return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
 
 
 def _in_group(user: str, gid: int, group: str | None) -> bool:

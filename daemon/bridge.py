@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ import pykka
 import trio
 
 from actors.future import CallbackFuture
+
+log = logging.getLogger("maintd.bridge")
 
 
 class Bridge:
@@ -117,8 +120,14 @@ class TrioTimers:
     def _arm(self, key: str, delay: float, message: Any, target: Any) -> None:
         self._disarm(key)
         scope = trio.CancelScope()
+        try:
+            self.nursery.start_soon(self._fire, key, delay, message, target, scope)
+        except RuntimeError as exc:
+            # The nursery has closed (the daemon is stopping). Raised here, in a run_sync_soon
+            # callback, it would crash trio itself and drop the calls after it in the batch.
+            log.warning("timer %s not armed: %s", key, exc)
+            return
         self._scopes[key] = scope
-        self.nursery.start_soon(self._fire, key, delay, message, target, scope)
 
     def _disarm(self, key: str) -> None:
         scope = self._scopes.pop(key, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import trio
 
 from actors.agents import AgentsCore
+from actors.budget import ACTOR_ANSWER, STORE_WAIT
 from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
 from actors.errors import MaintdError, NotFound
@@ -33,8 +33,7 @@ from .statedir import LogRefused, open_log
 
 log = logging.getLogger("maintd.jobserver")
 
-ASK_TIMEOUT = 30.0
-SUBSYSTEM_ORDER = ("materials", "scheduler", "agents", "config")
+ASK_TIMEOUT = ACTOR_ANSWER  # actors/budget.py: longer than the actor waits on the store
 
 
 def build_subsystems(
@@ -121,7 +120,7 @@ class JobServerRequests:
         return await self.bridge.ask(ref, message, ASK_TIMEOUT)
 
     async def stored(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), ASK_TIMEOUT)
+        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), STORE_WAIT)
 
     async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:
         match request:
@@ -135,10 +134,8 @@ class JobServerRequests:
                 return await self.logs(job_id, max_bytes)
             case p.TriggerRequest(pipeline=pipeline):
                 peer.require_admin("trigger", admin_group)
-                result = await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user))
-                target = f"{pipeline}/{result['counter']}"
-                await self.stored("audit", "trigger", peer.user, time.time(), target=target, detail=peer.detail)
-                return result
+                # the scheduler audits it after its checks and before the run starts
+                return await self.ask("scheduler", Trigger(pipeline=pipeline, by=peer.user, peer=peer.detail))
             case p.PipelinePauseRequest(pipeline=pipeline) | p.PipelineUnpauseRequest(pipeline=pipeline):
                 paused = isinstance(request, p.PipelinePauseRequest)
                 peer.require_admin("pipeline pause" if paused else "pipeline unpause", admin_group)
@@ -150,10 +147,9 @@ class JobServerRequests:
                 return await self.reload(peer.user, peer.detail)
             case p.CancelRunRequest(pipeline=pipeline, counter=counter, stage=stage):
                 peer.require_admin("cancel_run", admin_group)
-                result = await self.ask("scheduler", CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user))
-                target = f"{pipeline}/{counter}" + (f"/{stage}" if stage else "")
-                await self.stored("audit", "cancel_run", peer.user, time.time(), target=target, detail=peer.detail)
-                return result
+                # audited by the scheduler after its checks and before any job is cancelled
+                cancel = CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user, peer=peer.detail)
+                return await self.ask("scheduler", cancel)
         return NotImplemented
 
     async def history(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -183,9 +179,7 @@ class JobServerRequests:
         except Exception as exc:  # noqa: BLE001 - load turns what a file provokes into ConfigError; anything else too
             why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
             raise MaintdError(f"the configuration was not reloaded: {self.config_path}: {why}", code="bad_config") from None
-        apply = ApplyConfig(
-            pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer
-        )
+        apply = ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer)
         try:
             return await self.ask("config", apply)
         except MaintdError as exc:

@@ -19,6 +19,7 @@ import msgspec
 import pykka
 import trio
 
+from actors.budget import ACTOR_ANSWER
 from actors.errors import BadRequest, Conflict, MaintdError, StillLeaving
 from actors.future import CallbackFuture
 from actors.messages import (
@@ -48,7 +49,7 @@ log = logging.getLogger("maintd.control")
 
 NO_REPLY = object()
 FLUSH_TIMEOUT = 5.0
-ASK_TIMEOUT = 10.0
+ASK_TIMEOUT = ACTOR_ANSWER  # actors/budget.py: longer than the actor waits on the store
 #: How long a register waits for the same name's closing connection to be gone.
 REREGISTER_WAIT = 2.0
 

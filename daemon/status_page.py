@@ -27,7 +27,6 @@ CHECKLIST = (
     ("agents", "Waiting for agent subsystem to stop..", "Stopped agent subsystem."),
     ("config", "Waiting for config changes to stop..", "Stopped config changes."),
 )
-BUILTINS = ("materials", "scheduler", "agents", "config")
 
 
 def _human(ts: float | str | None) -> str:
@@ -167,7 +166,7 @@ def _checklist(status: Status) -> str:
             detail = _sub_detail(sub)
         lines.append(_check_line(done, waiting, stopped, detail, key.replace(" ", "-")))
     for sub in status.subsystems:
-        if sub.name in BUILTINS:
+        if not sub.external:
             continue
         lines.append(
             _check_line(

@@ -6,6 +6,7 @@ No sleeps as synchronisation: every wait polls with a deadline or waits on a lin
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import pykka
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Who the daemon sees on the other end of a test's maintctl: the tests need not run as root.
+#: (From the uid, as the daemon does: getpass.getuser() reads $USER, which su may leave behind.)
+USER = pwd.getpwuid(os.geteuid()).pw_name
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ Hypothesis state machines, each next to a model of what must hold:
   are their shrunk examples, written out (``test_jobserver_restarts.py`` runs the failure
   cases again through real actors).
 
-``COUNTS`` and ``RULES`` count examples, steps and rules; the last test prints them.
+``COUNTS`` and ``RULES`` count examples, steps and rules; a module fixture prints them at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import itertools
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -1437,8 +1438,11 @@ def test_regression_agents_restarted_after_a_cancel_record_the_job_failed_not_ca
     assert m.store.job(1).state == "cancelled" and m.store.job(1).cancelled_by == "alice"  # type: ignore[union-attr]
 
 
-def test_zz_report_how_many_examples_and_steps_ran(capsys: pytest.CaptureFixture[str]) -> None:
-    """Runs last in this module: prints what the machines above ran (examples, steps)."""
-    with capsys.disabled():
+@pytest.fixture(scope="module", autouse=True)
+def report_how_many_examples_and_steps_ran(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Once the module's tests have run, whichever ran and in whatever order: what the machines ran."""
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         print("\ndrain properties ran:", ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items())))
         print("rules:", ", ".join(f"{k}: {v}" for k, v in sorted(RULES.items())))

@@ -32,7 +32,7 @@ from actors.scheduler import (
     Trigger,
     WantWork,
 )
-from actors.store import Store
+from actors.store import Store, StoreError
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
 from tests.actors.fakes import FakeClock, FakeTimers
 
@@ -253,10 +253,21 @@ def test_a_config_repo_revision_fetches_its_files_for_the_config_guard(w: World)
 def test_a_drain_does_not_end_while_a_config_repo_fetch_it_started_is_running(w: World) -> None:
     # Else the configuration changes after the daemon said it was safe to restart.
     core = materials(w, poll="config:pipes")
-    core.pause("d1")
     core.handle(PollFinished(key="config:pipes", revision="c1"))
-    fetching = bool(w.procs.of("fetch_files"))
-    assert not (fetching and w.drained()), "Drained was sent while fetch_files was still running"
+    assert len(w.procs.of("fetch_files")) == 1
+    core.pause("d1")
+    assert not w.drained(), "Drained was sent while fetch_files was still running"
+    core.handle(FilesFetched(key="config:pipes", revision="c1", files={}))
+    assert w.drained()
+
+
+def test_a_config_repo_poll_that_ends_during_a_drain_fetches_nothing(w: World) -> None:
+    core = materials(w, poll="config:pipes")
+    core.pause("d1")
+    assert not w.drained()
+    core.handle(PollFinished(key="config:pipes", revision="c1"))
+    assert w.procs.of("fetch_files") == [] and w.drained()
+    assert w.store.last_revision("config:pipes") is None  # taken up after the drain
 
 
 # --- scheduler ----------------------------------------------------------------------------
@@ -641,3 +652,32 @@ def test_a_restarted_scheduler_asks_the_config_guard_for_the_pipelines_and_gets_
     core.handle(published[-1])
     core.handle(Trigger(pipeline="docs", by="alice"))
     assert queued(core) == ["make"]
+
+
+class AuditFails(Store):
+    def audit(self, *args: Any, **kwargs: Any) -> int:
+        raise StoreError("the audit log cannot be written (disk full)")
+
+
+def test_a_trigger_that_cannot_be_audited_starts_no_run(w: World) -> None:
+    w.store = AuditFails(":memory:")
+    core = scheduler(w, trigger=False)
+    with maintd_error("store_unavailable"):
+        core.handle(Trigger(pipeline="app", by="alice"))
+    assert w.store.recent_runs() == [] and queued(core) == [] and core.items == {}
+
+
+def test_a_trigger_is_audited_with_its_run_and_peer(w: World) -> None:
+    scheduler(w, trigger=False).handle(Trigger(pipeline="app", by="alice", peer="pid 7"))
+    (entry,) = w.store.audit_entries()
+    assert (entry.action, entry.by, entry.target, entry.detail) == ("trigger", "alice", "app/1", "pid 7")
+
+
+def test_a_cancel_run_that_cannot_be_audited_cancels_nothing(w: World) -> None:
+    core = scheduler(w, agents=1)
+    ids = w.job_ids()
+    w.store.audit = AuditFails.audit.__get__(w.store)  # type: ignore[method-assign]
+    with maintd_error("store_unavailable"):
+        core.handle(CancelRun(pipeline="app", counter=1, by="bob"))
+    assert w.job(ids["package"]) == ("scheduled", None, None) and w.peers.to("agents", CancelJobs) == []
+    assert w.store.recent_runs()[0].state == "running"

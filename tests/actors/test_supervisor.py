@@ -10,8 +10,8 @@ import pytest
 
 from actors.errors import Conflict, NotCancellable
 from actors.future import CallbackFuture
-from actors.messages import Disable, Enable, GetHistory, RequestCancel
-from actors.supervisor import DEADLINE_TIMER, SupervisorActor
+from actors.messages import Disable, Enable, GetHistory, PauseIntake, RequestCancel
+from actors.supervisor import DEADLINE_TIMER, SupervisorActor, SupervisorCore
 from actors.types import OnDeadline
 from tests.actors.fakes import (
     AddWork,
@@ -62,7 +62,7 @@ def world() -> Iterator[World]:
     pykka.ActorRegistry.stop_all()
 
 
-def test_enable_pauses_every_subsystem_in_order_and_reports_safe_once_all_drained(world: World) -> None:
+def test_enable_pauses_every_subsystem_once_and_reports_safe_once_all_drained(world: World) -> None:
     world.tell("agents", AddWork(item("agents", "job1")))
     world.sink.wait(lambda s: len(s.running_systems.building_jobs) == 1)
     info = world.ask(Enable(by="alice", reason="upgrade"))
@@ -71,11 +71,37 @@ def test_enable_pauses_every_subsystem_in_order_and_reports_safe_once_all_draine
         lambda s: [world.subsystem(s, n).state for n in NAMES] == ["drained", "drained", "paused", "drained"]
     )
     assert status.maintenance.state == "draining" and not status.maintenance.safe_to_restart
-    assert [s.name for s in status.subsystems] == list(NAMES)  # the drain order: materials first
+    assert [s.name for s in status.subsystems] == list(NAMES)  # listed in the drain order
     assert all(core_of(name).pauses == [info.drain_id] for name in NAMES)
     world.tell("agents", FinishWork("agents/job1"))
     status = world.wait_state("drained")
     assert status.maintenance.safe_to_restart
+
+
+class Told:
+    """An actor ref that adds what it is told to a list shared by every subsystem."""
+
+    def __init__(self, name: str, told: list[tuple[str, Any]]) -> None:
+        self.name, self.told = name, told
+
+    def tell(self, message: Any) -> None:
+        self.told.append((self.name, message))
+
+    def stop(self, block: bool = True) -> None:
+        pass
+
+
+def test_enable_tells_pause_intake_in_the_drain_order_builtins_first_then_externals() -> None:
+    # Each actor runs in its own thread, so the order they act in proves nothing: the
+    # order is the supervisor's, in the PauseIntakes it sends (DESIGN.md: materials,
+    # scheduler, agents, config guard, external).
+    told: list[tuple[str, Any]] = []
+    core = SupervisorCore(clock=FakeClock(), timers=FakeTimers(), sink=FakeSink())
+    for name in NAMES:
+        core.add_subsystem(name, lambda generation, items, name=name: Told(name, told), external=False)
+    core.add_subsystem("exporter", lambda generation, items: Told("exporter", told), external=True)
+    core.enable(Enable(by="alice"))
+    assert [(name, type(m)) for name, m in told] == [(name, PauseIntake) for name in (*NAMES, "exporter")]
 
 
 def test_a_paused_subsystem_starts_no_new_work(world: World) -> None:

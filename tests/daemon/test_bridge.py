@@ -233,3 +233,16 @@ async def test_the_hub_is_ready_only_once_every_builtin_subsystem_started() -> N
     assert not hub.ready.is_set()
     hub._apply(status, None)
     assert hub.ready.is_set()
+
+
+async def test_a_timer_armed_after_its_nursery_closed_is_dropped_and_the_batch_goes_on() -> None:
+    bridge = Bridge(trio.lowlevel.current_trio_token())
+    async with trio.open_nursery() as closed:
+        pass
+    timers = TrioTimers(bridge, closed)
+    after = trio.Event()
+    timers.arm("late", 0, "tick")
+    bridge.call_soon(after.set)  # in the same pass, after the arm
+    with trio.fail_after(5):
+        await after.wait()
+    assert "late" not in timers._scopes

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Daemon, Line, wait_for
+from tests.conftest import ROOT, USER, Daemon, Line, wait_for
 
 SMALL_LIMIT = 4096
 SMALL_LIMIT_CONFIG = f"[control]\nmax_line_bytes = {SMALL_LIMIT}\n"
@@ -107,7 +107,7 @@ def test_bad_line_gets_an_error_and_the_connection_goes_on(
     assert text in error_of(reply, code)
     assert_serves(client)
     assert_serves(daemon.client())
-    assert "connection of root failed" not in daemon.log_text()
+    assert f"connection of {USER} failed" not in daemon.log_text()
 
 
 def test_empty_lines_are_ignored(daemon: Daemon) -> None:
@@ -168,7 +168,7 @@ def test_abrupt_disconnects_do_not_disturb_the_daemon(daemon: Daemon) -> None:
             s.sendall(b'{"id": 1, "type": "status"}\n{"id": 2, "type": "history"}\n{"id": 3')
     assert_serves(other)
     assert_serves(daemon.client())
-    assert "connection of root failed" not in daemon.log_text()
+    assert f"connection of {USER} failed" not in daemon.log_text()
 
 
 # -- 4. a client that never reads -----------------------------------------------------------
@@ -208,7 +208,7 @@ def test_a_client_that_never_reads_is_disconnected(make_daemon: Any, config: str
         thread.join(30)
     assert outcome and isinstance(outcome[0], (BrokenPipeError, ConnectionResetError)), outcome
     wait_for(lambda: "does not read its replies" in d.log_text(), 10, "the log to say the connection was closed")
-    assert "closing connection of root" in d.log_text()
+    assert f"closing connection of {USER}" in d.log_text()
     assert_serves(other)
     assert_serves(d.client())
 
@@ -266,6 +266,7 @@ def test_register_conflicts_and_removal_on_close(daemon: Daemon) -> None:
 def test_a_multi_megabyte_status_reaches_slow_readers_whole_and_alike(daemon: Daemon) -> None:
     """A reply bigger than the socket buffer is written in part at once and the rest by the
     connection's writer, from one buffer shared by every reader; each gets it whole."""
+
     def items_of(name: str, first: str = "") -> list[dict[str, Any]]:
         return [
             {"id": f"item-{i:03d}", "kind": "backup_run", "description": (first if i == 0 and first else f"{name} " + "d" * 1000)}

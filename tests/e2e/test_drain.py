@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, Daemon, Line, wait_for
+from tests.conftest import ROOT, USER, Daemon, Line, wait_for
 
 
 def register(d: Daemon, name: str, items: list[dict] | None = None) -> Line:
@@ -56,7 +56,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     pause = sub.next_event(lambda m: m.get("type") == "pause_intake")
     s = status(daemon)
     assert s["maintenance"]["state"] == "draining" and not s["maintenance"]["safe_to_restart"]
-    assert s["maintenance"]["updated_by"] == "root" and s["maintenance"]["reason"] == "kernel upgrade"
+    assert s["maintenance"]["updated_by"] == USER and s["maintenance"]["reason"] == "kernel upgrade"
     assert [i["id"] for i in s["running_systems"]["building_jobs"]] == ["exporter/job-7"]
     assert ext(s) == [
         {
@@ -146,7 +146,7 @@ def test_cancel_reaches_the_owner_and_its_answer_reaches_maintctl(daemon: Daemon
 
     history = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
     assert [(e["action"], e["item"], e["by"], e["reason"]) for e in history if e["action"] == "cancel"] == [
-        ("cancel", "worker/job-7", "root", "stuck")
+        ("cancel", "worker/job-7", USER, "stuck")
     ]
 
 
@@ -272,7 +272,7 @@ def test_under_systemd_every_log_line_has_a_priority_prefix_and_says_who(make_da
     wait_for(lambda: "turned on maintenance mode" in d.log_text(), 10, "the enable line")
     lines = d.log_text().splitlines()
     assert lines and all(line[:3] in {"<2>", "<3>", "<4>", "<6>", "<7>"} for line in lines), lines
-    assert "<6>maintd.control: root turned on maintenance mode (reason: upgrade)" in lines
+    assert f"<6>maintd.control: {USER} turned on maintenance mode (reason: upgrade)" in lines
 
 
 def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
@@ -283,7 +283,7 @@ def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
     daemon.proc.wait()
     daemon.start()
     entries = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
-    assert [(e["action"], e["by"], e["reason"]) for e in entries] == [("enable", "root", "upgrade"), ("disable", "root", "done")]
+    assert [(e["action"], e["by"], e["reason"]) for e in entries] == [("enable", USER, "upgrade"), ("disable", USER, "done")]
     # What was asked, then which process asked (its pid and command line).
     assert entries[0]["detail"].startswith("deadline 1800s, then wait; pid ")
     assert entries[0]["detail"].endswith("-m maintctl enable --reason upgrade --deadline 30m")

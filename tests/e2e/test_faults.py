@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Daemon, Line, wait_for
+from tests.conftest import ROOT, USER, Daemon, Line, wait_for
 from tests.e2e.test_jobserver import World, job_row
 
 
@@ -124,9 +124,9 @@ def test_kill_9_mid_drain_loses_nothing_and_a_fresh_start_marks_the_job_interrup
     after = world.ctl_json("history")["entries"]
     assert after[: len(before)] == before
     entries = [(e["action"], e["by"], e["reason"], e["item"]) for e in after]
-    assert ("enable", "root", "upgrade to 2.0", None) in entries, entries
-    assert ("cancel_requested", "root", "stuck", item) in entries, entries
-    assert ("cancel", "root", "stuck", item) in entries, entries
+    assert ("enable", USER, "upgrade to 2.0", None) in entries, entries
+    assert ("cancel_requested", USER, "stuck", item) in entries, entries
+    assert ("cancel", USER, "stuck", item) in entries, entries
     assert d.stop() == 0
 
     assert store_check(db) == ["ok"], "the store after the fresh start and a clean stop"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, Line, wait_for
+from tests.conftest import USER, Daemon, Line, wait_for
 
 GIT = "/usr/bin/git"
 
@@ -200,7 +200,7 @@ def test_cancel_of_a_building_job_kills_its_process_group_after_the_grace(world:
     assert result.returncode == 0, result.stderr
     wait_for(lambda: world.runs()[0]["state"] == "cancelled", 15, "the run to end cancelled")
     row = job_row(world, "stubborn")
-    assert (row["state"], row["cancelled_by"]) == ("cancelled", "root")
+    assert (row["state"], row["cancelled_by"]) == ("cancelled", USER)
     history = world.ctl_json("history")["entries"]
     assert any(e["action"] == "cancel" and e["item"] == item and e["reason"] == "stuck" for e in history)
 

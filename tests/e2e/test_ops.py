@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import Daemon, Line, wait_for
+from tests.conftest import USER, Daemon, Line, wait_for
 
 PROMTOOL = shutil.which("promtool")
 
@@ -62,7 +62,7 @@ def test_gocd_info_api_and_banner_follow_maintenance(daemon: Daemon) -> None:
     assert "turned on maintenance mode" not in get(base + "/")[1]
     daemon.maintctl("enable")
     info = json.loads(get(base + "/api/maintenance_mode/info")[1])
-    assert info["is_maintenance_mode"] is True and info["metadata"]["updated_by"] == "root"
+    assert info["is_maintenance_mode"] is True and info["metadata"]["updated_by"] == USER
     assert info["attributes"]["has_running_systems"] is False
     assert set(info["attributes"]["running_systems"]) >= {"material_update_in_progress", "building_jobs", "scheduled_jobs"}
-    assert "root turned on maintenance mode at" in get(base + "/")[1]
+    assert f"{USER} turned on maintenance mode at" in get(base + "/")[1]
