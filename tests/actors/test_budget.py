@@ -14,7 +14,8 @@ import pytest
 
 from actors import budget
 from actors.messages import Enable
-from actors.store import Store, StoreActor, StoreError, SyncStore
+from actors.store import Store, StoreError
+from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
 from daemon import jobserver, server
 from maintctl.client import Client

@@ -464,10 +464,14 @@ async def test_aclose_kills_every_live_job(make_runner: Callable[..., ProcessRun
     runner = make_runner()
     inbox = Inbox()
     for job_id in (1, 2):
-        runner.start_job(inbox, spec_for(tmp_path, job_id=job_id, shell='trap "" TERM; sleep 30'))
+        ready = tmp_path / f"trapped-{job_id}"
+        runner.start_job(inbox, spec_for(tmp_path, job_id=job_id, shell=f'trap "" TERM; touch {ready}; sleep 30'))
     started = [await inbox.next(), await inbox.next()]
     assert all(isinstance(m, JobStarted) for m in started)
     assert runner.running() == 2
+    with trio.fail_after(WAIT):  # a SIGTERM before the trap is set would end the shell: -15, not -9
+        while not all((tmp_path / f"trapped-{job_id}").exists() for job_id in (1, 2)):  # noqa: ASYNC110
+            await trio.sleep(0.01)
     with trio.fail_after(WAIT):
         await runner.aclose()
     assert runner.running() == 0
