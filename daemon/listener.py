@@ -17,7 +17,6 @@ import contextlib
 import grp
 import logging
 import os
-import pwd
 import socket
 import stat
 from collections.abc import MutableMapping
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import msgspec
 import trio
+
+from .paths import describe_uid
 
 log = logging.getLogger("maintd.control")
 
@@ -191,8 +192,8 @@ def check_socket_dir(folder: Path) -> None:
     for what, info in [*owners, ("is owned", st)]:
         if info.st_uid not in (me, 0):
             raise ListenerError(
-                f"socket folder {folder} {what} by {_user(info.st_uid)}, not by maintd's user "
-                f"{_user(me)}: its owner could replace the socket with their own; remove it (rm -r {folder}) "
+                f"socket folder {folder} {what} by {describe_uid(info.st_uid)}, not by maintd's user "
+                f"{describe_uid(me)}: its owner could replace the socket with their own; remove it (rm -r {folder}) "
                 "and let maintd create it, or choose another --socket"
             )
     loose = stat.S_IMODE(st.st_mode) & 0o022
@@ -203,9 +204,3 @@ def check_socket_dir(folder: Path) -> None:
             f"the socket with their own; chmod go-w {folder}, or choose another --socket"
         )
 
-
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"

@@ -10,6 +10,7 @@ Imports only the standard library: maintctl uses it.
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 SOCKET_NAME = "control.sock"
@@ -52,3 +53,12 @@ def default_socket() -> Path:
     if os.geteuid() != 0 and not os.path.lexists(own) and os.path.lexists(SYSTEM_SOCKET):
         return SYSTEM_SOCKET
     return own
+
+
+def describe_uid(uid: int) -> str:
+    """``alice (uid 1000)``, or ``uid 1000`` for a uid with no name: for messages about who
+    owns a socket folder or serves a socket (the daemon's and maintctl's)."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

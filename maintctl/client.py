@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pwd
 import socket
 import stat
 import struct
@@ -12,6 +11,8 @@ import time
 from typing import Any
 
 import msgspec
+
+from daemon.paths import describe_uid
 
 
 class DaemonError(Exception):
@@ -56,17 +57,12 @@ def check_daemon(sock: socket.socket, path: str) -> None:
             trusted.add(st.st_uid)
     if uid not in trusted:
         raise Untrusted(
-            f"refusing to trust {path}: it is served by {_user(uid)}, who is neither root nor you nor the owner of a "
+            f"refusing to trust {path}: it is served by user {describe_uid(uid)}, who is neither root nor you "
+            "nor the owner of a "
             f"socket folder that only root or you could have made; it could fake the daemon's answers. "
             f"Check who made {folder} (ls -ld {folder}) and who serves the socket (ss -xlp)"
         )
 
-
-def _user(uid: int) -> str:
-    try:
-        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 class Client:

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import wait_for
+
 #: What commands inside the machine see: no variable of the test runner's leaks in.
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": ""}
 #: The longest a machine may live: nspawn is started under `timeout` with this.
@@ -144,14 +146,7 @@ class Machine:
         return self.run("journalctl", "--no-pager", "-o", "cat", *args, check=False).stdout
 
     def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.1)
+        return wait_for(predicate, timeout, what)
 
     # -- the end -----------------------------------------------------------------------
 
