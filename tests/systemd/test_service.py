@@ -171,7 +171,7 @@ def test_hardening_leaves_the_work_possible_and_jobs_in_cgroups_of_their_own(mac
         " && chown -R maintd:maintd /srv/pipes"
     )
     repo = '\n[[config_repos]]\nname = "pipes"\nurl = "/srv/pipes"\npoll_interval = "1s"\n'
-    start(machine, config("echo written > out.txt; cat out.txt; sleep 300", extra=repo))
+    start(machine, config("echo written > out.txt; cat out.txt; sleep 300", extra=repo, stop_drain_timeout="2s"))
     wait_building(machine)
     job = jobs(machine)[0]
     machine.wait_for(lambda: "written" in maintctl(machine, "logs", str(job["id"])), what="the job's log")
