@@ -22,11 +22,7 @@ from typing import Any
 
 import msgspec
 
-from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
-from .messages import Cancel
-from .pending import PendingWrites, RetryWrites, without_pending
-from .ports import Clock, Timers
-from .scheduler import (
+from .handout import (
     AgentsPaused,
     AnnounceIdle,
     Assign,
@@ -38,6 +34,10 @@ from .scheduler import (
     job_item,
     job_item_id,
 )
+from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
+from .messages import Cancel
+from .pending import PendingWrites, RetryWrites, without_pending
+from .ports import Clock, Timers
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 

@@ -20,6 +20,18 @@ import msgspec
 
 from .definitions import PipelineDef, next_fire, parse_duration
 from .errors import Conflict, MaintdError, NotFound
+from .handout import (
+    AgentsPaused,
+    AnnounceIdle,
+    Assign,
+    CancelJobs,
+    GiveBack,
+    JobFinished,
+    TakenBack,
+    WantWork,
+    job_item,
+    job_item_id,
+)
 from .jobs import TERMINAL, JobSpec, JobState
 from .materials import MaterialChanged
 from .messages import Cancel
@@ -64,55 +76,6 @@ class PipelinesWanted(msgspec.Struct, frozen=True):
     scheduler starts with the config file's pipelines only; a config repo's come from the guard."""
 
 
-class WantWork(msgspec.Struct, frozen=True):
-    agent: str
-
-
-class AgentsPaused(msgspec.Struct, frozen=True):
-    pass
-
-
-class GiveBack(msgspec.Struct, frozen=True, kw_only=True):
-    """From the agents: of the jobs handed to them, they hold (build) only ``holding``.
-
-    Every other job handed out before the scheduler handles this was not taken (the agents
-    were paused or busy, or a failed agents actor lost its Assign): it goes back to the
-    queue, or is cancelled if its run was. Answered with :class:`TakenBack`; until that
-    comes, the agents drop every Assign, so each one is either taken or given back, never
-    both (the scheduler's messages reach the agents in the order it sent them).
-    """
-
-    token: int
-    holding: tuple[int, ...] = ()
-
-
-class TakenBack(msgspec.Struct, frozen=True):
-    """To the agents: the :class:`GiveBack` with this token is done; Assigns after this are new."""
-
-    token: int
-
-
-class JobFinished(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: int
-    state: JobState
-
-
-class Assign(msgspec.Struct, frozen=True, kw_only=True):
-    """To the agents: run ``spec`` on ``agent``."""
-
-    agent: str
-    spec: JobSpec
-
-
-class AnnounceIdle(msgspec.Struct, frozen=True):
-    """To the agents: a (re)started scheduler knows no waiting agents; idle ones ask again."""
-
-
-class CancelJobs(msgspec.Struct, frozen=True, kw_only=True):
-    job_ids: tuple[int, ...]
-    by: str
-
-
 class Run:
     def __init__(self, run_id: int, pipeline: PipelineDef, counter: int, revisions: dict[str, str]) -> None:
         self.run_id = run_id
@@ -122,27 +85,6 @@ class Run:
         self.stage_index = -1
         self.pending: set[int] = set()
         self.results: dict[int, JobState] = {}
-
-
-def job_item_id(job_id: int) -> str:
-    return f"job-{job_id}"
-
-
-def job_item(subsystem: str, spec: JobSpec, kind: str, now: float, **extra: Any) -> InFlightItem:
-    """A job as an in-flight item: scheduled (in the scheduler) or building (on an agent)."""
-    where = f" on {spec.agent}" if spec.agent else ""
-    return InFlightItem(
-        id=qualify(subsystem, job_item_id(spec.job_id)),
-        subsystem=subsystem,
-        kind=kind,
-        description=f"{spec.pipeline}/{spec.pipeline_counter}/{spec.stage}/{spec.job}{where}",
-        started_at=now,
-        cancellable=True,
-        pipeline=spec.pipeline,
-        stage=spec.stage,
-        job=spec.job,
-        **extra,
-    )
 
 
 class SchedulerCore(SubsystemCore):

@@ -54,6 +54,7 @@ from actors.agents import AgentsCore
 from actors.definitions import JobDef, PipelineDef, StageDef
 from actors.errors import Conflict, MaintdError, NotCancellable, NotFound, SubsystemGone
 from actors.future import CallbackFuture
+from actors.handout import Assign
 from actors.jobs import TERMINAL, JobExited, JobSpec, JobStarted, JobState
 from actors.materials import MaterialChanged
 from actors.messages import (
@@ -77,7 +78,7 @@ from actors.messages import (
     Unregister,
 )
 from actors.peers import PeerRef
-from actors.scheduler import Assign, CancelRun, SchedulerCore, Trigger
+from actors.scheduler import CancelRun, SchedulerCore, Trigger
 from actors.store import Store
 from actors.subsystem import SubsystemActor, SubsystemCore
 from actors.supervisor import DEADLINE_TIMER, SupervisorActor

@@ -12,26 +12,12 @@ from actors.agents import AgentsCore
 from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import JobDef, MaterialDef, PipelineDef, StageDef
 from actors.errors import MaintdError
+from actors.handout import AgentsPaused, AnnounceIdle, Assign, CancelJobs, GiveBack, JobFinished, TakenBack, WantWork
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobState, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialChanged, MaterialsCore, PollDue
 from actors.messages import Cancel, Cancelled, CancelRefused, Drained, InFlightReport, IntakePaused
 from actors.peers import PeerRef
-from actors.scheduler import (
-    AgentsPaused,
-    AnnounceIdle,
-    Assign,
-    CancelJobs,
-    CancelRun,
-    GiveBack,
-    JobFinished,
-    PipelinesChanged,
-    PipelinesWanted,
-    SchedulerCore,
-    TakenBack,
-    TimerDue,
-    Trigger,
-    WantWork,
-)
+from actors.scheduler import CancelRun, PipelinesChanged, PipelinesWanted, SchedulerCore, TimerDue, Trigger
 from actors.store import Store, StoreError
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
 from tests.actors.fakes import FakeClock, FakeTimers

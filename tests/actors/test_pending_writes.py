@@ -18,11 +18,12 @@ import pytest
 
 from actors.agents import AgentsCore
 from actors.definitions import PipelineDef
+from actors.handout import JobFinished
 from actors.jobs import JobExited, JobState
 from actors.messages import Disable, Drained, Enable, InFlightReport
 from actors.peers import Peers
 from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
-from actors.scheduler import JobFinished, SchedulerCore, Trigger
+from actors.scheduler import SchedulerCore, Trigger
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor import SupervisorActor
