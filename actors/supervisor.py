@@ -1,7 +1,8 @@
 """The supervisor: drives maintenance mode over every subsystem.
 
-:class:`SupervisorCore` holds the decisions and no I/O; :class:`SupervisorActor` is the
-pykka actor over it. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
+:class:`SupervisorCore` holds the decisions and no I/O; the pykka actor over it is
+:class:`actors.supervisor_actor.SupervisorActor`, and what it knows of each subsystem is an
+:class:`actors.view.SubsystemView`. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
 (downward), so it never waits on anybody. After every change it publishes the whole status
 and one event through the :class:`~actors.ports.StatusSink`.
 """
@@ -15,41 +16,30 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import pykka
-
 from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
-from .external import ExternalCore, ExternalSubsystemActor
-from .future import CallbackFuture
 from .maintenance import Machine, MaintenanceEvent, Transition
 from .messages import (
     Cancel,
     Cancelled,
     CancelRefused,
-    CancelTimedOut,
     DeadlineReached,
     Disable,
     Drained,
     Enable,
     ExternalGone,
     ExternalInFlight,
-    ExternalLeft,
-    FromExternal,
-    GetHistory,
     InFlightReport,
     IntakePaused,
     PauseIntake,
     ReconnectGraceEnded,
-    Register,
     RequestCancel,
     RestartSubsystem,
     ResumeIntake,
     SubsystemFailed,
-    Unregister,
 )
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
-from .safety import blocking
 from .status import (
     Event,
     HistoryEntry,
@@ -62,7 +52,6 @@ from .status import (
     iso,
 )
 from .types import (
-    GROUP_OF_KIND,
     MATERIAL_UPDATE,
     MDU_REFUSAL,
     InFlightItem,
@@ -70,9 +59,7 @@ from .types import (
     OnDeadline,
     SubsystemState,
 )
-
-#: Starts a subsystem actor: (generation, items to restore) -> actor ref.
-Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
+from .view import Spawn, SubsystemView
 
 SYSTEM = "maintd"
 log = logging.getLogger("maintd.supervisor")
@@ -92,86 +79,6 @@ def _details(*parts: str | None) -> str | None:
 DEADLINE_TIMER = "deadline"
 #: How many removed subsystems the status keeps showing.
 REMOVED_SHOWN = 20
-
-
-class SubsystemView:
-    """What the supervisor knows of one subsystem."""
-
-    def __init__(self, name: str, spawn: Spawn, *, external: bool) -> None:
-        self.name = name
-        self.spawn = spawn
-        self.external = external
-        self.generation = 0
-        self.ref: Any = None
-        self.reported = False
-        self.failed = False
-        self.failures = 0
-        self.last_error: str | None = None
-        self._items: tuple[InFlightItem, ...] = ()
-        self.groups: dict[str, tuple[InFlightItem, ...]] = {}
-        self.blocking_count = 0
-        self.paused_for: str | None = None
-        self.drained_for: str | None = None
-        self.leaving: str | None = None
-        #: its writes that wait for the store (WritesPending), None when none
-        self.writes: WritesPending | None = None
-        # An external whose process disconnected with blocking work: why, and until when its
-        # work keeps blocking. After it registers again, ``abandoned`` holds the old
-        # process's work (still blocking) until the new one reports (``awaiting``: what it
-        # sent, to know its actor's report of it) or the grace ends.
-        self.disconnected: str | None = None
-        self.reconnect_by: float | None = None
-        self.disconnects = 0
-        self.abandoned: tuple[InFlightItem, ...] = ()
-        self.awaiting: tuple[InFlightItem, ...] | None = None
-        self._shown: tuple[InFlightItem, ...] = ()
-
-    def start(self) -> None:
-        self.ref = self.spawn(self.generation, self._items)
-
-    def tell(self, message: Any) -> bool:
-        """Tell the subsystem's actor; False when there is none or it has died.
-
-        An actor that died has its ``SubsystemFailed`` on the way to the supervisor:
-        ``on_failed`` marks the view failed and ``on_restart`` gives the new actor what a
-        drain needs (it starts paused and is sent the PauseIntake again), so a tell it
-        missed is not lost, and the supervisor never raises halfway through a change it
-        has already made and audited.
-        """
-        if self.ref is None:
-            return False
-        try:
-            self.ref.tell(message)
-        except pykka.ActorDeadError:
-            log.info("%s: its actor has died; %s waits for its restart", self.name, type(message).__name__)
-            return False
-        return True
-
-    @property
-    def items(self) -> tuple[InFlightItem, ...]:
-        """Everything in flight here: the process's work, and its predecessor's it has not reported on."""
-        return self._shown
-
-    @items.setter
-    def items(self, items: tuple[InFlightItem, ...]) -> None:
-        self._items = items
-        self._recount()
-
-    def set_abandoned(self, abandoned: tuple[InFlightItem, ...]) -> None:
-        self.abandoned = abandoned
-        self._recount()
-
-    def _recount(self) -> None:
-        items = self._items
-        if self.abandoned:
-            ids = {item.id for item in items}
-            items = items + tuple(item for item in self.abandoned if item.id not in ids)
-        self._shown = items
-        self.blocking_count = len(blocking(items))
-        groups: dict[str, list[InFlightItem]] = {}
-        for item in items:
-            groups.setdefault(GROUP_OF_KIND.get(item.kind, "other"), []).append(item)
-        self.groups = {group: tuple(listed) for group, listed in groups.items()}
 
 
 class SupervisorCore:
@@ -684,143 +591,3 @@ class SupervisorCore:
         if self.status_pending:
             self.status_pending = False
             self.sink.publish(self.status(), None)
-
-
-_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)  # ExternalLeft publishes at once
-
-
-class SupervisorActor(pykka.ThreadingActor):
-    """The actor over :class:`SupervisorCore`.
-
-    ``builtins`` are (name, make_core) pairs started in order at start-up;
-    ``make_core(name, emit, items)`` builds the subsystem's core, where ``emit`` tells the
-    supervisor and ``items`` are the in-flight items to restore after a restart.
-    """
-
-    use_daemon_thread = True
-
-    def __init__(
-        self,
-        *,
-        clock: Clock,
-        timers: Timers,
-        sink: StatusSink,
-        restart_delay: float = 1.0,
-        builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
-        peers: Peers | None = None,
-        start_in_maintenance: Enable | None = None,
-        audit_log: Callable[..., Any] | None = None,
-        reconnect_grace: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.start_in_maintenance = start_in_maintenance
-        self.core = SupervisorCore(
-            clock=clock,
-            timers=timers,
-            sink=sink,
-            restart_delay=restart_delay,
-            peers=peers,
-            audit_log=audit_log,
-            reconnect_grace=reconnect_grace,
-        )
-        self.builtins = builtins
-
-    @staticmethod
-    def _create_future() -> CallbackFuture:
-        return CallbackFuture()
-
-    def on_start(self) -> None:
-        from .subsystem import SubsystemActor
-
-        me = self.actor_ref
-        core = self.core
-        if self.start_in_maintenance is not None:
-            core.enable(self.start_in_maintenance)
-        for name, make_core in self.builtins:
-
-            def spawn(
-                generation: int, items: tuple[InFlightItem, ...], name: str = name, make_core: Callable[..., Any] = make_core
-            ) -> Any:
-                subsystem = make_core(name, me.tell, items)
-                # During maintenance a (re)started subsystem comes up with its intake already
-                # closed; the PauseIntake that follows makes it acknowledge.
-                subsystem.paused_for = core.drain_id
-                return SubsystemActor.start(subsystem, me, generation)
-
-            core.add_subsystem(name, spawn, external=False)
-        core.publish("started", message="maintd started")
-
-    def register(self, msg: Register) -> dict[str, Any]:
-        me = self.actor_ref
-
-        def spawn(generation: int, items: tuple[InFlightItem, ...]) -> Any:
-            # ``items``: restored after the actor failed (the process is still there); none when it registers again.
-            return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
-
-        self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
-        self.core.audit_after("register", msg.by, target=msg.name, detail=msg.peer)
-        return {"name": msg.name, "maintenance": self.core.machine.state.value, "drain_id": self.core.drain_id}
-
-    def on_receive(self, message: Any) -> Any:
-        core = self.core
-        # A report (tell) with more messages queued behind it defers the status snapshot
-        # to the end of the burst; an ask always answers after its status is published.
-        core.defer_status = isinstance(message, _REPORTS) and not self.actor_inbox.empty()
-        try:
-            return self.handle(message)
-        finally:
-            core.defer_status = False
-            if not isinstance(message, _REPORTS) or self.actor_inbox.empty():
-                core.flush_status()
-
-    def handle(self, message: Any) -> Any:
-        core = self.core
-        match message:
-            case InFlightReport():
-                core.on_report(message)
-            case IntakePaused():
-                core.on_intake_paused(message)
-            case Drained():
-                core.on_drained(message)
-            case Cancelled():
-                core.on_cancelled(message)
-            case CancelRefused():
-                core.on_cancel_refused(message)
-            case SubsystemFailed():
-                core.on_failed(message)
-            case RestartSubsystem():
-                core.on_restart(message)
-            case DeadlineReached():
-                core.on_deadline_reached(message)
-            case WritesPending():
-                core.on_writes_pending(message)
-            case CancelTimedOut(item_id=item_id):
-                view = core.views.get(item_id.partition("/")[0])
-                if view is not None and view.external:
-                    view.tell(message)
-            case FromExternal(name=name, message=inner):
-                core.from_external(name, inner)
-            case ReconnectGraceEnded():
-                core.on_reconnect_grace_ended(message)
-            case Enable():
-                return core.enable(message)
-            case Disable():
-                return core.disable(message)
-            case RequestCancel():
-                return core.request_cancel(message)
-            case Register():
-                return self.register(message)
-            case Unregister(name=name, reason=reason):
-                core.unregister(name, reason)
-            case ExternalLeft(subsystem=name, reason=reason):
-                core.disconnect(name, reason)
-            case GetHistory():
-                return tuple(core.history)
-            case "status":
-                return core.status()
-            case _:
-                raise TypeError(f"supervisor: unexpected message {type(message).__name__}")
-        return None
-
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self.core.sink.fatal(f"supervisor failed: {exception_value!r}")

@@ -39,7 +39,7 @@ from actors.peers import Peers
 from actors.safety import blocking
 from actors.status import Event, Status
 from actors.store_actor import StoreActor, SyncStore
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from actors.types import InFlightItem
 
 from . import config as config_mod

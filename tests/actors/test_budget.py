@@ -16,7 +16,7 @@ from actors import budget
 from actors.messages import Enable
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from daemon import jobserver, server
 from maintctl.client import Client
 from tests.actors.fakes import FakeClock, FakeSink, FakeTimers

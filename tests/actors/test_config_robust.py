@@ -30,7 +30,7 @@ from actors.scheduler import SchedulerCore, Trigger
 from actors.schema import MIGRATIONS, SCHEMA_VERSION
 from actors.store import Store
 from actors.store_actor import StoreActor, SyncStore
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers
 from tests.conftest import wait_for
 

@@ -81,7 +81,8 @@ from actors.peers import PeerRef
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
 from actors.store import Store
 from actors.subsystem import SubsystemActor, SubsystemCore
-from actors.supervisor import DEADLINE_TIMER, SupervisorActor
+from actors.supervisor import DEADLINE_TIMER
+from actors.supervisor_actor import SupervisorActor
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, InFlightItem, OnDeadline
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers, FinishWork, TryStartWork, WorkCore
 

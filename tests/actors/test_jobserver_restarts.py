@@ -25,7 +25,7 @@ from actors.messages import Enable, RequestCancel
 from actors.peers import Peers
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
 from actors.store_actor import StoreActor, SyncStore
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers
 
 ASK = 5.0

@@ -26,7 +26,7 @@ from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPendin
 from actors.scheduler import SchedulerCore, Trigger
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from tests.actors import test_jobserver_restarts as restarts
 from tests.actors.fakes import FakeClock, FakeSink, FakeTimers
 from tests.actors.test_jobserver_cores import PIPE, FakePeers, FakeProcesses

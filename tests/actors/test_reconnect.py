@@ -24,7 +24,7 @@ from actors.messages import (
     Unregister,
 )
 from actors.status import Status
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from tests.actors.fakes import FakeClock, FakeSink, FakeTimers, WorkCore, item
 from tests.conftest import wait_for
 

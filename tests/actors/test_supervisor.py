@@ -11,7 +11,8 @@ import pytest
 from actors.errors import Conflict, NotCancellable
 from actors.future import CallbackFuture
 from actors.messages import Disable, Enable, GetHistory, PauseIntake, RequestCancel
-from actors.supervisor import DEADLINE_TIMER, SupervisorActor, SupervisorCore
+from actors.supervisor import DEADLINE_TIMER, SupervisorCore
+from actors.supervisor_actor import SupervisorActor
 from actors.types import OnDeadline
 from tests.actors.fakes import (
     AddWork,

@@ -14,7 +14,7 @@ import trio.lowlevel
 from actors.future import CallbackFuture
 from actors.messages import Enable, Register
 from actors.status import Event, MaintenanceInfo, RunningSystems, Status
-from actors.supervisor import SupervisorActor
+from actors.supervisor_actor import SupervisorActor
 from daemon.bridge import Bridge, TrioTimers, WallClock
 from daemon.hub import StatusHub
 
