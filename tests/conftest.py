@@ -142,6 +142,18 @@ class Daemon:
         self.clients.append(line)
         return line
 
+    def status(self) -> dict[str, Any]:
+        """The socket's ``status`` answer, on a connection of its own."""
+        c = Line(self.socket)
+        try:
+            return c.request("status")["result"]
+        finally:
+            c.close()
+
+    def wait_status(self, predicate: Any, what: str, timeout: float = 10) -> dict[str, Any]:
+        """The first status that satisfies ``predicate``, polled until ``timeout``."""
+        return wait_for(lambda: s if predicate(s := self.status()) else None, timeout, what)
+
     def maintctl(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "MAINTD_SOCKET": str(self.socket), **(env or {})}
         return subprocess.run(

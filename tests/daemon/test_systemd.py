@@ -27,7 +27,7 @@ from actors.status import MaintenanceInfo, RunningSystems, Status, SubsystemInfo
 from actors.types import InFlightItem
 from daemon import app
 from daemon.notify import Notifier, describe
-from tests.conftest import ROOT, Daemon, Line, wait_for
+from tests.conftest import ROOT, Daemon, wait_for
 
 Message = dict[str, str]
 
@@ -81,18 +81,6 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     ns.close()
 
 
-def status(d: Daemon) -> dict[str, Any]:
-    c = Line(d.socket)
-    try:
-        return c.request("status")["result"]
-    finally:
-        c.close()
-
-
-def wait_status(d: Daemon, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    return wait_for(lambda: s if predicate(s := status(d)) else None, 15, what)
-
-
 def building(s: dict[str, Any]) -> list[str]:
     return sorted(i["job"] for i in s["running_systems"]["building_jobs"])
 
@@ -117,7 +105,7 @@ def start_building(make_daemon: Any, tmp_path: Path, notify: NotifySocket, **kw:
     d = make_daemon(config=pipeline_config(release, **kw), env={"NOTIFY_SOCKET": str(notify.path)})
     notify.wait(lambda m: m.get("READY") == "1", "READY=1")
     assert d.maintctl("trigger", "build").returncode == 0
-    wait_status(d, lambda s: building(s) == sorted(jobs), "the jobs to build")
+    d.wait_status(lambda s: building(s) == sorted(jobs), "the jobs to build", timeout=15)
     notify.wait(lambda m: m.get("STATUS") == f"normal: maintenance off; {len(jobs)} building", "the building STATUS line")
     return d, release
 
@@ -225,7 +213,7 @@ def test_sigterm_with_building_jobs_drains_first_and_the_jobs_pass(
     notify_socket.wait(
         lambda m: m.get("STATUS", "").startswith("stopping, draining: waiting for agents (2 building jobs)"), "the stop drain"
     )
-    s = status(d)  # the socket still serves during the drain
+    s = d.status()  # the socket still serves during the drain
     assert s["maintenance"]["updated_by"] == "maintd" and s["maintenance"]["reason"] == app.STOP_REASON
     assert d.proc.poll() is None
 

@@ -25,36 +25,20 @@ def ext(s: dict) -> list[dict]:
     return [x for x in s["subsystems"] if x["external"]]
 
 
-def status(d: Daemon) -> dict:
-    c = Line(d.socket)
-    try:
-        return c.request("status")["result"]
-    finally:
-        c.close()
-
-
-def wait_status(d: Daemon, predicate, what: str) -> dict:
-    def check() -> dict | None:
-        s = status(d)
-        return s if predicate(s) else None
-
-    return wait_for(check, 10, what)
-
-
 JOB = {"id": "job-7", "kind": "building_job", "description": "build #7", "cancellable": True}
 BATCH = {"id": "b1", "kind": "batch", "description": "nightly export", "cancellable": False}
 
 
 def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(daemon: Daemon) -> None:
     sub = register(daemon, "exporter", [JOB, BATCH])
-    wait_status(daemon, lambda s: len(s["running_systems"]["other"]) == 1, "the report")
+    daemon.wait_status(lambda s: len(s["running_systems"]["other"]) == 1, "the report")
 
     enabled = daemon.maintctl("enable", "--reason", "kernel upgrade")
     assert enabled.returncode == 0, enabled.stderr
     assert "draining" in enabled.stdout
 
     pause = sub.next_event(lambda m: m.get("type") == "pause_intake")
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["state"] == "draining" and not s["maintenance"]["safe_to_restart"]
     assert s["maintenance"]["updated_by"] == USER and s["maintenance"]["reason"] == "kernel upgrade"
     assert [i["id"] for i in s["running_systems"]["building_jobs"]] == ["exporter/job-7"]
@@ -72,7 +56,7 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     ]
 
     sub.send(type="intake_paused", drain_id=pause["drain_id"])
-    wait_status(daemon, lambda s: ext(s)[0]["state"] == "paused", "paused")
+    daemon.wait_status(lambda s: ext(s)[0]["state"] == "paused", "paused")
 
     waited = daemon.maintctl("wait", "--timeout", "200ms")
     assert waited.returncode == 4
@@ -90,12 +74,12 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
     out, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, err
     assert "Safe to restart" in out
-    assert status(daemon)["maintenance"]["safe_to_restart"]
+    assert daemon.status()["maintenance"]["safe_to_restart"]
 
     assert daemon.maintctl("disable").returncode == 0
     resume = sub.next_event(lambda m: m.get("type") == "resume_intake")
     assert resume["drain_id"] == pause["drain_id"]
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["state"] == "normal" and ext(s)[0]["state"] == "running"
 
 
@@ -107,13 +91,13 @@ def test_drained_is_not_believed_while_the_process_still_reports_work(daemon: Da
     sub.send(type="drained", drain_id=pause["drain_id"])
     # Messages from one subsystem are handled in order: once this report shows, so has drained.
     sub.send(type="in_flight", items=[{**JOB, "description": "still going"}])
-    s = wait_status(daemon, lambda s: s["running_systems"]["building_jobs"][0]["description"] == "still going", "report")
+    s = daemon.wait_status(lambda s: s["running_systems"]["building_jobs"][0]["description"] == "still going", "report")
     assert s["maintenance"]["state"] == "draining" and ext(s)[0]["state"] == "paused"
 
 
 def test_cancel_reaches_the_owner_and_its_answer_reaches_maintctl(daemon: Daemon) -> None:
     sub = register(daemon, "worker", [JOB, {**JOB, "id": "job-8"}, {"id": "mdu", "kind": "material_update", "cancellable": True}])
-    wait_status(daemon, lambda s: len(s["running_systems"]["building_jobs"]) == 2, "the report")
+    daemon.wait_status(lambda s: len(s["running_systems"]["building_jobs"]) == 2, "the report")
 
     mdu = daemon.maintctl("cancel", "worker/mdu")
     assert mdu.returncode == 1 and "not_cancellable" in mdu.stderr and "partial clone" in mdu.stderr
@@ -154,7 +138,7 @@ def test_the_deadline_marks_the_drain_overdue_and_cancels_what_can_be_cancelled(
     sub = register(daemon, "worker", [JOB, BATCH])
     watcher = daemon.client()
     watcher.request("watch")
-    wait_status(daemon, lambda s: ext(s)[0]["in_flight"] == 2, "the report")
+    daemon.wait_status(lambda s: ext(s)[0]["in_flight"] == 2, "the report")
     assert daemon.maintctl("enable", "--deadline", "300ms", "--cancel-at-deadline").returncode == 0
     overdue = watcher.next_event(lambda m: m.get("event") == "overdue")
     assert {i["id"] for i in overdue["items"]} == {"worker/job-7", "worker/b1"}
@@ -162,7 +146,7 @@ def test_the_deadline_marks_the_drain_overdue_and_cancels_what_can_be_cancelled(
     assert asked["item"] == "job-7"  # b1 does not accept cancel and is left alone
     sub.send(type="cancel_result", item="job-7", ok=True)
     watcher.next_event(lambda m: m.get("event") == "cancelled")
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["overdue"] is True
     history = json.loads(daemon.maintctl("history", "--json").stdout)["entries"]
     assert ("worker/job-7", "deadline", "cancelled by the deadline") in [
@@ -176,12 +160,12 @@ def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(ma
     watcher = daemon.client()
     watcher.request("watch")
     sub = register(daemon, "flaky", [JOB])
-    wait_status(daemon, lambda s: ext(s) and ext(s)[0]["in_flight"] == 1, "the report")
+    daemon.wait_status(lambda s: ext(s) and ext(s)[0]["in_flight"] == 1, "the report")
     daemon.maintctl("enable")
     sub.close()
     removed = watcher.next_event(lambda m: m.get("event") == "subsystem_removed")
     assert removed["subsystem"] == "flaky" and [i["id"] for i in removed["items"]] == ["flaky/job-7"]
-    s = wait_status(daemon, lambda s: not ext(s), "removal")
+    s = daemon.wait_status(lambda s: not ext(s), "removal")
     assert s["maintenance"]["state"] == "drained"
     (gone,) = s["removed"]
     assert gone["name"] == "flaky" and [i["id"] for i in gone["abandoned"]] == ["flaky/job-7"]
@@ -191,31 +175,31 @@ def test_a_subsystem_that_disconnects_is_removed_and_its_work_shown_abandoned(ma
 
 def test_a_process_registering_with_work_during_a_drained_window_makes_it_unsafe_again(daemon: Daemon) -> None:
     daemon.maintctl("enable")
-    wait_status(daemon, lambda s: s["maintenance"]["safe_to_restart"], "drained")
+    daemon.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "drained")
     sub = register(daemon, "late", [JOB])
     pause = sub.next_event(lambda m: m.get("type") == "pause_intake")
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["state"] == "draining" and not s["maintenance"]["safe_to_restart"]
     sub.send(type="intake_paused", drain_id=pause["drain_id"])
     sub.send(type="in_flight", items=[])
     sub.send(type="drained", drain_id=pause["drain_id"])
-    wait_status(daemon, lambda s: s["maintenance"]["safe_to_restart"], "drained again")
+    daemon.wait_status(lambda s: s["maintenance"]["safe_to_restart"], "drained again")
 
 
 def test_start_in_maintenance_is_on_from_the_start_by_maintd(make_daemon) -> None:
     d = make_daemon("--start-in-maintenance")
-    m = status(d)["maintenance"]
+    m = d.status()["maintenance"]
     assert m["enabled"] and m["updated_by"] == "maintd"
 
 
 def test_maintctl_status_text_and_json(daemon: Daemon) -> None:
     register(daemon, "exporter", [JOB])
-    wait_status(daemon, lambda s: ext(s)[0]["in_flight"] == 1, "the report")
+    daemon.wait_status(lambda s: ext(s)[0]["in_flight"] == 1, "the report")
     text = daemon.maintctl("status")
     assert text.returncode == 0
     assert "Maintenance mode: off" in text.stdout and "exporter" in text.stdout and "build #7" in text.stdout
     as_json = json.loads(daemon.maintctl("status", "--json").stdout)
-    assert [x["name"] for x in as_json["subsystems"] if x["external"]][0] == "exporter"
+    assert next(x["name"] for x in as_json["subsystems"] if x["external"]) == "exporter"
     assert daemon.maintctl("disable").returncode == 1  # not on: conflict
 
 
@@ -287,4 +271,4 @@ def test_the_audit_log_survives_a_kill_9(daemon: Daemon) -> None:
     # What was asked, then which process asked (its pid and command line).
     assert entries[0]["detail"].startswith("deadline 1800s, then wait; pid ")
     assert entries[0]["detail"].endswith("-m maintctl enable --reason upgrade --deadline 30m")
-    assert status(daemon)["maintenance"]["enabled"] is False
+    assert daemon.status()["maintenance"]["enabled"] is False

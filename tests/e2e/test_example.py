@@ -17,26 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Daemon, Line, wait_for
+from tests.conftest import ROOT, Daemon, wait_for
 
 EXAMPLE = ROOT / "examples" / "batch_worker.py"
 DESCRIPTION = re.compile(r"batch job (\d+) \(sleep ([\d.]+), pid (\d+)\)")
-
-
-def status(d: Daemon) -> dict[str, Any]:
-    c = Line(d.socket)
-    try:
-        return c.request("status")["result"]
-    finally:
-        c.close()
-
-
-def wait_status(d: Daemon, predicate: Any, what: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        s = status(d)
-        return s if predicate(s) else None
-
-    return wait_for(check, 10, what)
 
 
 def running(pid: int) -> bool:
@@ -70,7 +54,7 @@ class Worker:
 
     def jobs(self, s: dict[str, Any] | None = None) -> dict[str, int]:
         """The worker's building jobs in status: item id -> the pid its description names."""
-        s = s if s is not None else status(self.daemon)
+        s = s if s is not None else self.daemon.status()
         jobs = {}
         for item in s["running_systems"]["building_jobs"]:
             if item["subsystem"] == "batch":
@@ -138,7 +122,7 @@ def test_it_registers_and_its_real_jobs_show_as_building_jobs(daemon: Daemon, st
     assert set(jobs) == {"batch/job-1", "batch/job-2"}
     wait_for(lambda: all(running(pid) for pid in jobs.values()), 10, "both jobs running")
 
-    s = status(daemon)
+    s = daemon.status()
     assert subsystem(s) == {
         "name": "batch",
         "state": "running",
@@ -166,7 +150,7 @@ def test_enable_stops_its_intake_and_wait_returns_once_its_jobs_have_ended(daemo
     seen: set[str] = set()
 
     def drained() -> bool:
-        s = status(daemon)
+        s = daemon.status()
         seen.update(worker.jobs(s))
         return s["maintenance"]["safe_to_restart"]
 
@@ -182,7 +166,7 @@ def test_enable_stops_its_intake_and_wait_returns_once_its_jobs_have_ended(daemo
     assert waiter.returncode == 0, out + err
     assert "Safe to restart" in out
 
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["state"] == "drained" and s["maintenance"]["safe_to_restart"]
     assert subsystem(s)["state"] == "drained" and worker.jobs(s) == {}  # type: ignore[index]
     # The pause found two jobs running; the worker said drained only after they had ended, and
@@ -228,7 +212,7 @@ def test_disable_opens_its_intake_again(daemon: Daemon, start_worker: Any) -> No
     assert daemon.maintctl("disable").returncode == 0
     jobs = worker.wait_jobs(lambda j: any(int(i.rpartition("-")[2]) > last for i in j), "a new job after disable")
     assert len(jobs) == 1
-    s = status(daemon)
+    s = daemon.status()
     assert s["maintenance"]["state"] == "normal" and subsystem(s)["state"] == "running"  # type: ignore[index]
     assert "resume_intake" in worker.output()
 
@@ -236,7 +220,7 @@ def test_disable_opens_its_intake_again(daemon: Daemon, start_worker: Any) -> No
 def test_a_worker_registering_during_maintenance_starts_nothing_until_disable(daemon: Daemon, start_worker: Any) -> None:
     assert daemon.maintctl("enable").returncode == 0
     worker = start_worker("--every", "100ms", "--job-seconds", "30")
-    s = wait_status(daemon, lambda s: (subsystem(s) or {}).get("state") == "drained", "batch drained")
+    s = daemon.wait_status(lambda s: (subsystem(s) or {}).get("state") == "drained", "batch drained")
     assert s["maintenance"]["safe_to_restart"] and worker.jobs(s) == {}
     assert " started" not in worker.output()
     assert daemon.maintctl("disable").returncode == 0
@@ -248,7 +232,7 @@ def test_a_killed_worker_is_removed_and_its_jobs_shown_abandoned(daemon: Daemon,
     jobs = worker.wait_jobs(lambda j: len(j) == 1, "a job in status")
     worker.proc.kill()
     worker.proc.wait(10)
-    s = wait_status(daemon, lambda s: subsystem(s) is None, "batch removed")
+    s = daemon.wait_status(lambda s: subsystem(s) is None, "batch removed")
     (gone,) = [r for r in s["removed"] if r["name"] == "batch"]
     assert [i["id"] for i in gone["abandoned"]] == list(jobs)
     assert worker.jobs(s) == {}
@@ -260,7 +244,7 @@ def test_sigterm_stops_its_jobs_and_exits_0(daemon: Daemon, start_worker: Any) -
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(15) == 0, worker.output()
     assert not any(running(pid) for pid in jobs.values())
-    wait_status(daemon, lambda s: subsystem(s) is None, "batch removed")
+    daemon.wait_status(lambda s: subsystem(s) is None, "batch removed")
     assert "got SIGTERM" in worker.output() and "Traceback" not in worker.output()
 
 
@@ -289,7 +273,7 @@ def test_it_exits_3_plainly_when_the_daemon_is_not_running(tmp_path: Path) -> No
 
 def test_a_second_worker_with_the_same_name_is_refused_with_exit_1(daemon: Daemon, start_worker: Any) -> None:
     first = start_worker("--every", "1s", "--job-seconds", "30")
-    wait_for(lambda: subsystem(status(daemon)), 10, "batch registered")
+    wait_for(lambda: subsystem(daemon.status()), 10, "batch registered")
     second = start_worker("--every", "1s", "--job-seconds", "30")
     assert second.proc.wait(15) == 1
     assert "refused to register 'batch': conflict" in second.output() and "Traceback" not in second.output()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, Line, wait_for
+from tests.conftest import Daemon, wait_for
 from tests.daemon.test_jobtree import MECHANISMS, alive, cgroup_or_skip
 
 GIT = "/usr/bin/git"
@@ -50,16 +50,8 @@ def config(tmp: Path, mechanism: str, shell: str, *, leftovers: str = "kill", gr
     )
 
 
-def status(d: Daemon) -> dict[str, Any]:
-    c = Line(d.socket)
-    try:
-        return c.request("status")["result"]
-    finally:
-        c.close()
-
-
 def building(d: Daemon) -> list[str]:
-    return [i["job"] for i in status(d)["running_systems"]["building_jobs"]]
+    return [i["job"] for i in d.status()["running_systems"]["building_jobs"]]
 
 
 #: pids a test read: killed at its end whatever happened (a failed test leaves nothing running)
@@ -97,15 +89,13 @@ def test_an_escaped_process_keeps_its_job_building_and_the_server_unsafe(
     make_daemon: Any, tmp_path: Path, mechanism: str
 ) -> None:
     escaped_file, main_file = tmp_path / "escaped.pid", tmp_path / "main.pid"
-    d = make_daemon(
-        config=config(tmp_path, mechanism, escape(tmp_path), leftovers="wait")
-    )
+    d = make_daemon(config=config(tmp_path, mechanism, escape(tmp_path), leftovers="wait"))
     escaped = pid_in(escaped_file)
     main = pid_in(main_file)
     wait_for(lambda: not alive(main), 15, "the job's main process to exit")
     assert d.maintctl("enable", "--reason", "upgrade").returncode == 0
     assert alive(escaped)
-    s = status(d)
+    s = d.status()
     assert [i["job"] for i in s["running_systems"]["building_jobs"]] == ["j"]
     assert s["maintenance"]["safe_to_restart"] is False
     shown = d.maintctl("status")
@@ -114,7 +104,7 @@ def test_an_escaped_process_keeps_its_job_building_and_the_server_unsafe(
     metrics = urllib.request.urlopen(d.http_url() + "/metrics", timeout=10).read().decode()
     assert f'maintd_job_tracking_info{{mechanism="{mechanism}"}} 1.0' in metrics
     os.kill(escaped, signal.SIGKILL)
-    wait_for(lambda: status(d)["maintenance"]["safe_to_restart"], 15, "safe to restart once the last process ended")
+    wait_for(lambda: d.status()["maintenance"]["safe_to_restart"], 15, "safe to restart once the last process ended")
     assert ("passed", None) in job_events(d)
 
 
@@ -146,5 +136,5 @@ def test_kill_9_of_maintd_then_restart_ends_the_tree_before_anything_is_said(
     log = d.log_text()
     assert "killed 2 process(es) left running by jobs of an earlier maintd" in log
     assert log.index("killed 2 process(es)") < log.index("marked interrupted")
-    s = status(d)
+    s = d.status()
     assert s["running_systems"]["building_jobs"] == []

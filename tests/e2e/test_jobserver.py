@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import USER, Daemon, Line, wait_for
+from tests.conftest import USER, Daemon, wait_for
 
 GIT = "/usr/bin/git"
 
@@ -59,7 +59,8 @@ class World:
         wait = f'while [ ! -e "{self.release}/$GO_JOB_NAME" ]; do sleep 0.02; done'
         return (
             f'[[pipelines.stages.jobs]]\nname = "{name}"\n'
-            f"shell = '''echo started $GO_PIPELINE_NAME/$GO_PIPELINE_COUNTER rev $GO_REVISION_APP; {extra}{wait}; echo finished'''\n"
+            "shell = '''echo started $GO_PIPELINE_NAME/$GO_PIPELINE_COUNTER rev $GO_REVISION_APP; "
+            f"{extra}{wait}; echo finished'''\n"
         )
 
     def config(self, *, agents: int = 2, stages: str | None = None, timer: str | None = None, extra: str = "") -> str:
@@ -84,11 +85,7 @@ class World:
 
     def status(self) -> dict:
         assert self.d is not None
-        c = Line(self.d.socket)
-        try:
-            return c.request("status")["result"]
-        finally:
-            c.close()
+        return self.d.status()
 
     def wait_status(self, predicate: Any, what: str, timeout: float = 15) -> dict:
         def check() -> dict | None:
@@ -280,7 +277,8 @@ def test_pipelines_as_code_are_merged_and_config_repos_are_not_polled_in_mainten
     world.ctl("enable")
     world.wait_status(lambda s: s["maintenance"]["state"] != "normal", "maintenance")
     (repo / "later.toml").write_text(
-        '[[pipelines]]\nname = "later"\n[[pipelines.stages]]\nname = "s"\n[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
+        '[[pipelines]]\nname = "later"\n[[pipelines.stages]]\nname = "s"\n'
+        '[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
     )
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "later")
