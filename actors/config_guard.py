@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from .decode import Invalid, decode_toml
 from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
@@ -166,9 +167,9 @@ class ConfigGuardCore(SubsystemCore):
                 )
                 continue
             try:
-                parsed = msgspec.toml.decode(text.encode(), type=PipelineFile)
+                parsed = decode_toml(text.encode(), PipelineFile)
                 errors = check_pipelines(parsed.pipelines, self.materials)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (Invalid, msgspec.DecodeError) as exc:
                 log.warning("config repo %s, %s at %s: %s; file skipped", msg.repo, path, msg.revision[:12], exc)
                 continue
             except RecursionError:
@@ -184,8 +185,7 @@ class ConfigGuardCore(SubsystemCore):
                 )  # fmt: skip
                 continue
             if errors:
-                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-                log.warning("config repo %s, %s at %s: %s%s; file skipped", msg.repo, path, msg.revision[:12], errors[0], more)
+                log.warning("config repo %s, %s at %s: %s; file skipped", msg.repo, path, msg.revision[:12], "; ".join(errors))
                 continue
             for p in parsed.pipelines:
                 if p.name in self.base or p.name in found:

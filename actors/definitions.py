@@ -21,8 +21,17 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # \Z, not $: in Python's re (which msgspec uses) `$` also matches before a trailing newline,
 # so "build\n" would pass as a name. A Name becomes a folder name in STATE/workspaces and
 # STATE/logs, so it is letters, digits, `_`, `.` and `-`, never `/`, and never starts with `.`.
-Duration = Annotated[str, Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*\Z", description="e.g. 30s, 5m, 2h")]
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")]
+Duration = Annotated[
+    str,
+    Meta(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*\Z", description="a duration such as 250ms, 30s, 5m, 2h or 1d"),
+]
+Name = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z",
+        description="a name of 1 to 63 letters, digits, '_', '.' or '-' that starts with a letter or digit",
+    ),
+]
 
 
 def parse_duration(text: str) -> float:
@@ -86,7 +95,13 @@ class MaterialDef(Def, kw_only=True):
 
     name: Name
     url: Annotated[str, Meta(min_length=1, max_length=4096)]
-    branch: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,200}\Z")] = "main"
+    branch: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,200}\Z",
+            description="a branch name of letters, digits, '_', '.', '/' or '-' that starts with a letter or digit",
+        ),
+    ] = "main"
     poll_interval: Duration = "60s"
     poll_timeout: Duration = "5m"
 

@@ -42,8 +42,8 @@ from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
 from actors.types import InFlightItem
 
+from . import auth, fds, jobtree, lock, logs, paths
 from . import config as config_mod
-from . import fds, jobtree, lock, logs, paths
 from .bridge import Bridge, TrioTimers, WallClock
 from .http import HttpError, serve_http
 from .hub import StatusHub
@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
-        print(f"maintd: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"maintd: {line}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
+    if problem := auth.admin_group_problem(cfg.control.admin_group):
+        log.warning("%s", problem)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)

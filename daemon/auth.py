@@ -224,3 +224,19 @@ def _in_group(user: str, gid: int, group: str | None) -> bool:
         return target.gr_gid in os.getgrouplist(user, gid)
     except (KeyError, OSError):
         return False
+
+
+def admin_group_problem(group: str | None) -> str | None:
+    """Why ``[control] admin_group`` grants nothing (the group does not exist), or None."""
+    if not group:
+        return None
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        me = NAMES.get(("user", os.geteuid()), lambda: _user_name(os.geteuid()))
+        who = "root" if os.geteuid() == 0 else f"root and {me}"
+        return (
+            f"the admin group {group!r} ([control] admin_group) does not exist: only {who} may change "
+            f"maintenance state; create it (groupadd {group}) or name another group"
+        )
+    return None

@@ -1,9 +1,10 @@
 """The daemon's configuration: TOML, decoded and validated by msgspec in one step.
 
-A bad file raises :class:`ConfigError` with one line naming the file, the key path and
-what was expected, e.g. ``maintd.toml: Expected `int`, got `str` - at `$.control.client_queue```;
-whatever else a file provokes (nesting deep enough to exhaust the parser's recursion, a
-NUL in a path) is one line too, never a traceback. Every duration (keys typed ``Duration``)
+A bad file raises :class:`ConfigError` with every error of the file at once, each one line
+naming the file, the key path and what was expected, in words (never a regular expression),
+e.g. ``maintd.toml: expected a duration such as 250ms, 30s, 5m, 2h or 1d, got '5x' - at
+`$.agents.cancel_grace```; whatever else a file provokes (nesting deep enough to exhaust the
+parser's recursion, a NUL in a path) is one line too, never a traceback. Every duration (keys typed ``Duration``)
 is bounded: at most ``MAX_DURATION`` (30 days), some at least ``MIN_DURATION``.
 """
 
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from actors.decode import Invalid, decode_toml
 from actors.definitions import Duration, MaterialDef, PipelineDef, check_pipelines, duration_errors, parse_duration
 
 __all__ = ["Config", "ConfigError", "load", "parse_duration"]
@@ -22,7 +24,7 @@ __all__ = ["Config", "ConfigError", "load", "parse_duration"]
 
 class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     socket: str | None = None
-    mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}\Z")] = "0660"
+    mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}\Z", description='an octal file mode such as "0660"')] = "0660"
     admin_group: str | None = "maintd"
     max_line_bytes: Annotated[int, Meta(ge=1024, le=64 << 20)] = 1 << 20
     client_queue: Annotated[int, Meta(ge=8, le=1_000_000)] = 4096
@@ -39,7 +41,7 @@ class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str | None = None
-    log_level: Annotated[str, Meta(pattern=r"^(debug|info|warning|error)\Z")] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: On SIGTERM (``systemctl stop``), how long to wait for the drain before stopping anyway.
     stop_drain_timeout: Duration = "60s"
 
@@ -59,7 +61,13 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """The read-only HTTP server (``/metrics``, the status page, GoCD's info API); loopback by default."""
 
     enabled: bool = True
-    listen: Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")] = "127.0.0.1:9187"
+    listen: Annotated[
+        str,
+        Meta(
+            pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z",
+            description='HOST:PORT such as "127.0.0.1:9187" or "[::1]:9187"',
+        ),
+    ] = "127.0.0.1:9187"
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,7 +82,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class ConfigError(Exception):
-    """One line that names the file, the key path and what was expected."""
+    """Every error of one file, each on one line that names the file, the key path and what was
+    expected (``lines``); ``str()`` is all of them on one line, for a reload's answer."""
+
+    def __init__(self, path: Path, errors: list[str]) -> None:
+        self.lines = [one_line(f"{path}: {e}") for e in errors]
+        super().__init__(one_line(f"{path}: " + "; ".join(errors)))
 
 
 def load(path: Path | None) -> Config:
@@ -83,22 +96,22 @@ def load(path: Path | None) -> Config:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+        raise ConfigError(path, [f"cannot read the config file: {exc.strerror}"]) from None
     try:
-        config = msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(one_line(f"{path}: {exc}")) from None
+        config = decode_toml(data, Config)
+    except Invalid as exc:
+        raise ConfigError(path, exc.errors) from None
     except msgspec.DecodeError as exc:
-        raise ConfigError(one_line(f"{path}: not valid TOML: {exc}")) from None
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+        raise ConfigError(path, ["not valid TOML: arrays or tables nested too deeply"]) from None
     try:
         errors = check(config)
         if not errors:
             return resolve_urls(config, path.parent)
     except Exception as exc:  # noqa: BLE001 - whatever a file can provoke is one line, never a traceback
-        raise ConfigError(one_line(f"{path}: cannot be used: {type(exc).__name__}: {exc}")) from None
-    raise ConfigError(one_line(f"{path}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
+        raise ConfigError(path, [f"cannot be used: {type(exc).__name__}: {exc}"]) from None
+    raise ConfigError(path, errors)
 
 
 def one_line(text: str) -> str:

@@ -231,7 +231,7 @@ def test_a_bad_config_exits_2_naming_the_file_and_the_key(make_daemon) -> None:
     result = subprocess.run(d.cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert str(d.tmp / "maintd.toml") in result.stderr and "$.control.client_queue" in result.stderr
-    assert "Expected `int`" in result.stderr and "Traceback" not in result.stderr
+    assert "expected an integer, got a string" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
