@@ -113,3 +113,37 @@ def drain_eta(blocking: Iterable[InFlightItem], durations: Durations, now: float
         p90=max(e.p90 for e in etas if e.p90 is not None),
         items=etas,
     )
+
+
+#: What a deadline is expected to do to one blocking item, by its ETA.
+ENDS_BEFORE = "ends_before"  # its p90 is before the deadline
+PROBABLY_ENDS_BEFORE = "probably_ends_before"  # its p50 is before, its p90 after
+CANCELLED_AT_DEADLINE = "cancelled_at_deadline"  # expected to run past it, cancellable, and the deadline cancels
+HOLDS_PAST_DEADLINE = "holds_past_deadline"  # expected to run past it (or no history) and nothing will cancel it
+
+
+class Foreseen(msgspec.Struct, frozen=True, kw_only=True):
+    item: InFlightItem
+    eta: ItemEta
+    verdict: str
+
+
+def deadline_preview(
+    blocking: Iterable[InFlightItem], durations: Durations, now: float, deadline: float, cancel_at_deadline: bool
+) -> tuple[Foreseen, ...]:
+    """What a deadline at ``deadline`` would do to each blocking item, from the ETAs; changes nothing.
+
+    An item without history is not assumed to end: the deadline cancels it if it can, else it may hold the drain."""
+    foreseen = []
+    for item in blocking:
+        eta = item_eta(item, durations, now)
+        if eta.p90 is not None and eta.p90 <= deadline:
+            verdict = ENDS_BEFORE
+        elif eta.p50 is not None and eta.p50 <= deadline:
+            verdict = PROBABLY_ENDS_BEFORE
+        elif cancel_at_deadline and item.cancellable:
+            verdict = CANCELLED_AT_DEADLINE
+        else:
+            verdict = HOLDS_PAST_DEADLINE
+        foreseen.append(Foreseen(item=item, eta=eta, verdict=verdict))
+    return tuple(foreseen)

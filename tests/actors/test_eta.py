@@ -85,3 +85,24 @@ def test_a_scheduled_job_is_not_estimated_as_building() -> None:
         cancellable=True, pipeline="p", stage="s", job="j",
     )  # fmt: skip
     assert item_eta(item, Durations(jobs={("p", "s", "j"): [10.0]}), NOW).basis == "none"
+
+
+def test_a_deadline_preview_sorts_each_item_by_what_the_deadline_would_do_to_it() -> None:
+    from actors.eta import CANCELLED_AT_DEADLINE, ENDS_BEFORE, HOLDS_PAST_DEADLINE, PROBABLY_ENDS_BEFORE, deadline_preview
+    from actors.types import MATERIAL_UPDATE
+
+    history = Durations(jobs={("p", "s", "quick"): [60.0], ("p", "s", "even"): [100.0, 3000.0], ("p", "s", "slow"): [7200.0]})
+    mdu = InFlightItem(
+        id="materials/app", subsystem="materials", kind=MATERIAL_UPDATE, description="app", started_at=NOW, cancellable=False
+    )
+    items = [job("p", "s", "quick", NOW), job("p", "s", "even", NOW), job("p", "s", "slow", NOW), mdu]
+    deadline = NOW + 1800
+    cancel = {f.item.id: f.verdict for f in deadline_preview(items, history, NOW, deadline, cancel_at_deadline=True)}
+    assert cancel == {
+        "agents/p-s-quick": ENDS_BEFORE,
+        "agents/p-s-even": PROBABLY_ENDS_BEFORE,
+        "agents/p-s-slow": CANCELLED_AT_DEADLINE,
+        "materials/app": HOLDS_PAST_DEADLINE,  # no history, and a material update is never cancelled
+    }
+    wait = {f.item.id: f.verdict for f in deadline_preview(items, history, NOW, deadline, cancel_at_deadline=False)}
+    assert wait["agents/p-s-slow"] == HOLDS_PAST_DEADLINE and wait["agents/p-s-quick"] == ENDS_BEFORE
