@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
-from .maintenance import Machine, MaintenanceEvent, Transition
+from .maintenance import Machine, MaintenanceEvent, Transition, automatic_event, subsystem_state
 from .messages import (
     Cancel,
     Cancelled,
@@ -299,36 +299,29 @@ class SupervisorCore:
 
     def recompute(self, *, publish_transition: bool = True) -> None:
         """Move between draining and drained as the subsystems' reports say."""
-        state = self.machine.state
-        if state is MaintenanceState.NORMAL:
+        if self.machine.state is MaintenanceState.NORMAL:
             return
-        done = all(self.state_of(view) is SubsystemState.DRAINED for view in self.views.values())
-        if state is MaintenanceState.DRAINING and done:
-            event, reason = MaintenanceEvent.ALL_DRAINED, "every subsystem is drained"
-        elif state is MaintenanceState.DRAINED and not done:
-            waiting = [v.name for v in self.views.values() if self.state_of(v) is not SubsystemState.DRAINED]
-            event, reason = MaintenanceEvent.WORK_APPEARED, "not drained any more: " + ", ".join(waiting)
-        else:
+        states = {view.name: self.state_of(view) for view in self.views.values()}
+        automatic = automatic_event(self.machine.state, states)
+        if automatic is None:
             return
+        event, reason = automatic
         transition = self.machine.fire(event, by=SYSTEM, at=self.clock.now(), reason=reason)
         self.record_transition(transition)
         if publish_transition:
             self.publish("state_changed", message=reason)
 
     def state_of(self, view: SubsystemView) -> SubsystemState:
-        if view.disconnected is not None:
-            return SubsystemState.DISCONNECTED
-        if view.failed:
-            return SubsystemState.FAILED
-        if not view.reported:
-            return SubsystemState.UNKNOWN
-        if self.drain_id is None:
-            return SubsystemState.RUNNING
-        if view.paused_for != self.drain_id:
-            return SubsystemState.PAUSING
-        if view.drained_for == self.drain_id and not view.blocking_count:
-            return SubsystemState.DRAINED
-        return SubsystemState.PAUSED
+        drain_id = self.drain_id
+        return subsystem_state(
+            disconnected=view.disconnected is not None,
+            failed=view.failed,
+            reported=view.reported,
+            draining=drain_id is not None,
+            paused=view.paused_for == drain_id,
+            drained=view.drained_for == drain_id,
+            blocking=view.blocking_count > 0,
+        )
 
     # -- reports from subsystems -------------------------------------------------------
 
