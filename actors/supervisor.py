@@ -4,7 +4,8 @@
 :class:`actors.supervisor_actor.SupervisorActor`, and what it knows of each subsystem is an
 :class:`actors.view.SubsystemView`. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
 (downward), so it never waits on anybody. After every change it publishes the whole status
-and one event through the :class:`~actors.ports.StatusSink`.
+and one event through the :class:`~actors.ports.StatusSink` (built by its base
+:class:`actors.snapshot.Snapshots`).
 """
 
 from __future__ import annotations
@@ -40,15 +41,13 @@ from .messages import (
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
+from .snapshot import Snapshots
 from .status import (
-    Event,
     HistoryEntry,
     MaintenanceInfo,
     RemovedSubsystem,
     RunningSystems,
-    Status,
     StoreInfo,
-    SubsystemInfo,
     iso,
 )
 from .types import (
@@ -81,7 +80,7 @@ DEADLINE_TIMER = "deadline"
 REMOVED_SHOWN = 20
 
 
-class SupervisorCore:
+class SupervisorCore(Snapshots):
     def __init__(
         self,
         *,
@@ -395,22 +394,6 @@ class SupervisorCore:
         view.writes = msg if msg.count else None
         self.update_store_info()
 
-    def update_store_info(self) -> None:
-        """Rebuild the status's ``store``; published quietly (the subsystem's InFlightReport,
-        which follows its WritesPending, carries the event)."""
-        waiting = [view.writes for view in self.views.values() if view.writes is not None]
-        if not waiting:
-            self._store_info = StoreInfo(write_failures=self.write_failures)
-        else:
-            self._store_info = StoreInfo(
-                state="degraded",
-                pending_writes=sum(w.count for w in waiting),
-                last_error=next((w.last_error for w in waiting if w.last_error), None),
-                since=iso(min(w.since or 0.0 for w in waiting)),
-                write_failures=self.write_failures,
-            )
-        self.status_pending = True
-
     # -- cancel ------------------------------------------------------------------------
 
     def find_item(self, ref: str) -> InFlightItem:
@@ -496,91 +479,3 @@ class SupervisorCore:
             to_state=t.to_state.value,
             drain_id=self.drain_id,
         )
-
-    def maintenance_info(self) -> MaintenanceInfo:
-        state = self.machine.state
-        toggled = self.toggled
-        return MaintenanceInfo(
-            enabled=self.machine.enabled,
-            state=state.value,
-            safe_to_restart=state is MaintenanceState.DRAINED,
-            updated_by=toggled.by if toggled else None,
-            updated_on=iso(toggled.at) if toggled else None,
-            reason=toggled.reason if toggled and self.machine.enabled else None,
-            deadline=iso(self.deadline),
-            overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
-            on_deadline=self.on_deadline.value if self.on_deadline else None,
-            drain_id=self.drain_id,
-        )
-
-    def status(self) -> Status:
-        views = self.views.values()
-        return Status(
-            maintenance=self.maintenance_info(),
-            subsystems=tuple(
-                SubsystemInfo(
-                    name=view.name,
-                    state=self.state_of(view).value,
-                    in_flight=len(view.items),
-                    blocking=view.blocking_count,
-                    external=view.external,
-                    failures=view.failures,
-                    last_error=view.last_error,
-                    reconnect_by=iso(view.reconnect_by),
-                )
-                for view in views
-            ),
-            running_systems=self.running_systems(),
-            removed=tuple(self.removed),
-            store=self._store_info,
-        )
-
-    def running_systems(self) -> RunningSystems:
-        """Every view's items by group; the same object while no view's items changed.
-
-        A status is published after every change, and most changes (a subsystem pausing,
-        a drain's state) leave the items alone: with thousands of items, rebuilding the
-        groups (and re-encoding and re-counting them downstream) each time would make
-        every publication cost as much as the largest one.
-        """
-        current = [view.items for view in self.views.values()]
-        if len(current) != len(self._running_from) or any(a is not b for a, b in zip(current, self._running_from, strict=True)):
-            views = self.views.values()
-            self._running = RunningSystems(
-                **{
-                    group: tuple(itertools.chain.from_iterable(view.groups.get(group, ()) for view in views))
-                    for group in RunningSystems.__struct_fields__
-                }
-            )
-            self._running_from = current
-        return self._running
-
-    def publish(
-        self,
-        event: str,
-        *,
-        subsystem: str | None = None,
-        items: tuple[InFlightItem, ...] | None = None,
-        message: str | None = None,
-    ) -> None:
-        # In a burst of reports the whole status is built once, when the burst ends
-        # (see SupervisorActor.on_receive); each event still goes out at once.
-        status = None if self.defer_status else self.status()
-        self.status_pending = self.defer_status
-        self.sink.publish(
-            status,
-            Event(
-                seq=next(self._seq),
-                at=iso(self.clock.now()) or "",
-                event=event,
-                maintenance=status.maintenance if status is not None else self.maintenance_info(),
-                subsystem=subsystem,
-                items=items,
-                message=message,
-            ),
-        )
-
-    def flush_status(self) -> None:
-        if self.status_pending:
-            self.status_pending = False
-            self.sink.publish(self.status(), None)
