@@ -27,6 +27,9 @@ class MaintenanceEvent(enum.StrEnum):
 
 E = MaintenanceEvent
 
+#: Who the changes nobody asked for are by: the automatic transitions, a removed subsystem.
+SYSTEM = "maintd"
+
 TRANSITIONS: dict[S, dict[E, S]] = {
     S.NORMAL: {E.ENABLE: S.DRAINING},
     S.DRAINING: {E.ALL_DRAINED: S.DRAINED, E.DISABLE: S.NORMAL},

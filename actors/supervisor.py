@@ -4,8 +4,11 @@
 :class:`actors.supervisor_actor.SupervisorActor`, and what it knows of each subsystem is an
 :class:`actors.view.SubsystemView`. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
 (downward), so it never waits on anybody. After every change it publishes the whole status
-and one event through the :class:`~actors.ports.StatusSink` (built by its base
-:class:`actors.snapshot.Snapshots`).
+and one event through the :class:`~actors.ports.StatusSink`.
+
+Two bases hold the rest of the core: :class:`actors.roster.Roster` adds and removes the
+subsystems (and keeps a disconnected external's work blocking), and
+:class:`actors.snapshot.Snapshots` builds and publishes the status.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
-from .maintenance import Machine, MaintenanceEvent, Transition, automatic_event, subsystem_state
+from .errors import BadRequest, MaintdError, NotCancellable, NotFound
+from .maintenance import SYSTEM, Machine, MaintenanceEvent, Transition, automatic_event, subsystem_state
 from .messages import (
     Cancel,
     Cancelled,
@@ -27,12 +30,9 @@ from .messages import (
     Disable,
     Drained,
     Enable,
-    ExternalGone,
-    ExternalInFlight,
     InFlightReport,
     IntakePaused,
     PauseIntake,
-    ReconnectGraceEnded,
     RequestCancel,
     RestartSubsystem,
     ResumeIntake,
@@ -41,6 +41,7 @@ from .messages import (
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
+from .roster import Roster
 from .snapshot import Snapshots
 from .status import (
     HistoryEntry,
@@ -58,9 +59,8 @@ from .types import (
     OnDeadline,
     SubsystemState,
 )
-from .view import Spawn, SubsystemView
+from .view import SubsystemView
 
-SYSTEM = "maintd"
 log = logging.getLogger("maintd.supervisor")
 
 
@@ -80,7 +80,7 @@ DEADLINE_TIMER = "deadline"
 REMOVED_SHOWN = 20
 
 
-class SupervisorCore(Snapshots):
+class SupervisorCore(Roster, Snapshots):
     def __init__(
         self,
         *,
@@ -118,141 +118,6 @@ class SupervisorCore(Snapshots):
         self.write_failures = 0
         self._store_info = StoreInfo()
         self._seq = itertools.count(1)
-
-    # -- subsystems ----------------------------------------------------------------------
-
-    def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
-        known = self.views.get(name)
-        if known is not None and external and known.disconnected is not None:
-            return self.reattach(known, spawn, by)
-        if known is not None and known.leaving is not None:
-            raise StillLeaving(f"a subsystem named {name!r} is still disconnecting; register again")
-        if known is not None:
-            raise Conflict(f"a subsystem named {name!r} is already registered")
-        view = SubsystemView(name, spawn, external=external)
-        self.start_view(view)
-        self.views[name] = view
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-        self.recompute()
-        self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
-        return view
-
-    def unregister(self, name: str, reason: str) -> None:
-        """A process's connection closed: remove it once its actor has passed on what it sent."""
-        view = self.views.get(name)
-        if view is None:
-            return
-        view.leaving = reason
-        if view.tell(ExternalGone(reason=reason)):
-            return
-        self.disconnect(name, reason)
-
-    def disconnect(self, name: str, reason: str) -> None:
-        """An external's process is gone. Its blocking work keeps blocking for ``reconnect_grace``.
-
-        Until the same name registers again and reports, or the grace ends, the view stays
-        (``disconnected``) with its items: a process that reconnects at once never makes a
-        window in which the server looks safe to restart.
-        """
-        view = self.views.get(name)
-        if view is None:
-            return
-        if not view.blocking_count or self.reconnect_grace <= 0:
-            self.remove_subsystem(name, reason)
-            return
-        if view.ref is not None:
-            view.ref.stop(block=False)
-        self.timers.disarm(f"restart:{name}")  # a failed actor of a process that is gone: no restart
-        view.ref, view.leaving, view.disconnected, view.failed = None, None, reason, False
-        view.awaiting = None
-        view.disconnects += 1
-        view.reconnect_by = self.clock.now() + self.reconnect_grace
-        self.timers.arm(f"reconnect:{name}", self.reconnect_grace, ReconnectGraceEnded(name=name, generation=view.disconnects))
-        self.record("subsystem_disconnected", by=SYSTEM, reason=reason, item=name)
-        self.recompute()
-        self.publish(
-            "subsystem_disconnected",
-            subsystem=name,
-            items=view.items,
-            message=f"{name} disconnected ({reason}); its {view.blocking_count} blocking item(s) keep blocking "
-            f"for {self.reconnect_grace:g}s or until it registers again and reports",
-        )
-
-    def reattach(self, view: SubsystemView, spawn: Spawn, by: str) -> SubsystemView:
-        """The process of a disconnected external registered again: its old work blocks until it reports."""
-        view.spawn = spawn
-        view.disconnected = None
-        earlier = view.items
-        view.items = ()
-        view.set_abandoned(earlier)
-        view.generation += 1
-        view.reported = view.failed = False
-        view.paused_for = view.drained_for = None
-        self.start_view(view)
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-        self.recompute()
-        self.publish(
-            "subsystem_registered",
-            subsystem=view.name,
-            message=f"{view.name} registered again by {by}; its earlier work blocks until it reports",
-        )
-        return view
-
-    def on_reconnect_grace_ended(self, msg: ReconnectGraceEnded) -> None:
-        view = self.views.get(msg.name)
-        if view is None or msg.generation != view.disconnects:
-            return
-        if view.disconnected is not None:
-            self.remove_subsystem(view.name, f"{view.disconnected}; did not register again within {self.reconnect_grace:g}s")
-            return
-        if view.abandoned:
-            self.release_abandoned(view, f"did not report within {self.reconnect_grace:g}s of going away")
-
-    def release_abandoned(self, view: SubsystemView, why: str) -> None:
-        """The earlier process's work stops blocking: the new one reported, or the grace ended."""
-        count = len(view.abandoned)
-        view.set_abandoned(())
-        view.awaiting = view.reconnect_by = None
-        self.timers.disarm(f"reconnect:{view.name}")
-        self.recompute()
-        message = f"{view.name} {why}: {count} earlier item(s) released"
-        self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
-
-    def from_external(self, name: str, message: Any) -> None:
-        """A wire message from a registered process, on its way to the process's actor."""
-        view = self.views.get(name)
-        if view is None or view.ref is None:
-            return
-        if view.abandoned and isinstance(message, ExternalInFlight):
-            view.awaiting = message.items
-        view.tell(message)
-
-    def start_view(self, view: SubsystemView) -> None:
-        view.start()
-        if self.peers is not None and not view.external:
-            self.peers.set(view.name, view.ref)
-
-    def remove_subsystem(self, name: str, reason: str) -> None:
-        view = self.views.pop(name, None)
-        if view is None:
-            return
-        self.timers.disarm(f"restart:{name}")
-        self.timers.disarm(f"reconnect:{name}")
-        if view.ref is not None:
-            view.ref.stop(block=False)
-        abandoned = view.items
-        self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
-        self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
-        self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
-        self.recompute()
-        self.publish(
-            "subsystem_removed",
-            subsystem=name,
-            items=abandoned,
-            message=f"{name} removed ({reason}); {len(abandoned)} item(s) abandoned",
-        )
 
     # -- maintenance ---------------------------------------------------------------------
 
