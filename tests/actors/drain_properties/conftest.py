@@ -10,9 +10,9 @@ import pytest
 from tests.actors.drain_properties.runs import COUNTS, RULES
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def report_how_many_examples_and_steps_ran(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Once the module's tests have run, whichever ran and in whatever order: what the machines ran."""
+    """Once the package's tests have run, whichever ran and in whatever order: what the machines ran."""
     yield
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():

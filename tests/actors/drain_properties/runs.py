@@ -6,7 +6,7 @@ import collections
 
 from hypothesis import HealthCheck, Phase, settings
 
-#: How many examples and steps each machine ran (printed by the last test).
+#: How many examples and steps each machine ran (``conftest.py`` prints them at the end).
 COUNTS: collections.Counter[str] = collections.Counter()
 #: How often each rule ran.
 RULES: collections.Counter[str] = collections.Counter()
