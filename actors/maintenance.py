@@ -2,7 +2,9 @@
 
 Everything that changes the maintenance state goes through :meth:`Machine.fire`. An event
 the table does not allow in the current state raises :class:`IllegalTransition` and
-changes nothing (as h11's ``_state.py`` does).
+changes nothing (as h11's ``_state.py`` does). What decides the state lives here too, as
+pure functions: :func:`subsystem_state` (one subsystem's state, from what the supervisor
+knows of it) and :func:`automatic_event` (the draining ⇄ drained move those states call for).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import msgspec
 
 from .errors import IllegalTransition
 from .types import MaintenanceState as S
+from .types import SubsystemState
 
 
 class MaintenanceEvent(enum.StrEnum):
@@ -23,6 +26,9 @@ class MaintenanceEvent(enum.StrEnum):
 
 
 E = MaintenanceEvent
+
+#: Who the changes nobody asked for are by: the automatic transitions, a removed subsystem.
+SYSTEM = "maintd"
 
 TRANSITIONS: dict[S, dict[E, S]] = {
     S.NORMAL: {E.ENABLE: S.DRAINING},
@@ -71,3 +77,51 @@ class Machine:
     @property
     def enabled(self) -> bool:
         return self.state is not S.NORMAL
+
+
+def subsystem_state(
+    *,
+    disconnected: bool,
+    failed: bool,
+    reported: bool,
+    draining: bool,
+    paused: bool,
+    drained: bool,
+    blocking: bool,
+) -> SubsystemState:
+    """One subsystem's state, from what the supervisor knows of it.
+
+    ``draining``: maintenance is on (there is a drain). ``paused`` and ``drained``: the
+    subsystem acknowledged this drain's PauseIntake, and said it is drained, for this
+    drain. ``blocking``: it has work in flight that blocks a restart. The first rule that
+    applies wins: an external whose process went away, then a failed actor, then one that
+    has not reported since it (re)started.
+    """
+    if disconnected:
+        return SubsystemState.DISCONNECTED
+    if failed:
+        return SubsystemState.FAILED
+    if not reported:
+        return SubsystemState.UNKNOWN
+    if not draining:
+        return SubsystemState.RUNNING
+    if not paused:
+        return SubsystemState.PAUSING
+    if drained and not blocking:
+        return SubsystemState.DRAINED
+    return SubsystemState.PAUSED
+
+
+def automatic_event(state: S, subsystems: dict[str, SubsystemState]) -> tuple[MaintenanceEvent, str] | None:
+    """The transition nobody asks for, and why: draining ⇄ drained as the subsystems stand.
+
+    Draining becomes drained when every subsystem is drained (also when there are none);
+    drained goes back to draining when one is not any more. None when nothing moves (and
+    always in normal: only a person turns maintenance on or off).
+    """
+    waiting = [name for name, sub in subsystems.items() if sub is not SubsystemState.DRAINED]
+    if state is S.DRAINING and not waiting:
+        return E.ALL_DRAINED, "every subsystem is drained"
+    if state is S.DRAINED and waiting:
+        return E.WORK_APPEARED, "not drained any more: " + ", ".join(waiting)
+    return None

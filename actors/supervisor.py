@@ -5,6 +5,10 @@
 :class:`actors.view.SubsystemView`. Subsystems talk to it by ``tell`` only; the shell ``ask``\\ s it
 (downward), so it never waits on anybody. After every change it publishes the whole status
 and one event through the :class:`~actors.ports.StatusSink`.
+
+Two bases hold the rest of the core: :class:`actors.roster.Roster` adds and removes the
+subsystems (and keeps a disconnected external's work blocking), and
+:class:`actors.snapshot.Snapshots` builds and publishes the status.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound, StillLeaving
-from .maintenance import Machine, MaintenanceEvent, Transition
+from .errors import BadRequest, MaintdError, NotCancellable, NotFound
+from .maintenance import SYSTEM, Machine, MaintenanceEvent, Transition, automatic_event, subsystem_state
 from .messages import (
     Cancel,
     Cancelled,
@@ -26,12 +30,9 @@ from .messages import (
     Disable,
     Drained,
     Enable,
-    ExternalGone,
-    ExternalInFlight,
     InFlightReport,
     IntakePaused,
     PauseIntake,
-    ReconnectGraceEnded,
     RequestCancel,
     RestartSubsystem,
     ResumeIntake,
@@ -40,15 +41,14 @@ from .messages import (
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
+from .roster import Roster
+from .snapshot import Snapshots
 from .status import (
-    Event,
     HistoryEntry,
     MaintenanceInfo,
     RemovedSubsystem,
     RunningSystems,
-    Status,
     StoreInfo,
-    SubsystemInfo,
     iso,
 )
 from .types import (
@@ -59,9 +59,8 @@ from .types import (
     OnDeadline,
     SubsystemState,
 )
-from .view import Spawn, SubsystemView
+from .view import SubsystemView
 
-SYSTEM = "maintd"
 log = logging.getLogger("maintd.supervisor")
 
 
@@ -81,7 +80,7 @@ DEADLINE_TIMER = "deadline"
 REMOVED_SHOWN = 20
 
 
-class SupervisorCore:
+class SupervisorCore(Roster, Snapshots):
     def __init__(
         self,
         *,
@@ -119,141 +118,6 @@ class SupervisorCore:
         self.write_failures = 0
         self._store_info = StoreInfo()
         self._seq = itertools.count(1)
-
-    # -- subsystems ----------------------------------------------------------------------
-
-    def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
-        known = self.views.get(name)
-        if known is not None and external and known.disconnected is not None:
-            return self.reattach(known, spawn, by)
-        if known is not None and known.leaving is not None:
-            raise StillLeaving(f"a subsystem named {name!r} is still disconnecting; register again")
-        if known is not None:
-            raise Conflict(f"a subsystem named {name!r} is already registered")
-        view = SubsystemView(name, spawn, external=external)
-        self.start_view(view)
-        self.views[name] = view
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-        self.recompute()
-        self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
-        return view
-
-    def unregister(self, name: str, reason: str) -> None:
-        """A process's connection closed: remove it once its actor has passed on what it sent."""
-        view = self.views.get(name)
-        if view is None:
-            return
-        view.leaving = reason
-        if view.tell(ExternalGone(reason=reason)):
-            return
-        self.disconnect(name, reason)
-
-    def disconnect(self, name: str, reason: str) -> None:
-        """An external's process is gone. Its blocking work keeps blocking for ``reconnect_grace``.
-
-        Until the same name registers again and reports, or the grace ends, the view stays
-        (``disconnected``) with its items: a process that reconnects at once never makes a
-        window in which the server looks safe to restart.
-        """
-        view = self.views.get(name)
-        if view is None:
-            return
-        if not view.blocking_count or self.reconnect_grace <= 0:
-            self.remove_subsystem(name, reason)
-            return
-        if view.ref is not None:
-            view.ref.stop(block=False)
-        self.timers.disarm(f"restart:{name}")  # a failed actor of a process that is gone: no restart
-        view.ref, view.leaving, view.disconnected, view.failed = None, None, reason, False
-        view.awaiting = None
-        view.disconnects += 1
-        view.reconnect_by = self.clock.now() + self.reconnect_grace
-        self.timers.arm(f"reconnect:{name}", self.reconnect_grace, ReconnectGraceEnded(name=name, generation=view.disconnects))
-        self.record("subsystem_disconnected", by=SYSTEM, reason=reason, item=name)
-        self.recompute()
-        self.publish(
-            "subsystem_disconnected",
-            subsystem=name,
-            items=view.items,
-            message=f"{name} disconnected ({reason}); its {view.blocking_count} blocking item(s) keep blocking "
-            f"for {self.reconnect_grace:g}s or until it registers again and reports",
-        )
-
-    def reattach(self, view: SubsystemView, spawn: Spawn, by: str) -> SubsystemView:
-        """The process of a disconnected external registered again: its old work blocks until it reports."""
-        view.spawn = spawn
-        view.disconnected = None
-        earlier = view.items
-        view.items = ()
-        view.set_abandoned(earlier)
-        view.generation += 1
-        view.reported = view.failed = False
-        view.paused_for = view.drained_for = None
-        self.start_view(view)
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-        self.recompute()
-        self.publish(
-            "subsystem_registered",
-            subsystem=view.name,
-            message=f"{view.name} registered again by {by}; its earlier work blocks until it reports",
-        )
-        return view
-
-    def on_reconnect_grace_ended(self, msg: ReconnectGraceEnded) -> None:
-        view = self.views.get(msg.name)
-        if view is None or msg.generation != view.disconnects:
-            return
-        if view.disconnected is not None:
-            self.remove_subsystem(view.name, f"{view.disconnected}; did not register again within {self.reconnect_grace:g}s")
-            return
-        if view.abandoned:
-            self.release_abandoned(view, f"did not report within {self.reconnect_grace:g}s of going away")
-
-    def release_abandoned(self, view: SubsystemView, why: str) -> None:
-        """The earlier process's work stops blocking: the new one reported, or the grace ended."""
-        count = len(view.abandoned)
-        view.set_abandoned(())
-        view.awaiting = view.reconnect_by = None
-        self.timers.disarm(f"reconnect:{view.name}")
-        self.recompute()
-        message = f"{view.name} {why}: {count} earlier item(s) released"
-        self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
-
-    def from_external(self, name: str, message: Any) -> None:
-        """A wire message from a registered process, on its way to the process's actor."""
-        view = self.views.get(name)
-        if view is None or view.ref is None:
-            return
-        if view.abandoned and isinstance(message, ExternalInFlight):
-            view.awaiting = message.items
-        view.tell(message)
-
-    def start_view(self, view: SubsystemView) -> None:
-        view.start()
-        if self.peers is not None and not view.external:
-            self.peers.set(view.name, view.ref)
-
-    def remove_subsystem(self, name: str, reason: str) -> None:
-        view = self.views.pop(name, None)
-        if view is None:
-            return
-        self.timers.disarm(f"restart:{name}")
-        self.timers.disarm(f"reconnect:{name}")
-        if view.ref is not None:
-            view.ref.stop(block=False)
-        abandoned = view.items
-        self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
-        self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
-        self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
-        self.recompute()
-        self.publish(
-            "subsystem_removed",
-            subsystem=name,
-            items=abandoned,
-            message=f"{name} removed ({reason}); {len(abandoned)} item(s) abandoned",
-        )
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -299,36 +163,29 @@ class SupervisorCore:
 
     def recompute(self, *, publish_transition: bool = True) -> None:
         """Move between draining and drained as the subsystems' reports say."""
-        state = self.machine.state
-        if state is MaintenanceState.NORMAL:
+        if self.machine.state is MaintenanceState.NORMAL:
             return
-        done = all(self.state_of(view) is SubsystemState.DRAINED for view in self.views.values())
-        if state is MaintenanceState.DRAINING and done:
-            event, reason = MaintenanceEvent.ALL_DRAINED, "every subsystem is drained"
-        elif state is MaintenanceState.DRAINED and not done:
-            waiting = [v.name for v in self.views.values() if self.state_of(v) is not SubsystemState.DRAINED]
-            event, reason = MaintenanceEvent.WORK_APPEARED, "not drained any more: " + ", ".join(waiting)
-        else:
+        states = {view.name: self.state_of(view) for view in self.views.values()}
+        automatic = automatic_event(self.machine.state, states)
+        if automatic is None:
             return
+        event, reason = automatic
         transition = self.machine.fire(event, by=SYSTEM, at=self.clock.now(), reason=reason)
         self.record_transition(transition)
         if publish_transition:
             self.publish("state_changed", message=reason)
 
     def state_of(self, view: SubsystemView) -> SubsystemState:
-        if view.disconnected is not None:
-            return SubsystemState.DISCONNECTED
-        if view.failed:
-            return SubsystemState.FAILED
-        if not view.reported:
-            return SubsystemState.UNKNOWN
-        if self.drain_id is None:
-            return SubsystemState.RUNNING
-        if view.paused_for != self.drain_id:
-            return SubsystemState.PAUSING
-        if view.drained_for == self.drain_id and not view.blocking_count:
-            return SubsystemState.DRAINED
-        return SubsystemState.PAUSED
+        drain_id = self.drain_id
+        return subsystem_state(
+            disconnected=view.disconnected is not None,
+            failed=view.failed,
+            reported=view.reported,
+            draining=drain_id is not None,
+            paused=view.paused_for == drain_id,
+            drained=view.drained_for == drain_id,
+            blocking=view.blocking_count > 0,
+        )
 
     # -- reports from subsystems -------------------------------------------------------
 
@@ -401,22 +258,6 @@ class SupervisorCore:
         self.write_failures += msg.failures
         view.writes = msg if msg.count else None
         self.update_store_info()
-
-    def update_store_info(self) -> None:
-        """Rebuild the status's ``store``; published quietly (the subsystem's InFlightReport,
-        which follows its WritesPending, carries the event)."""
-        waiting = [view.writes for view in self.views.values() if view.writes is not None]
-        if not waiting:
-            self._store_info = StoreInfo(write_failures=self.write_failures)
-        else:
-            self._store_info = StoreInfo(
-                state="degraded",
-                pending_writes=sum(w.count for w in waiting),
-                last_error=next((w.last_error for w in waiting if w.last_error), None),
-                since=iso(min(w.since or 0.0 for w in waiting)),
-                write_failures=self.write_failures,
-            )
-        self.status_pending = True
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -503,91 +344,3 @@ class SupervisorCore:
             to_state=t.to_state.value,
             drain_id=self.drain_id,
         )
-
-    def maintenance_info(self) -> MaintenanceInfo:
-        state = self.machine.state
-        toggled = self.toggled
-        return MaintenanceInfo(
-            enabled=self.machine.enabled,
-            state=state.value,
-            safe_to_restart=state is MaintenanceState.DRAINED,
-            updated_by=toggled.by if toggled else None,
-            updated_on=iso(toggled.at) if toggled else None,
-            reason=toggled.reason if toggled and self.machine.enabled else None,
-            deadline=iso(self.deadline),
-            overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
-            on_deadline=self.on_deadline.value if self.on_deadline else None,
-            drain_id=self.drain_id,
-        )
-
-    def status(self) -> Status:
-        views = self.views.values()
-        return Status(
-            maintenance=self.maintenance_info(),
-            subsystems=tuple(
-                SubsystemInfo(
-                    name=view.name,
-                    state=self.state_of(view).value,
-                    in_flight=len(view.items),
-                    blocking=view.blocking_count,
-                    external=view.external,
-                    failures=view.failures,
-                    last_error=view.last_error,
-                    reconnect_by=iso(view.reconnect_by),
-                )
-                for view in views
-            ),
-            running_systems=self.running_systems(),
-            removed=tuple(self.removed),
-            store=self._store_info,
-        )
-
-    def running_systems(self) -> RunningSystems:
-        """Every view's items by group; the same object while no view's items changed.
-
-        A status is published after every change, and most changes (a subsystem pausing,
-        a drain's state) leave the items alone: with thousands of items, rebuilding the
-        groups (and re-encoding and re-counting them downstream) each time would make
-        every publication cost as much as the largest one.
-        """
-        current = [view.items for view in self.views.values()]
-        if len(current) != len(self._running_from) or any(a is not b for a, b in zip(current, self._running_from, strict=True)):
-            views = self.views.values()
-            self._running = RunningSystems(
-                **{
-                    group: tuple(itertools.chain.from_iterable(view.groups.get(group, ()) for view in views))
-                    for group in RunningSystems.__struct_fields__
-                }
-            )
-            self._running_from = current
-        return self._running
-
-    def publish(
-        self,
-        event: str,
-        *,
-        subsystem: str | None = None,
-        items: tuple[InFlightItem, ...] | None = None,
-        message: str | None = None,
-    ) -> None:
-        # In a burst of reports the whole status is built once, when the burst ends
-        # (see SupervisorActor.on_receive); each event still goes out at once.
-        status = None if self.defer_status else self.status()
-        self.status_pending = self.defer_status
-        self.sink.publish(
-            status,
-            Event(
-                seq=next(self._seq),
-                at=iso(self.clock.now()) or "",
-                event=event,
-                maintenance=status.maintenance if status is not None else self.maintenance_info(),
-                subsystem=subsystem,
-                items=items,
-                message=message,
-            ),
-        )
-
-    def flush_status(self) -> None:
-        if self.status_pending:
-            self.status_pending = False
-            self.sink.publish(self.status(), None)

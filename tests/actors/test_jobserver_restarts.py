@@ -2,7 +2,7 @@
 failing with messages in their inboxes (pykka drops them) and restarted: nothing is lost,
 nothing runs twice, a cancel stays a cancel.
 
-The shrunk examples in ``test_drain_properties.py`` run the plain cores with hand-delivered
+The shrunk examples in ``drain_properties/test_jobserver_regressions.py`` run the plain cores with hand-delivered
 messages; these run the same cases through pykka's threads, the Peers table, SyncStore
 and the process port, as the daemon wires them. Every wait is on an ask or a condition.
 """
