@@ -49,7 +49,6 @@ from .status import (
     Status,
     StoreInfo,
     SubsystemInfo,
-    iso,
 )
 from .types import (
     MATERIAL_UPDATE,
@@ -245,7 +244,7 @@ class SupervisorCore:
             view.ref.stop(block=False)
         abandoned = view.items
         self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
-        self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
+        self.removed.append(RemovedSubsystem(name=name, at=self.clock.now(), reason=reason, abandoned=abandoned))
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
         self.publish(
@@ -413,7 +412,7 @@ class SupervisorCore:
                 state="degraded",
                 pending_writes=sum(w.count for w in waiting),
                 last_error=next((w.last_error for w in waiting if w.last_error), None),
-                since=iso(min(w.since or 0.0 for w in waiting)),
+                since=min(w.since or 0.0 for w in waiting),
                 write_failures=self.write_failures,
             )
         self.status_pending = True
@@ -480,7 +479,7 @@ class SupervisorCore:
     # -- records and publishing ----------------------------------------------------------
 
     def record(self, action: str, *, by: str, **fields: Any) -> None:
-        self.history.append(HistoryEntry(at=iso(self.clock.now()) or "", action=action, by=by, **fields))
+        self.history.append(HistoryEntry(at=self.clock.now(), action=action, by=by, **fields))
 
     def audit(self, action: str, by: str, at: float, **fields: Any) -> None:
         """Write to the persistent audit log; raises (a StoreError) if it cannot."""
@@ -512,9 +511,9 @@ class SupervisorCore:
             state=state.value,
             safe_to_restart=state is MaintenanceState.DRAINED,
             updated_by=toggled.by if toggled else None,
-            updated_on=iso(toggled.at) if toggled else None,
+            updated_on=toggled.at if toggled else None,
             reason=toggled.reason if toggled and self.machine.enabled else None,
-            deadline=iso(self.deadline),
+            deadline=self.deadline,
             overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
             on_deadline=self.on_deadline.value if self.on_deadline else None,
             drain_id=self.drain_id,
@@ -533,7 +532,7 @@ class SupervisorCore:
                     external=view.external,
                     failures=view.failures,
                     last_error=view.last_error,
-                    reconnect_by=iso(view.reconnect_by),
+                    reconnect_by=view.reconnect_by,
                 )
                 for view in views
             ),
@@ -578,7 +577,7 @@ class SupervisorCore:
             status,
             Event(
                 seq=next(self._seq),
-                at=iso(self.clock.now()) or "",
+                at=self.clock.now(),
                 event=event,
                 maintenance=status.maintenance if status is not None else self.maintenance_info(),
                 subsystem=subsystem,
