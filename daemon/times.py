@@ -3,16 +3,22 @@
 The status, its events and items carry seconds since the epoch (floats); each edge formats
 them here: the GoCD API and the control socket's history (:func:`iso`), the status page
 (:func:`utc`), ``maintctl`` (:func:`local`, :func:`iso`, :func:`seconds_until`). Nothing
-parses a time back out of text. Only :mod:`datetime` is imported: ``maintctl`` loads this.
+parses a time back out of text. ``maintctl`` loads this module on its way to its first
+byte: :mod:`datetime` is imported only when a time is formatted.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datetime
 
 
-def _utc(ts: float) -> dt.datetime | None:
+def _utc(ts: float) -> datetime.datetime | None:
+    import datetime as dt
+
     try:
         return dt.datetime.fromtimestamp(ts, dt.UTC)
     except (OverflowError, ValueError, OSError, TypeError):
@@ -45,6 +51,8 @@ def local(ts: float | None) -> str:
     """``2026-11-29 04:35:42`` in the local time zone (``maintctl``'s tables), ``-`` for none."""
     if ts is None:
         return "-"
+    import datetime as dt
+
     try:
         return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, ValueError, OSError, TypeError):
