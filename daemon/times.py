@@ -63,4 +63,7 @@ def seconds_until(ts: float | None, now: float | None = None) -> float | None:
     """How long until ``ts`` (never below zero), or None for none."""
     if ts is None:
         return None
-    return max(0.0, ts - (time.time() if now is None else now))
+    try:
+        return max(0.0, ts - (time.time() if now is None else now))
+    except TypeError:  # not a number: nothing to count down to
+        return None

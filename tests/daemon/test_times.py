@@ -16,6 +16,7 @@ def test_the_formats() -> None:
     assert times.iso(None) is None and times.utc(None) == "-" and times.local(None) == "-"
     assert times.iso(1e300) == "1e+300"  # out of range: the number, never a traceback
     assert times.seconds_until(T0 + 10, now=T0) == 10 and times.seconds_until(T0, now=T0 + 10) == 0
+    assert times.seconds_until("soon") is None and times.local("x") == "x"
 
 
 def test_maintctl_shows_the_status_times_from_their_floats() -> None:
