@@ -292,6 +292,7 @@ def restored_item(subsystem: str, row: Any, now: float) -> InFlightItem:
         started_at=row.started_at if row.started_at is not None else now,
         cancellable=True,
         pipeline=row.pipeline,
+        counter=row.pipeline_counter,
         stage=row.stage,
         job=row.name,
         agent=row.agent,

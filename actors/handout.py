@@ -82,6 +82,7 @@ def job_item(subsystem: str, spec: JobSpec, kind: str, now: float, **extra: Any)
         started_at=now,
         cancellable=True,
         pipeline=spec.pipeline,
+        counter=spec.pipeline_counter,
         stage=spec.stage,
         job=spec.job,
         **extra,

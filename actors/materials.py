@@ -17,7 +17,7 @@ from .jobs import FilesFetched, PollFinished, ProcessPort
 from .ports import Clock, Timers
 from .store import StoreError
 from .subsystem import Emit, SubsystemCore
-from .types import MATERIAL_UPDATE, InFlightItem, qualify
+from .types import MATERIAL_UPDATE, InFlightItem, MaterialRef, qualify
 
 log = logging.getLogger("maintd.materials")
 
@@ -103,7 +103,7 @@ class MaterialsCore(SubsystemCore):
     def poll(self, key: str) -> None:
         if key not in self.defs:
             return
-        material, _ = self.defs[key]
+        material, is_config_repo = self.defs[key]
         if not self.intake_open:
             log.info("poll of %s skipped: maintenance mode", key)
             return
@@ -114,10 +114,11 @@ class MaterialsCore(SubsystemCore):
                 id=qualify(self.name, key),
                 subsystem=self.name,
                 kind=MATERIAL_UPDATE,
-                description=f"{'config repo' if key.startswith('config:') else 'material'} {material.name}: "
+                description=f"{'config repo' if is_config_repo else 'material'} {material.name}: "
                 f"{material.url} ({material.branch})",
                 started_at=self.clock.now(),
                 cancellable=False,
+                material=MaterialRef(name=material.name, url=material.url, branch=material.branch, config_repo=is_config_repo),
             )
         )
         self.processes.poll_material(self.me, key, material.url, material.branch, parse_duration(material.poll_timeout))

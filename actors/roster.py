@@ -23,7 +23,7 @@ from .messages import (
 )
 from .peers import Peers
 from .ports import Clock, Timers
-from .status import RemovedSubsystem, iso
+from .status import RemovedSubsystem
 from .view import Spawn, SubsystemView
 
 
@@ -163,7 +163,7 @@ class Roster:
             view.ref.stop(block=False)
         abandoned = view.items
         self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
-        self.removed.append(RemovedSubsystem(name=name, at=iso(self.clock.now()) or "", reason=reason, abandoned=abandoned))
+        self.removed.append(RemovedSubsystem(name=name, at=self.clock.now(), reason=reason, abandoned=abandoned))
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
         self.publish(

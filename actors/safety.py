@@ -20,11 +20,6 @@ def blocking(items: Iterable[InFlightItem]) -> list[InFlightItem]:
     return [item for item in items if item.blocks_restart]
 
 
-def all_items(running: RunningSystems) -> tuple[InFlightItem, ...]:
-    """Every item a status lists, whatever its group."""
-    return (*running.material_update_in_progress, *running.building_jobs, *running.scheduled_jobs, *running.other)
-
-
 def has_running_work(running: RunningSystems) -> bool:
     """Whether any work listed in a status keeps the server from being safe to restart."""
-    return any(item.blocks_restart for item in all_items(running))
+    return any(item.blocks_restart for item in running.items())

@@ -22,7 +22,6 @@ from .status import (
     Status,
     StoreInfo,
     SubsystemInfo,
-    iso,
 )
 from .types import InFlightItem, MaintenanceState, OnDeadline
 
@@ -61,9 +60,9 @@ class Snapshots:
             state=state.value,
             safe_to_restart=state is MaintenanceState.DRAINED,
             updated_by=toggled.by if toggled else None,
-            updated_on=iso(toggled.at) if toggled else None,
+            updated_on=toggled.at if toggled else None,
             reason=toggled.reason if toggled and self.machine.enabled else None,
-            deadline=iso(self.deadline),
+            deadline=self.deadline,
             overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
             on_deadline=self.on_deadline.value if self.on_deadline else None,
             drain_id=self.drain_id,
@@ -82,7 +81,7 @@ class Snapshots:
                     external=view.external,
                     failures=view.failures,
                     last_error=view.last_error,
-                    reconnect_by=iso(view.reconnect_by),
+                    reconnect_by=view.reconnect_by,
                 )
                 for view in views
             ),
@@ -122,7 +121,7 @@ class Snapshots:
                 state="degraded",
                 pending_writes=sum(w.count for w in waiting),
                 last_error=next((w.last_error for w in waiting if w.last_error), None),
-                since=iso(min(w.since or 0.0 for w in waiting)),
+                since=min(w.since or 0.0 for w in waiting),
                 write_failures=self.write_failures,
             )
         self.status_pending = True
@@ -143,7 +142,7 @@ class Snapshots:
             status,
             Event(
                 seq=next(self._seq),
-                at=iso(self.clock.now()) or "",
+                at=self.clock.now(),
                 event=event,
                 maintenance=status.maintenance if status is not None else self.maintenance_info(),
                 subsystem=subsystem,

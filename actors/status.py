@@ -5,22 +5,16 @@ They are built bottom-up from strings, numbers and each other and are never chan
 they cannot be part of a reference cycle: ``gc=False`` keeps the tens of thousands of them
 a big drain holds out of the cyclic garbage collector's passes (each full pass over them
 stalled the daemon for 15-45 ms).
+
+Every time in them is seconds since the epoch (a float): the edges format it for their
+readers (:mod:`daemon.times`), and nothing parses a time back out of text.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-
 import msgspec
 
 from .types import InFlightItem
-
-
-def iso(ts: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 UTC with milliseconds, or None."""
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -28,9 +22,9 @@ class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     state: str
     safe_to_restart: bool
     updated_by: str | None
-    updated_on: str | None
+    updated_on: float | None
     reason: str | None
-    deadline: str | None
+    deadline: float | None
     overdue: bool
     on_deadline: str | None
     drain_id: str | None
@@ -45,21 +39,39 @@ class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     failures: int = 0
     last_error: str | None = None
     #: While an external's earlier work still blocks after its process went away: until when.
-    reconnect_by: str | None = None
+    reconnect_by: float | None = None
 
 
 class RunningSystems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The work in flight, in GoCD's groups (:data:`~actors.types.GROUP_OF_KIND`).
+
+    Read it through :meth:`groups` or :meth:`items`, never by naming the groups one by one.
+    """
+
     material_update_in_progress: tuple[InFlightItem, ...] = ()
     building_jobs: tuple[InFlightItem, ...] = ()
     scheduled_jobs: tuple[InFlightItem, ...] = ()
     other: tuple[InFlightItem, ...] = ()
+
+    def groups(self) -> tuple[tuple[str, tuple[InFlightItem, ...]], ...]:
+        """``(group, items)`` for every group, in GoCD's order, ``other`` last."""
+        return (
+            ("material_update_in_progress", self.material_update_in_progress),
+            ("building_jobs", self.building_jobs),
+            ("scheduled_jobs", self.scheduled_jobs),
+            ("other", self.other),
+        )
+
+    def items(self) -> tuple[InFlightItem, ...]:
+        """Every item, whatever its group, in the order of :meth:`groups`."""
+        return (*self.material_update_in_progress, *self.building_jobs, *self.scheduled_jobs, *self.other)
 
 
 class RemovedSubsystem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A subsystem that went away (its process disconnected), and the work it abandoned."""
 
     name: str
-    at: str
+    at: float
     reason: str
     abandoned: tuple[InFlightItem, ...]
 
@@ -73,7 +85,7 @@ class StoreInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     state: str = "ok"
     pending_writes: int = 0
     last_error: str | None = None
-    since: str | None = None
+    since: float | None = None
     write_failures: int = 0
 
 
@@ -98,7 +110,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type
     """
 
     seq: int
-    at: str
+    at: float
     event: str
     maintenance: MaintenanceInfo
     subsystem: str | None = None
@@ -109,7 +121,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A maintenance transition or a cancel: who, when, why."""
 
-    at: str
+    at: float
     action: str
     by: str
     reason: str | None = None

@@ -49,7 +49,6 @@ from .status import (
     RemovedSubsystem,
     RunningSystems,
     StoreInfo,
-    iso,
 )
 from .types import (
     MATERIAL_UPDATE,
@@ -321,7 +320,7 @@ class SupervisorCore(Roster, Snapshots):
     # -- records and publishing ----------------------------------------------------------
 
     def record(self, action: str, *, by: str, **fields: Any) -> None:
-        self.history.append(HistoryEntry(at=iso(self.clock.now()) or "", action=action, by=by, **fields))
+        self.history.append(HistoryEntry(at=self.clock.now(), action=action, by=by, **fields))
 
     def audit(self, action: str, by: str, at: float, **fields: Any) -> None:
         """Write to the persistent audit log; raises (a StoreError) if it cannot."""

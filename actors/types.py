@@ -55,8 +55,23 @@ GROUP_OF_KIND = {
 MDU_REFUSAL = "material updates cannot be cancelled: a partial clone can corrupt the repository; wait for it to finish"
 
 
+class MaterialRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The material a material update polls, as GoCD's API shows it: a git ``url`` at ``branch``.
+    ``config_repo``: the material is a config repository (pipelines as code)."""
+
+    name: str
+    url: str
+    branch: str
+    config_repo: bool = False
+
+
 class InFlightItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One piece of work in flight. ``id`` is unique across the daemon: ``subsystem/local``."""
+    """One piece of work in flight. ``id`` is unique across the daemon: ``subsystem/local``.
+
+    ``description`` is for people only; what a program needs is in the fields: a job's
+    ``pipeline``, ``counter``, ``stage``, ``job`` and ``agent``; a material update's
+    ``material``. Each is optional (an external subsystem's items carry none of them).
+    """
 
     id: str
     subsystem: str
@@ -70,6 +85,9 @@ class InFlightItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stage: str | None = None
     job: str | None = None
     expected_end: float | None = None
+    #: the pipeline run's counter (``PIPELINE/COUNTER/STAGE/JOB``)
+    counter: int | None = None
+    material: MaterialRef | None = None
 
     @property
     def local_id(self) -> str:

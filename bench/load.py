@@ -681,7 +681,7 @@ def crowd_main(path: str) -> int:
             if message.endswith("turned on maintenance mode"):
                 arrivals.setdefault("enable:" + ev["maintenance"]["drain_id"], []).append(t)
             elif message.endswith("turned off maintenance mode"):
-                arrivals.setdefault("disable:" + ev["maintenance"]["updated_on"], []).append(t)
+                arrivals.setdefault(f"disable:{ev['maintenance']['updated_on']}", []).append(t)
         elif b'"event":"in_flight_changed"' in head and b'"subsystem":"ext-' in head:
             p = PROBE_RE.search(line)
             if p is not None:
@@ -1182,8 +1182,8 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float) -> N
         args.watchers,
     )
     di = fanout(
-        {"disable:" + c["updated_on"]: c["t_disable"] for c in cyc},
-        {"disable:" + c["updated_on"]: c["observer_disable_at"] for c in cyc},
+        {f"disable:{c['updated_on']}": c["t_disable"] for c in cyc},
+        {f"disable:{c['updated_on']}": c["observer_disable_at"] for c in cyc},
         arrivals,
         args.watchers,
     )

@@ -36,7 +36,7 @@ import trio
 from actors.errors import MaintdError
 from actors.messages import Enable
 from actors.peers import Peers
-from actors.safety import all_items, blocking
+from actors.safety import blocking
 from actors.status import Event, Status
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
@@ -334,7 +334,7 @@ def _blocking(status: Status | None) -> list[InFlightItem]:
     """The work a restart would break: what the drain waits for."""
     if status is None:
         return []
-    return blocking(all_items(status.running_systems))
+    return blocking(status.running_systems.items())
 
 
 async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: Notifier, timeout: float) -> None:

@@ -6,45 +6,33 @@ it at :data:`INFO_PATH`, and the status page links to it.
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from typing import Any
 
 from actors.safety import has_running_work
 from actors.status import Status
 from actors.types import InFlightItem
 
+from .times import iso
+
 DOC_URL = "https://api.gocd.org/current/#maintenance-mode-info"
 INFO_PATH = "/api/maintenance_mode/info"
-#: A material update's description: ``material NAME: URL (BRANCH)`` or ``config repo NAME: URL (BRANCH)``
-MATERIAL = re.compile(r"^(material|config repo) ([^:\s]+): (.*) \(([^()]*)\)$")
 
 
-def _iso(ts: float) -> str:
-    try:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    except (OverflowError, ValueError, OSError):
-        return str(ts)
-
-
-def pipeline_counter(item: InFlightItem) -> int | None:
-    """The pipeline counter, from the description ``PIPELINE/COUNTER/STAGE/JOB``: InFlightItem has no field for it."""
-    if not item.pipeline or not item.stage:
-        return None
-    match = re.match(rf"{re.escape(item.pipeline)}/(\d+)/{re.escape(item.stage)}/", item.description)
-    return int(match.group(1)) if match else None
+def _iso(ts: float | None) -> str | None:
+    """GoCD's time format: ISO 8601 UTC to the second."""
+    return iso(ts, timespec="seconds")
 
 
 def _material(item: InFlightItem) -> dict[str, Any]:
     """GoCD's material representation plus ``mdu_start_time``; maintd polls git only."""
-    match = MATERIAL.match(item.description)
-    if match and item.subsystem == "materials":
+    material = item.material
+    if material is not None:
         attributes: dict[str, Any] = {
-            "name": match.group(2),
-            "url": match.group(3),
-            "branch": match.group(4),
+            "name": material.name,
+            "url": material.url,
+            "branch": material.branch,
             "auto_update": True,
-            "config_repo": match.group(1) == "config repo",
+            "config_repo": material.config_repo,
         }
         kind = "git"
     else:  # an external subsystem's material update: only its description is known
@@ -54,7 +42,7 @@ def _material(item: InFlightItem) -> dict[str, Any]:
 
 
 def _job(item: InFlightItem, state: str) -> dict[str, Any]:
-    counter = pipeline_counter(item)
+    counter = item.counter
     return {
         "pipeline_name": item.pipeline,
         "pipeline_counter": counter,
@@ -80,6 +68,15 @@ def _other(item: InFlightItem) -> dict[str, Any]:
     }
 
 
+#: How GoCD shows an item of each group of :meth:`actors.status.RunningSystems.groups`.
+ENTRY = {
+    "material_update_in_progress": _material,
+    "building_jobs": lambda item: _job(item, "Building"),
+    "scheduled_jobs": lambda item: _job(item, "Scheduled"),
+    "other": _other,
+}
+
+
 def gocd_info(status: Status) -> dict[str, Any]:
     """GoCD's maintenance mode info; ``attributes`` only while maintenance mode is on.
 
@@ -93,17 +90,12 @@ def gocd_info(status: Status) -> dict[str, Any]:
     info: dict[str, Any] = {
         "_links": {"self": {"href": INFO_PATH}, "doc": {"href": DOC_URL}},
         "is_maintenance_mode": m.enabled,
-        "metadata": {"updated_by": m.updated_by, "updated_on": m.updated_on},
+        "metadata": {"updated_by": m.updated_by, "updated_on": iso(m.updated_on)},
     }
     if m.enabled:
         rs = status.running_systems
         info["attributes"] = {
             "has_running_systems": has_running_work(rs),
-            "running_systems": {
-                "material_update_in_progress": [_material(i) for i in rs.material_update_in_progress],
-                "building_jobs": [_job(i, "Building") for i in rs.building_jobs],
-                "scheduled_jobs": [_job(i, "Scheduled") for i in rs.scheduled_jobs],
-                "other": [_other(i) for i in rs.other],
-            },
+            "running_systems": {group: [ENTRY[group](i) for i in items] for group, items in rs.groups()},
         }
     return info

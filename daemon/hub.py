@@ -135,7 +135,6 @@ class StatusHub:
         if self._inflight_json is None:
             items: list[Any] = []
             if self.status is not None:
-                rs = self.status.running_systems
-                items = [*rs.material_update_in_progress, *rs.building_jobs, *rs.scheduled_jobs, *rs.other]
+                items = list(self.status.running_systems.items())
             self._inflight_json = msgspec.json.encode({"items": items})
         return self._inflight_json

@@ -24,7 +24,6 @@ from actors.materials import MaterialsCore
 from actors.peers import Peers
 from actors.ports import Clock, Timers
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
-from actors.status import iso
 
 from . import config as config_mod
 from . import protocol as p
@@ -156,8 +155,7 @@ class JobServerRequests:
         """The audit log, oldest first, in the shape of the supervisor's history entries."""
         rows = await self.stored("audit_entries", limit=limit)
         return [
-            {"at": iso(r.at), "action": r.action, "by": r.by, "reason": r.reason, "item": r.target, "detail": r.detail}
-            for r in rows
+            {"at": r.at, "action": r.action, "by": r.by, "reason": r.reason, "item": r.target, "detail": r.detail} for r in rows
         ]
 
     async def reload(self, by: str, peer: str | None = None) -> Any:

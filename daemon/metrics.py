@@ -18,7 +18,6 @@ prometheus_client's ``Enum`` names its state label after the metric, so the seri
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import time
 
@@ -61,16 +60,6 @@ def daemon_registry() -> CollectorRegistry:
     platform_collector.PlatformCollector(registry=registry)
     gc_collector.GCCollector(registry=registry)
     return registry
-
-
-def _epoch(text: str | None) -> float:
-    """An ISO 8601 time as the status carries it (``...Z``) -> seconds since the epoch; 0 for none."""
-    if not text:
-        return 0.0
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 class Metrics:
@@ -140,7 +129,7 @@ class Metrics:
 
         # What the last update saw (trio thread only).
         self._state: str | None = None
-        self._deadline_text: str | None = None
+        self._deadline_shown: float | None = None
         self._kinds: dict[str, set[str]] = {}  # subsystem -> kinds it has series for
         self._drain_id: str | None = None
         self._drain_started: float | None = None  # time.monotonic() when the drain was first seen
@@ -164,9 +153,9 @@ class Metrics:
             self.state_changed.set(time.time())
         self.safe_to_restart.set(1 if m.safe_to_restart else 0)
         self.overdue.set(1 if m.overdue else 0)
-        if m.deadline != self._deadline_text:
-            self._deadline_text = m.deadline
-            self.deadline.set(_epoch(m.deadline))
+        if m.deadline != self._deadline_shown:
+            self._deadline_shown = m.deadline
+            self.deadline.set(m.deadline or 0.0)
         self._update_drain(m.state, m.drain_id)
         self._state = m.state
         store = status.store
@@ -178,10 +167,9 @@ class Metrics:
         rs = status.running_systems
         if rs is not self._counted:  # the supervisor keeps the object while no items change
             counts: dict[tuple[str, str], int] = {}
-            for group in (rs.material_update_in_progress, rs.building_jobs, rs.scheduled_jobs, rs.other):
-                for item in group:
-                    key = (item.subsystem, item.kind)
-                    counts[key] = counts.get(key, 0) + 1
+            for item in rs.items():
+                key = (item.subsystem, item.kind)
+                counts[key] = counts.get(key, 0) + 1
             self._counted, self._counts = rs, counts
         counts = self._counts
         # Only what changed goes to the gauges: a drain publishes a status for every

@@ -127,27 +127,27 @@ def _count(n: int, kind: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+#: How :func:`describe` counts the items of each group of a status.
+_GROUP_WORDS = {
+    "material_update_in_progress": "polling",
+    "building_jobs": "building",
+    "scheduled_jobs": "scheduled",
+    "other": "other",
+}
+
+
 def describe(status: Status) -> str:
     """The drain's progress in words, e.g. ``draining: waiting for agents (2 building jobs);
     materials, scheduler, config drained``."""
     m = status.maintenance
     rs = status.running_systems
     if not m.enabled:
-        counts = [
-            f"{len(items)} {word}"
-            for items, word in (
-                (rs.material_update_in_progress, "polling"),
-                (rs.building_jobs, "building"),
-                (rs.scheduled_jobs, "scheduled"),
-                (rs.other, "other"),
-            )
-            if items
-        ]
+        counts = [f"{len(items)} {_GROUP_WORDS[group]}" for group, items in rs.groups() if items]
         return "normal: maintenance off; " + (", ".join(counts) if counts else "idle")
     if m.safe_to_restart:
         return "drained: safe to restart"
     blocking: dict[str, dict[str, int]] = {}
-    for item in (*rs.material_update_in_progress, *rs.building_jobs, *rs.scheduled_jobs, *rs.other):
+    for item in rs.items():
         if item.blocks_restart:
             kinds = blocking.setdefault(item.subsystem, {})
             kinds[item.kind] = kinds.get(item.kind, 0) + 1

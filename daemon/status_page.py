@@ -8,7 +8,6 @@ work in flight and the recent history; the browser reloads it every
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 from actors.status import Status, SubsystemInfo
 from actors.types import InFlightItem
 
-from .gocd_api import INFO_PATH, MATERIAL, pipeline_counter
+from .gocd_api import INFO_PATH
+from .times import utc
 
 REFRESH_SECONDS = 5
 #: The built-in subsystems, in drain order, and how GoCD's checklist names each.
@@ -29,21 +29,9 @@ CHECKLIST = (
 )
 
 
-def _human(ts: float | str | None) -> str:
-    """Seconds since the epoch or an ISO time -> ``2026-11-29 03:35:42 UTC``."""
-    if ts is None or ts == "":
-        return "-"
-    if isinstance(ts, str):
-        try:
-            when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            return ts
-    else:
-        try:
-            when = dt.datetime.fromtimestamp(ts, dt.UTC)
-        except (OverflowError, ValueError, OSError):
-            return str(ts)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _human(ts: float | None) -> str:
+    """Seconds since the epoch -> ``2026-11-29 03:35:42 UTC``."""
+    return utc(ts)
 
 
 def e(value: Any) -> str:
@@ -111,7 +99,7 @@ def _table(headings: Iterable[str], rows: list[list[str]], empty: str, caption: 
 
 
 def _stage_key(item: InFlightItem) -> str:
-    counter = pipeline_counter(item)
+    counter = item.counter
     if item.pipeline and item.stage:
         return f"{item.pipeline} / {counter if counter is not None else '?'} / {item.stage}"
     return item.subsystem
@@ -138,10 +126,10 @@ def _stages(items: tuple[InFlightItem, ...], state: str, empty: str) -> str:
 def _mdus(items: tuple[InFlightItem, ...]) -> str:
     rows = []
     for item in sorted(items, key=lambda i: (i.started_at, i.id)):
-        match = MATERIAL.match(item.description)
-        if match and item.subsystem == "materials":
-            kind = "Git (config repo)" if match.group(1) == "config repo" else "Git"
-            name, where = match.group(2), f"{match.group(3)} ({match.group(4)})"
+        material = item.material
+        if material is not None:
+            kind = "Git (config repo)" if material.config_repo else "Git"
+            name, where = material.name, f"{material.url} ({material.branch})"
         else:
             kind, name, where = item.subsystem, item.local_id, item.description
         rows.append([e(kind), e(name), e(where), e(_human(item.started_at))])

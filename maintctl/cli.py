@@ -244,7 +244,7 @@ def cmd_history(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         states = f" ({e['from_state']} -> {e['to_state']})" if e.get("to_state") else ""
         why = f": {e['reason']}" if e.get("reason") else ""
         why += f" ({e['detail']})" if e.get("detail") else ""
-        lines.append(f"{e['at']}  {e['by']:<12} {what}{states}{why}")
+        lines.append(f"{render.iso(e['at'])}  {e['by']:<12} {what}{states}{why}")
     out(result, as_json, "\n".join(lines) or "no history yet")
     return EXIT_OK
 

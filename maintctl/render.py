@@ -9,10 +9,10 @@ the terminal, move its cursor or reorder what it shows.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from daemon.logs import escape
+from daemon.times import iso, local, seconds_until
 
 GROUP_TITLES = {
     "material_update_in_progress": "Material updates in progress (cannot be cancelled)",
@@ -39,24 +39,20 @@ def terminal(text: str) -> str:
 
 
 def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    try:
-        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-    except (OverflowError, ValueError, OSError, TypeError):
-        return str(ts)
+    """An item's or a run's time, in the local time zone."""
+    return local(ts)
 
 
 def maintenance_line(m: dict[str, Any]) -> str:
     m = clean(m)
     if not m["enabled"]:
-        by = f" (last turned off by {m['updated_by']} at {m['updated_on']})" if m.get("updated_by") else ""
+        by = f" (last turned off by {m['updated_by']} at {iso(m['updated_on'])})" if m.get("updated_by") else ""
         return f"Maintenance mode: off{by}"
-    text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {m['updated_on']}"
+    text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {iso(m['updated_on'])}"
     if m.get("reason"):
         text += f"\n  reason: {m['reason']}"
     if m.get("deadline"):
-        text += f"\n  deadline: {m['deadline']}" + (" (OVERDUE)" if m.get("overdue") else "")
+        text += f"\n  deadline: {iso(m['deadline'])}" + (" (OVERDUE)" if m.get("overdue") else "")
         if m.get("on_deadline") == "cancel":
             text += ", cancellable work is cancelled at the deadline"
     return text
@@ -91,19 +87,9 @@ def store_line(store: dict[str, Any] | None) -> list[str]:
     if not store or store.get("state") != "degraded":
         return []
     return [
-        f"Store: DEGRADED, {store['pending_writes']} result(s) waiting to be written since {store['since']}"
+        f"Store: DEGRADED, {store['pending_writes']} result(s) waiting to be written since {iso(store['since'])}"
         f" (kept in memory and retried; not safe to restart until written): {store['last_error']}"
     ]
-
-
-def seconds_until(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        then = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, (then - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def reconnect_note(s: dict[str, Any]) -> str:
@@ -132,15 +118,14 @@ def status(result: dict[str, Any]) -> str:
             lines.append(f"  {s['name']:<24} {s['state']:<9} {s['in_flight']:>9} {s['blocking']:>8}{error}")
     else:
         lines.append("  no subsystems registered")
-    for group, title in GROUP_TITLES.items():
-        items = result["running_systems"].get(group) or []
+    for _group, title, items in running_groups(result):
         if items:
             lines += ["", f"{title}:", *items_table(items)]
     removed = result.get("removed") or []
     if removed:
         lines += ["", "Removed subsystems:"]
         for r in removed:
-            lines.append(f"  {r['name']} at {r['at']} ({r['reason']}), {len(r['abandoned'])} item(s) abandoned")
+            lines.append(f"  {r['name']} at {iso(r['at'])} ({r['reason']}), {len(r['abandoned'])} item(s) abandoned")
             lines += ["  " + row for row in items_table(r["abandoned"])]
     return "\n".join(lines)
 
@@ -150,16 +135,23 @@ def event(e: dict[str, Any]) -> str:
     m = e["maintenance"]
     safe = "safe to restart" if m["safe_to_restart"] else m["state"]
     where = f" {e['subsystem']}" if e.get("subsystem") else ""
-    text = f"{e['at']} {e['event']}{where}: {e.get('message') or ''} [{safe}]"
+    text = f"{iso(e['at'])} {e['event']}{where}: {e.get('message') or ''} [{safe}]"
     if e.get("items"):
         text += "\n" + "\n".join(items_table(e["items"]))
     return text
 
 
+def running_groups(result: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """``(group, title, items)`` of a status reply's running systems, in GoCD's order: the decoded
+    JSON's counterpart of :meth:`actors.status.RunningSystems.groups` (maintctl does not load msgspec
+    structs to render a reply)."""
+    rs = result["running_systems"]
+    return [(group, title, rs.get(group) or []) for group, title in GROUP_TITLES.items()]
+
+
 def remaining(result: dict[str, Any]) -> list[dict[str, Any]]:
     result = clean(result)
-    rs = result["running_systems"]
-    return [item for group in GROUP_TITLES for item in rs.get(group) or []]
+    return [item for _, _, items in running_groups(result) for item in items]
 
 
 def progress(result: dict[str, Any]) -> str:

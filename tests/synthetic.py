@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from actors.status import MaintenanceInfo, RunningSystems, Status, SubsystemInfo
-from actors.types import BUILDING_JOB, GROUP_OF_KIND, MATERIAL_UPDATE, SCHEDULED_JOB, InFlightItem
+from actors.types import BUILDING_JOB, GROUP_OF_KIND, MATERIAL_UPDATE, SCHEDULED_JOB, InFlightItem, MaterialRef
 from daemon.hub import StatusHub
 
 
@@ -40,7 +40,7 @@ def maintenance(state: str = "normal", **kw: Any) -> MaintenanceInfo:
         "state": state,
         "safe_to_restart": state == "drained",
         "updated_by": "root" if enabled else None,
-        "updated_on": "2026-11-29T03:35:42.926Z" if enabled else None,
+        "updated_on": T0 + 3.926 if enabled else None,  # 2026-11-29T03:35:42.926Z
         "reason": "upgrade to 2.0" if enabled else None,
         "deadline": None,
         "overdue": False,
@@ -70,6 +70,7 @@ def mdu(
         description=f"{'config repo' if config_repo else 'material'} {name}: {url} (main)",
         started_at=at,
         cancellable=False,
+        material=MaterialRef(name=name, url=url, branch="main", config_repo=config_repo),
     )
 
 
@@ -92,6 +93,7 @@ def building(
         cancellable=True,
         agent=agent,
         pipeline=pipeline,
+        counter=counter,
         stage=stage,
         job=job,
     )
@@ -109,6 +111,7 @@ def scheduled(
         cancellable=True,
         blocks_restart=False,
         pipeline=pipeline,
+        counter=counter,
         stage=stage,
         job=job,
     )
@@ -169,7 +172,7 @@ def draining_with_work() -> Status:
         scheduled("deploy", job_id=3),
         external("batch", "7"),
     )
-    return status(maintenance("draining", deadline="2026-11-29T04:05:42.926Z", on_deadline="wait"), subs, items)
+    return status(maintenance("draining", deadline=T0 + 1803.926, on_deadline="wait"), subs, items)
 
 
 async def publish(hub: StatusHub, st: Status) -> None:

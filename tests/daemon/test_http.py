@@ -22,7 +22,19 @@ from daemon.bridge import Bridge
 from daemon.http import HttpError, parse_listen, serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
-from tests.synthetic import building, builtins, draining_with_work, external, maintenance, mdu, publish, scheduled, status, sub
+from tests.synthetic import (
+    T0,
+    building,
+    builtins,
+    draining_with_work,
+    external,
+    maintenance,
+    mdu,
+    publish,
+    scheduled,
+    status,
+    sub,
+)
 
 BANNER = "root turned on maintenance mode at 2026-11-29 03:35:42 UTC."
 
@@ -251,7 +263,7 @@ async def test_info_out_of_maintenance(server: Server) -> None:
     assert info["_links"]["self"]["href"] == "/api/maintenance_mode/info"
     assert info["_links"]["doc"]["href"].startswith("https://api.gocd.org/")
 
-    await publish(server.hub, status(maintenance("normal", updated_by="root", updated_on="2026-11-29T04:00:00.000Z")))
+    await publish(server.hub, status(maintenance("normal", updated_by="root", updated_on=T0 + 1461.0)))
     info = (await get(server, "/api/maintenance_mode/info")).json()
     assert "attributes" not in info
     assert info["metadata"] == {"updated_by": "root", "updated_on": "2026-11-29T04:00:00.000Z"}
@@ -345,7 +357,7 @@ async def test_the_banner_is_on_every_html_page_only_in_maintenance(server: Serv
         assert banner_position(page) > 0, path
         assert BANNER in page
     assert BANNER in (await get(server, "/", "DELETE")).text
-    await publish(server.hub, status(maintenance("normal", updated_by="root", updated_on="2026-11-29T05:00:00.000Z")))
+    await publish(server.hub, status(maintenance("normal", updated_by="root", updated_on=T0 + 5061.0)))
     assert banner_position((await get(server, "/")).text) == -1
 
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.metrics import BUILTIN_KINDS, JOB_RESULTS, POLL_RESULTS, REJECT_REASONS, Metrics, daemon_registry
 from tests.synthetic import (
+    T0,
     building,
     builtins,
     draining_with_work,
@@ -90,7 +91,7 @@ def test_the_state_machine_and_safe_to_restart(registry: CollectorRegistry, metr
     assert state_of(registry) == "drained"
     assert value(registry, "maintd_safe_to_restart") == 1
 
-    metrics.update(status(maintenance("normal", updated_by="root", updated_on="2026-11-29T04:00:00.000Z")), None)
+    metrics.update(status(maintenance("normal", updated_by="root", updated_on=T0 + 1461.0)), None)
     assert state_of(registry) == "normal"
     assert value(registry, "maintd_safe_to_restart") == 0
 
@@ -108,9 +109,9 @@ def test_deadline_and_overdue(registry: CollectorRegistry, metrics: Metrics) -> 
     metrics.update(status(maintenance("draining")), None)
     assert value(registry, "maintd_drain_deadline_timestamp_seconds") == 0
     assert value(registry, "maintd_drain_overdue") == 0
-    metrics.update(status(maintenance("draining", deadline="2026-11-29T04:05:42.926Z", on_deadline="wait")), None)
+    metrics.update(status(maintenance("draining", deadline=T0 + 1803.926, on_deadline="wait")), None)
     assert value(registry, "maintd_drain_deadline_timestamp_seconds") == pytest.approx(1795925142.926)
-    metrics.update(status(maintenance("draining", deadline="2026-11-29T04:05:42.926Z", overdue=True)), None)
+    metrics.update(status(maintenance("draining", deadline=T0 + 1803.926, overdue=True)), None)
     assert value(registry, "maintd_drain_overdue") == 1
     metrics.update(status(maintenance("normal")), None)
     assert value(registry, "maintd_drain_deadline_timestamp_seconds") == 0

@@ -9,7 +9,6 @@ reported and finished its work. Without a reconnect, safe comes only after
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import sys
 from typing import Any
@@ -52,8 +51,8 @@ def events_until(watcher: Line, predicate: Any) -> list[dict[str, Any]]:
             return seen
 
 
-def at(e: dict[str, Any]) -> dt.datetime:
-    return dt.datetime.fromisoformat(e["at"].replace("Z", "+00:00"))
+def at(e: dict[str, Any]) -> float:
+    return e["at"]
 
 
 def test_a_subsystem_that_reconnects_within_ms_never_opens_a_safe_window(daemon: Daemon) -> None:
@@ -125,5 +124,5 @@ def test_without_a_reconnect_safe_comes_only_after_the_grace(make_daemon) -> Non
     seen += events_until(watcher, lambda e: e["event"] == "subsystem_removed")
     assert "did not register again within 0.7s" in seen[-1]["message"] and seen[-1]["maintenance"]["safe_to_restart"]
     first_safe = next(i for i, e in enumerate(seen) if e["maintenance"]["safe_to_restart"])
-    assert (at(seen[first_safe]) - at(gone)).total_seconds() >= 0.65
+    assert at(seen[first_safe]) - at(gone) >= 0.65
     assert seen[first_safe - 1]["event"] != "subsystem_removed" and first_safe >= seen.index(gone)

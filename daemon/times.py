@@ -1,0 +1,69 @@
+"""Times as people and other programs read them: the one place a time becomes text.
+
+The status, its events and items carry seconds since the epoch (floats); each edge formats
+them here: the GoCD API and the control socket's history (:func:`iso`), the status page
+(:func:`utc`), ``maintctl`` (:func:`local`, :func:`iso`, :func:`seconds_until`). Nothing
+parses a time back out of text. ``maintctl`` loads this module on its way to its first
+byte: :mod:`datetime` is imported only when a time is formatted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datetime
+
+
+def _utc(ts: float) -> datetime.datetime | None:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None
+
+
+def iso(ts: float | None, timespec: str = "milliseconds") -> str | None:
+    """ISO 8601 in UTC with a ``Z`` (``2026-11-29T03:35:42.926Z``), or None for none.
+
+    ``timespec="seconds"`` gives GoCD's own form (``2026-11-29T03:35:42Z``). A time out of
+    range comes back as its number, never as an exception.
+    """
+    if ts is None:
+        return None
+    when = _utc(ts)
+    if when is None:
+        return str(ts)
+    return when.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def utc(ts: float | None) -> str:
+    """``2026-11-29 03:35:42 UTC`` (the status page), ``-`` for none."""
+    if ts is None:
+        return "-"
+    when = _utc(ts)
+    return str(ts) if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def local(ts: float | None) -> str:
+    """``2026-11-29 04:35:42`` in the local time zone (``maintctl``'s tables), ``-`` for none."""
+    if ts is None:
+        return "-"
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return str(ts)
+
+
+def seconds_until(ts: float | None, now: float | None = None) -> float | None:
+    """How long until ``ts`` (never below zero), or None for none."""
+    if ts is None:
+        return None
+    try:
+        return max(0.0, ts - (time.time() if now is None else now))
+    except TypeError:  # not a number: nothing to count down to
+        return None
