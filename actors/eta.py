@@ -84,9 +84,8 @@ def item_eta(item: InFlightItem, durations: Durations, now: float) -> ItemEta:
     basis, samples = "none", []
     if item.kind == BUILDING_JOB and item.pipeline and item.stage and item.job:
         basis, samples = _job_samples(durations, item.pipeline, item.stage, item.job)
-    elif item.kind == MATERIAL_UPDATE:
-        name = item.local_id.partition(":")[0] if item.local_id else ""
-        samples = list(durations.materials.get(name, ()))[:RECENT]
+    elif item.kind == MATERIAL_UPDATE and item.material is not None:
+        samples = list(durations.materials.get(item.material.name, ()))[:RECENT]
         basis = "material" if samples else "none"
     if not samples:
         return ItemEta(item_id=item.id, p50=None, p90=None, basis="none")

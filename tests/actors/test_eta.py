@@ -106,3 +106,15 @@ def test_a_deadline_preview_sorts_each_item_by_what_the_deadline_would_do_to_it(
     }
     wait = {f.item.id: f.verdict for f in deadline_preview(items, history, NOW, deadline, cancel_at_deadline=False)}
     assert wait["agents/p-s-slow"] == HOLDS_PAST_DEADLINE and wait["agents/p-s-quick"] == ENDS_BEFORE
+
+
+def test_a_material_update_ends_by_its_materials_recent_polls() -> None:
+    from actors.types import MATERIAL_UPDATE, MaterialRef
+
+    mdu = InFlightItem(
+        id="materials/app", subsystem="materials", kind=MATERIAL_UPDATE, description="material app", started_at=NOW,
+        cancellable=False, material=MaterialRef(name="app", url="/srv/app", branch="main"),
+    )  # fmt: skip
+    eta = item_eta(mdu, Durations(materials={"app": [2.0, 4.0], "other": [99.0]}), NOW)
+    assert (eta.basis, eta.p50, eta.samples) == ("material", NOW + 3.0, 2)
+    assert item_eta(mdu, Durations(materials={"other": [99.0]}), NOW).basis == "none"
