@@ -34,10 +34,10 @@ from .handout import (
     job_item,
     job_item_id,
 )
-from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
+from .jobs import JobExited, JobSpec, JobStarted, JobState
 from .messages import Cancel
 from .pending import PendingWrites, RetryWrites, without_pending
-from .ports import Clock, Timers
+from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 
@@ -63,8 +63,8 @@ class AgentsCore(SubsystemCore):
         items: Any = (),
         *,
         count: int,
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         processes: ProcessPort,
         clock: Clock,
         grace: float,
@@ -169,7 +169,11 @@ class AgentsCore(SubsystemCore):
         self.pending.later(
             f"job {spec.job_id} building on {agent}",
             functools.partial(self.store.set_job_state, spec.job_id, JobState.BUILDING, now, agent=agent),
-            functools.partial(self.store.later, "set_job_state", spec.job_id, JobState.BUILDING, now, agent=agent),
+            functools.partial(
+                self.store.later,
+                lambda s: s.set_job_state(spec.job_id, JobState.BUILDING, now, agent=agent),
+                "set_job_state",
+            ),
         )
         self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, self.clock.now(), agent=agent))
         self.processes.start_job(self.me, spec)
@@ -217,7 +221,7 @@ class AgentsCore(SubsystemCore):
             self.pending.later(
                 f"the cancel of job {job_id}",
                 functools.partial(self.store.request_cancel, job_id, by),
-                functools.partial(self.store.later, "request_cancel", job_id, by),
+                functools.partial(self.store.later, lambda s: s.request_cancel(job_id, by), "request_cancel"),
             )
         self.processes.stop_job(job_id, self.grace)
 

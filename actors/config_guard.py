@@ -16,7 +16,7 @@ import msgspec
 from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
-from .ports import Clock
+from .ports import Clock, JobStore, PeerTable
 from .scheduler import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
 
@@ -73,8 +73,8 @@ class ConfigGuardCore(SubsystemCore):
         *,
         pipelines: list[PipelineDef],
         materials: set[str],
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         clock: Clock,
         paused: frozenset[str] = frozenset(),
     ) -> None:

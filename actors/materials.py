@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 
 from .definitions import MaterialDef, parse_duration
-from .jobs import FilesFetched, PollFinished, ProcessPort
-from .ports import Clock, Timers
+from .jobs import FilesFetched, PollFinished
+from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import MATERIAL_UPDATE, InFlightItem, qualify
@@ -64,8 +64,8 @@ class MaterialsCore(SubsystemCore):
         processes: ProcessPort,
         timers: Timers,
         clock: Clock,
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         on_poll: Any = None,
     ) -> None:
         # Polls that were running when an earlier actor failed are still running in the shell;

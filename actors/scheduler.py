@@ -36,7 +36,7 @@ from .jobs import TERMINAL, JobSpec, JobState
 from .materials import MaterialChanged
 from .messages import Cancel
 from .pending import PENDING_WRITE, PendingWrites, RetryWrites
-from .ports import Clock, Timers
+from .ports import Clock, JobStore, PeerTable, Timers
 from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import SCHEDULED_JOB, InFlightItem, qualify
@@ -95,8 +95,8 @@ class SchedulerCore(SubsystemCore):
         items: Any = (),
         *,
         pipelines: list[PipelineDef],
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         timers: Timers,
         clock: Clock,
         work_root: str,
@@ -340,7 +340,7 @@ class SchedulerCore(SubsystemCore):
             self.pending.later(
                 f"{len(hand_outs)} job(s) handed out",
                 functools.partial(self.store.hand_out_many, hand_outs),
-                functools.partial(self.store.later, "hand_out_many", hand_outs),
+                functools.partial(self.store.later, lambda s, h=hand_outs: s.hand_out_many(h), "hand_out_many"),
             )
             for spec in specs:
                 self.handed[spec.job_id] = spec

@@ -204,7 +204,8 @@ async def run(settings: Settings) -> int:
                 try:
                     store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
                     store_proxy = store_ref.proxy()
-                    interrupted, queued = await bridge.wait(store_proxy.recover(time.time()), STORE_TIMEOUT)
+                    now = time.time()
+                    interrupted, queued = await bridge.wait(store_proxy.call(lambda s: s.recover(now)), STORE_TIMEOUT)
                 except (MaintdError, pykka.ActorDeadError) as exc:
                     log.error("cannot open the store in %s: %s", settings.state_dir, exc)
                     return EXIT_FAILURE
