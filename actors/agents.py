@@ -35,7 +35,7 @@ from .handout import (
     job_item_id,
 )
 from .jobs import JobExited, JobSpec, JobStarted, JobState
-from .messages import Cancel
+from .messages import Cancel, GetInfo
 from .pending import PendingWrites, RetryWrites, without_pending
 from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .subsystem import Emit, SubsystemCore
@@ -271,7 +271,7 @@ class AgentsCore(SubsystemCore):
                     # a restarted scheduler: our GiveBack may have been lost with its inbox
                     self.give_back()
                 self.ask_for_work()
-            case "info":
+            case GetInfo():
                 return self.info()
             case _:
                 return NotImplemented

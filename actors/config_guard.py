@@ -16,6 +16,7 @@ import msgspec
 from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
+from .messages import GetInfo
 from .ports import Clock, JobStore, PeerTable
 from .scheduler import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
@@ -221,7 +222,7 @@ class ConfigGuardCore(SubsystemCore):
                 else:  # a config change: held until maintenance is over
                     log.info("config repo %s at %s held until maintenance is over", message.repo, message.revision[:12])
                     self.held[message.repo] = message
-            case "info":
+            case GetInfo():
                 return self.info()
             case _:
                 return NotImplemented

@@ -34,7 +34,7 @@ from .handout import (
 )
 from .jobs import TERMINAL, JobSpec, JobState
 from .materials import MaterialChanged
-from .messages import Cancel
+from .messages import Cancel, GetQueueLength
 from .pending import PENDING_WRITE, PendingWrites, RetryWrites
 from .ports import Clock, JobStore, PeerTable, Timers
 from .store import StoreError
@@ -508,7 +508,7 @@ class SchedulerCore(SubsystemCore):
                 return self.cancel_run(message)
             case PipelinesChanged(pipelines=pipelines, paused=paused):
                 self.change_pipelines(pipelines, paused)
-            case "queue_length":
+            case GetQueueLength():
                 return len(self.queue)
             case _:
                 return NotImplemented

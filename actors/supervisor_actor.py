@@ -22,6 +22,7 @@ from .messages import (
     ExternalLeft,
     FromExternal,
     GetHistory,
+    GetStatus,
     InFlightReport,
     IntakePaused,
     ReconnectGraceEnded,
@@ -169,7 +170,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.disconnect(name, reason)
             case GetHistory():
                 return tuple(core.history)
-            case "status":
+            case GetStatus():
                 return core.status()
             case _:
                 raise TypeError(f"supervisor: unexpected message {type(message).__name__}")

@@ -21,6 +21,7 @@ from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
 from actors.errors import MaintdError, NotFound
 from actors.materials import MaterialsCore
+from actors.messages import GetInfo
 from actors.peers import Peers
 from actors.ports import Clock, JobStore, ProcessPort, Timers
 from actors.scheduler import CancelRun, SchedulerCore, Trigger
@@ -130,9 +131,9 @@ class JobServerRequests:
     async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:
         match request:
             case p.PipelinesRequest():
-                return {"pipelines": await self.ask("config", "info")}
+                return {"pipelines": await self.ask("config", GetInfo())}
             case p.AgentsRequest():
-                return {"agents": await self.ask("agents", "info")}
+                return {"agents": await self.ask("agents", GetInfo())}
             case p.RunsRequest(pipeline=pipeline, limit=limit):
                 return {"runs": await self.stored(lambda s: s.recent_runs(limit=limit, pipeline=pipeline))}
             case p.LogsRequest(job=job_id, max_bytes=max_bytes):

@@ -70,6 +70,7 @@ from actors.messages import (
     ExternalIntakePaused,
     FromExternal,
     GetHistory,
+    GetStatus,
     PauseIntake,
     Register,
     ReportInFlight,
@@ -298,7 +299,7 @@ class DrainMachine(RuleBasedStateMachine):
                 except (pykka.ActorDeadError, TypeError):  # gone, or an external (no Probe)
                     continue
                 snaps[snap.name], refs[snap.name] = snap, ref
-            status = self.supervisor.ask("status", timeout=ASK)
+            status = self.supervisor.ask(GetStatus(), timeout=ASK)
             with self.sink.cond:
                 events = len(self.sink.events)
             lines = tuple(len(e.link.lines()) for e in self.exts.values())
