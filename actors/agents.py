@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -60,7 +61,7 @@ class AgentsCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         count: int,
         store: JobStore,
@@ -68,7 +69,7 @@ class AgentsCore(SubsystemCore):
         processes: ProcessPort,
         clock: Clock,
         grace: float,
-        on_job: Any = None,
+        on_job: Callable[[str], None] | None = None,
         timers: Timers | None = None,
     ) -> None:
         # Jobs building when an earlier actor failed are still running in the shell: keep them.

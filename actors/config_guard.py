@@ -9,6 +9,7 @@ subsystem does not poll them while paused, so nothing arrives then.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from .messages import GetInfo
 from .ports import Clock, JobStore, PeerTable
 from .scheduler import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
+from .types import InFlightItem
 
 log = logging.getLogger("maintd.config")
 
@@ -70,7 +72,7 @@ class ConfigGuardCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         pipelines: list[PipelineDef],
         materials: set[str],

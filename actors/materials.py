@@ -8,6 +8,7 @@ repository); ``poll_timeout`` bounds it instead, so one hung remote cannot hold 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -57,7 +58,7 @@ class MaterialsCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         materials: list[MaterialDef],
         config_repos: list[MaterialDef],
@@ -66,7 +67,7 @@ class MaterialsCore(SubsystemCore):
         clock: Clock,
         store: JobStore,
         peers: PeerTable,
-        on_poll: Any = None,
+        on_poll: Callable[[str], None] | None = None,
     ) -> None:
         # Polls that were running when an earlier actor failed are still running in the shell;
         # their answers come to this actor, so their items are kept.

@@ -14,11 +14,12 @@ import collections
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from .definitions import PipelineDef, next_fire, parse_duration
+from .definitions import JobDef, PipelineDef, next_fire, parse_duration
 from .errors import Conflict, MaintdError, NotFound
 from .handout import (
     AgentsPaused,
@@ -92,7 +93,7 @@ class SchedulerCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         pipelines: list[PipelineDef],
         store: JobStore,
@@ -259,7 +260,7 @@ class SchedulerCore(SubsystemCore):
             # nothing was obtained yet, so nothing is kept: the next timer or revision triggers it
             log.error("%s trigger of %s skipped: %s", how, pipeline_name, exc.message)
 
-    def spec(self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str) -> JobSpec:
+    def spec(self, run: Run, stage_index: int, job_def: JobDef, job_id: int, log_path: str) -> JobSpec:
         stage = run.pipeline.stages[stage_index]
         env = {
             "GO_PIPELINE_NAME": run.pipeline.name,
