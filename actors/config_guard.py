@@ -19,7 +19,7 @@ from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
 from .messages import GetInfo
 from .ports import Clock, JobStore, PeerTable
-from .scheduler import PipelinesChanged, PipelinesWanted
+from .runs import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
 from .types import InFlightItem
 

@@ -24,7 +24,8 @@ from actors.materials import MaterialsCore
 from actors.messages import GetInfo
 from actors.peers import Peers
 from actors.ports import Clock, JobStore, ProcessPort, Timers
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
 from actors.status import iso
 from actors.store import Store
 

@@ -27,7 +27,8 @@ from actors.jobs import FilesFetched, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialsCore
 from actors.messages import GetInfo, GetStatus
 from actors.peers import Peers
-from actors.scheduler import SchedulerCore, Trigger
+from actors.runs import Trigger
+from actors.scheduler import SchedulerCore
 from actors.schema import MIGRATIONS, SCHEMA_VERSION
 from actors.store import Store
 from actors.store_actor import StoreActor, SyncStore

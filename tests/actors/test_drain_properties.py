@@ -79,7 +79,8 @@ from actors.messages import (
     Unregister,
 )
 from actors.peers import PeerRef
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store
 from actors.subsystem import SubsystemActor, SubsystemCore
 from actors.supervisor import DEADLINE_TIMER

@@ -17,7 +17,8 @@ from actors.jobs import FilesFetched, JobExited, JobSpec, JobState, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialChanged, MaterialsCore, PollDue
 from actors.messages import Cancel, Cancelled, CancelRefused, Drained, GetInfo, InFlightReport, IntakePaused
 from actors.peers import PeerRef
-from actors.scheduler import CancelRun, PipelinesChanged, PipelinesWanted, SchedulerCore, TimerDue, Trigger
+from actors.runs import CancelRun, PipelinesChanged, PipelinesWanted, TimerDue, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store, StoreError
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
 from tests.actors.fakes import FakeClock, FakeTimers

@@ -23,7 +23,8 @@ from actors.future import CallbackFuture
 from actors.jobs import JobExited, JobSpec, JobStarted
 from actors.messages import Enable, GetInfo, GetQueueLength, GetStatus, RequestCancel
 from actors.peers import Peers
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers

@@ -23,7 +23,8 @@ from actors.jobs import JobExited, JobState
 from actors.messages import Disable, Drained, Enable, GetQueueLength, GetStatus, InFlightReport
 from actors.peers import Peers
 from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
-from actors.scheduler import SchedulerCore, Trigger
+from actors.runs import Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
