@@ -34,7 +34,7 @@ from .messages import (
 )
 from .peers import Peers
 from .pending import WritesPending
-from .ports import Clock, StatusSink, Timers
+from .ports import AuditLog, Clock, StatusSink, Timers
 from .supervisor import SupervisorCore
 from .types import (
     InFlightItem,
@@ -63,7 +63,7 @@ class SupervisorActor(pykka.ThreadingActor):
         builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
         peers: Peers | None = None,
         start_in_maintenance: Enable | None = None,
-        audit_log: Callable[..., Any] | None = None,
+        audit_log: AuditLog | None = None,
         reconnect_grace: float = 0.0,
     ) -> None:
         super().__init__()

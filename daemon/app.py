@@ -236,7 +236,7 @@ async def run(settings: Settings) -> int:
                     restart_delay=config_mod.parse_duration(cfg.maintenance.subsystem_restart_delay),
                     builtins=builtins,
                     peers=peers,
-                    audit_log=sync_store.audit,
+                    audit_log=sync_store,
                     reconnect_grace=config_mod.parse_duration(cfg.control.reconnect_grace),
                     start_in_maintenance=(
                         Enable(by="maintd", reason="started with --start-in-maintenance")

@@ -52,7 +52,7 @@ def test_enable_on_a_locked_store_is_refused_within_the_servers_wait_and_mainten
     locked_store: SyncStore,
 ) -> None:
     sink = FakeSink()
-    supervisor = SupervisorActor.start(clock=FakeClock(), timers=FakeTimers(), sink=sink, audit_log=locked_store.audit)
+    supervisor = SupervisorActor.start(clock=FakeClock(), timers=FakeTimers(), sink=sink, audit_log=locked_store)
     # The server's own wait: the store's refusal must come first (pykka.Timeout otherwise).
     with pytest.raises(StoreError):
         supervisor.ask(Enable(by="alice", reason="upgrade"), timeout=server.ASK_TIMEOUT)

@@ -248,7 +248,7 @@ class DrainMachine(RuleBasedStateMachine):
             sink=self.sink,
             restart_delay=0.5,
             builtins=tuple((name, ProbeCore) for name in BUILTINS),
-            audit_log=self.audit_log,
+            audit_log=self,
         )
         self.ids = itertools.count(1)
         # the model
@@ -276,9 +276,10 @@ class DrainMachine(RuleBasedStateMachine):
         COUNTS["drain steps"] += 1
         RULES[sys._getframe(1).f_code.co_name] += 1
 
-    def audit_log(self, action: str, by: str, at: float, **fields: Any) -> None:
+    def audit(self, action: str, by: str, at: float, **fields: Any) -> int:
         with self.audit_lock:
             self.audited.append((action, by, fields.get("target")))
+            return len(self.audited)
 
     # -- waiting for quiescence --------------------------------------------------------
 
