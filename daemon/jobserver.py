@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -33,6 +33,11 @@ from . import config as config_mod
 from . import protocol as p
 from .bridge import Bridge
 from .statedir import LogRefused, open_log
+
+if TYPE_CHECKING:
+    import pykka
+
+    from actors.store_actor import StoreActor
 
 log = logging.getLogger("maintd.jobserver")
 
@@ -110,7 +115,9 @@ def build_subsystems(
 class JobServerRequests:
     """Handles the job server's control requests; ``handle`` returns NotImplemented for others."""
 
-    def __init__(self, bridge: Bridge, peers: Peers, store_proxy: Any, config_path: Path | None, state_dir: Path) -> None:
+    def __init__(
+        self, bridge: Bridge, peers: Peers, store_proxy: pykka.ActorProxy[StoreActor], config_path: Path | None, state_dir: Path
+    ) -> None:
         self.bridge = bridge
         self.peers = peers
         self.store = store_proxy
