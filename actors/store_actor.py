@@ -1,7 +1,9 @@
 """The store's actor: :class:`StoreActor` owns one :class:`~actors.store.Store` in its own
 thread (a connection belongs to the thread that opened it), commits queued calls together
-(group commit) and answers through pykka proxies; :class:`SyncStore` lets other actors call
-it as if it were the plain Store (they ask downward to the store, never the other way).
+(group commit) and answers the trio shell's proxy calls (:meth:`StoreActor.call`, a typed
+query on the Store); :class:`SyncStore` lets other actors call it as if it were the plain
+Store, method for method (they ask downward to the store, never the other way). No call
+names a Store method by a string: each carries a callable on the Store.
 """
 
 from __future__ import annotations
