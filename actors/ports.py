@@ -23,7 +23,7 @@ class Clock(Protocol):
 
 
 class Timers(Protocol):
-    def arm(self, key: str, delay: float, message: Any, target: Any = None) -> None:
+    def arm(self, key: str, delay: float, message: Any, target: Mailbox | None = None) -> None:
         """After ``delay`` seconds, tell ``target`` (default: the supervisor) ``message``.
 
         Re-arming a key replaces it; keys are global, so subsystems prefix theirs.
