@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -34,10 +35,10 @@ from .handout import (
     job_item,
     job_item_id,
 )
-from .jobs import JobExited, JobSpec, JobStarted, JobState, ProcessPort
-from .messages import Cancel
+from .jobs import JobExited, JobSpec, JobStarted, JobState
+from .messages import Cancel, GetInfo
 from .pending import PendingWrites, RetryWrites, without_pending
-from .ports import Clock, Timers
+from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .subsystem import Emit, SubsystemCore
 from .types import BUILDING_JOB, InFlightItem, qualify
 
@@ -60,15 +61,15 @@ class AgentsCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         count: int,
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         processes: ProcessPort,
         clock: Clock,
         grace: float,
-        on_job: Any = None,
+        on_job: Callable[[str], None] | None = None,
         timers: Timers | None = None,
     ) -> None:
         # Jobs building when an earlier actor failed are still running in the shell: keep them.
@@ -169,7 +170,11 @@ class AgentsCore(SubsystemCore):
         self.pending.later(
             f"job {spec.job_id} building on {agent}",
             functools.partial(self.store.set_job_state, spec.job_id, JobState.BUILDING, now, agent=agent),
-            functools.partial(self.store.later, "set_job_state", spec.job_id, JobState.BUILDING, now, agent=agent),
+            functools.partial(
+                self.store.later,
+                lambda s: s.set_job_state(spec.job_id, JobState.BUILDING, now, agent=agent),
+                "set_job_state",
+            ),
         )
         self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, self.clock.now(), agent=agent))
         self.processes.start_job(self.me, spec)
@@ -217,7 +222,7 @@ class AgentsCore(SubsystemCore):
             self.pending.later(
                 f"the cancel of job {job_id}",
                 functools.partial(self.store.request_cancel, job_id, by),
-                functools.partial(self.store.later, "request_cancel", job_id, by),
+                functools.partial(self.store.later, lambda s: s.request_cancel(job_id, by), "request_cancel"),
             )
         self.processes.stop_job(job_id, self.grace)
 
@@ -267,7 +272,7 @@ class AgentsCore(SubsystemCore):
                     # a restarted scheduler: our GiveBack may have been lost with its inbox
                     self.give_back()
                 self.ask_for_work()
-            case "info":
+            case GetInfo():
                 return self.info()
             case _:
                 return NotImplemented

@@ -9,6 +9,7 @@ subsystem does not poll them while paused, so nothing arrives then.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -17,9 +18,11 @@ from .decode import Invalid, decode_toml
 from .definitions import PipelineDef, PipelineFile, check_pipelines
 from .errors import Conflict, MaintdError, NotFound
 from .materials import ConfigRepoFiles, ConfigRepoFilesWanted
-from .ports import Clock
-from .scheduler import PipelinesChanged, PipelinesWanted
+from .messages import GetInfo
+from .ports import Clock, JobStore, PeerTable
+from .runs import PipelinesChanged, PipelinesWanted
 from .subsystem import Emit, SubsystemCore
+from .types import InFlightItem
 
 log = logging.getLogger("maintd.config")
 
@@ -70,12 +73,12 @@ class ConfigGuardCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         pipelines: list[PipelineDef],
         materials: set[str],
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         clock: Clock,
         paused: frozenset[str] = frozenset(),
     ) -> None:
@@ -221,7 +224,7 @@ class ConfigGuardCore(SubsystemCore):
                 else:  # a config change: held until maintenance is over
                     log.info("config repo %s at %s held until maintenance is over", message.repo, message.revision[:12])
                     self.held[message.repo] = message
-            case "info":
+            case GetInfo():
                 return self.info()
             case _:
                 return NotImplemented

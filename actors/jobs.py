@@ -1,13 +1,13 @@
-"""Domain types of the job server: what a job is, how it ends, and the process port.
+"""Domain types of the job server: what a job is and how it ends.
 
-The actors decide; the shell (``daemon/processes.py``) runs git and job processes and
-tells the asking actor how it went, with the messages at the end of this module.
+The actors decide; the shell (``daemon/processes.py``) runs git and job processes (the
+:class:`~actors.ports.ProcessPort`) and tells the asking actor how it went, with the
+messages at the end of this module.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
 
 import msgspec
 
@@ -45,33 +45,6 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     log: str
     agent: str
     timeout: float | None = None
-
-
-class ProcessPort(Protocol):
-    """Runs processes for the actors. Every call returns at once; the answer comes as a message."""
-
-    def poll_material(self, reply_to: Any, key: str, url: str, branch: str, timeout: float) -> None:
-        """``git ls-remote``; then tell ``reply_to`` :class:`PollFinished`."""
-        ...
-
-    def fetch_files(self, reply_to: Any, key: str, url: str, revision: str, timeout: float) -> None:
-        """Read the files of ``revision`` of a config repo; then tell :class:`FilesFetched`."""
-        ...
-
-    def start_job(self, reply_to: Any, spec: JobSpec) -> None:
-        """Start the job; tell :class:`JobStarted`, and :class:`JobExited` once none of its processes is left."""
-        ...
-
-    def stop_job(self, job_id: int, grace: float) -> None:
-        """SIGTERM to every process of the job, SIGKILL after ``grace`` seconds to those left."""
-        ...
-
-    def report_jobs(self, reply_to: Any, job_ids: tuple[int, ...]) -> None:
-        """Tell ``reply_to`` again how each job stands, for a restarted actor that lost its inbox:
-        :class:`JobStarted` for one that runs (its :class:`JobExited` follows when it ends), the
-        :class:`JobExited` told before for one that has ended, and a :class:`JobExited` with an
-        ``error`` for one the runner does not know. A job still starting is told as usual."""
-        ...
 
 
 class PollFinished(msgspec.Struct, frozen=True, kw_only=True):

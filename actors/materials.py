@@ -8,13 +8,14 @@ repository); ``poll_timeout`` bounds it instead, so one hung remote cannot hold 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from .definitions import MaterialDef, parse_duration
-from .jobs import FilesFetched, PollFinished, ProcessPort
-from .ports import Clock, Timers
+from .jobs import FilesFetched, PollFinished
+from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import MATERIAL_UPDATE, InFlightItem, MaterialRef, qualify
@@ -57,16 +58,16 @@ class MaterialsCore(SubsystemCore):
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         materials: list[MaterialDef],
         config_repos: list[MaterialDef],
         processes: ProcessPort,
         timers: Timers,
         clock: Clock,
-        store: Any,
-        peers: Any,
-        on_poll: Any = None,
+        store: JobStore,
+        peers: PeerTable,
+        on_poll: Callable[[str], None] | None = None,
     ) -> None:
         # Polls that were running when an earlier actor failed are still running in the shell;
         # their answers come to this actor, so their items are kept.

@@ -154,6 +154,21 @@ class GetHistory(Msg):
     pass
 
 
+class GetStatus(Msg):
+    """Asked of the supervisor: its :class:`~actors.status.Status` now."""
+
+
+# --- asked of a job server subsystem by the shell (and tests) ---------------------------
+
+
+class GetInfo(Msg):
+    """What the subsystem shows: the config guard its pipelines, the agents their agents."""
+
+
+class GetQueueLength(Msg):
+    """Asked of the scheduler: how many jobs wait for an agent."""
+
+
 class DeadlineReached(Msg):
     drain_id: str
 

@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .ports import Clock, Timers
+from .ports import Clock, Mailbox, Timers
 from .store import StoreError
 from .types import InFlightItem, qualify
+
+if TYPE_CHECKING:
+    from .subsystem import SubsystemCore
 
 log = logging.getLogger("maintd.store")
 
@@ -77,7 +80,7 @@ class PendingWrites:
     items show them; ``me`` is where the retry timer tells :class:`RetryWrites` (with no
     ``timers``, as in tests whose store never fails, only :meth:`nudge` retries)."""
 
-    def __init__(self, core: Any, *, timers: Timers | None, clock: Clock, me: Any) -> None:
+    def __init__(self, core: SubsystemCore, *, timers: Timers | None, clock: Clock, me: Mailbox) -> None:
         self.core = core
         self.timers = timers
         self.clock = clock
@@ -215,7 +218,7 @@ def _refusal_logged(what: str, do: Callable[[], Any]) -> None:
         log.error("the store could not record %s: %s", what, exc)
 
 
-def without_pending(items: Any) -> list[InFlightItem]:
+def without_pending(items: Iterable[InFlightItem]) -> list[InFlightItem]:
     """In-flight items to restore into a fresh core, less the writes the failed one kept
     (they went with it; the store still says how the work stands, and the core learns it again)."""
     return [item for item in items if item.kind != PENDING_WRITE]

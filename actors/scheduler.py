@@ -6,6 +6,9 @@ for work. Paused, nothing is triggered (timers and material changes are logged a
 skipped, a user's trigger is refused with ``maintenance_mode``), but a stage that
 completes still queues its next stage: scheduled jobs are durable and do not hold back a
 restart, so they are shown and cancellable, and only agents decide when they start.
+
+The messages that ask for runs and the run being followed are in :mod:`actors.runs`; the
+hand-out of queued jobs to the agents (a part of :class:`SchedulerCore`) in :mod:`actors.dispatch`.
 """
 
 from __future__ import annotations
@@ -14,29 +17,28 @@ import collections
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
-import msgspec
-
-from .definitions import PipelineDef, next_fire, parse_duration
+from .definitions import PipelineDef, next_fire
+from .dispatch import HandOut
 from .errors import Conflict, MaintdError, NotFound
 from .handout import (
     AgentsPaused,
     AnnounceIdle,
-    Assign,
     CancelJobs,
     GiveBack,
     JobFinished,
-    TakenBack,
     WantWork,
     job_item,
     job_item_id,
 )
 from .jobs import TERMINAL, JobSpec, JobState
 from .materials import MaterialChanged
-from .messages import Cancel
+from .messages import Cancel, GetQueueLength
 from .pending import PENDING_WRITE, PendingWrites, RetryWrites
-from .ports import Clock, Timers
+from .ports import Clock, JobStore, PeerTable, Timers
+from .runs import CancelRun, PipelinesChanged, PipelinesWanted, Run, TimerDue, Trigger, job_spec
 from .store import StoreError
 from .subsystem import Emit, SubsystemCore
 from .types import SCHEDULED_JOB, InFlightItem, qualify
@@ -44,59 +46,16 @@ from .types import SCHEDULED_JOB, InFlightItem, qualify
 log = logging.getLogger("maintd.scheduler")
 
 
-class TimerDue(msgspec.Struct, frozen=True):
-    pipeline: str
-
-
-class Trigger(msgspec.Struct, frozen=True, kw_only=True):
-    """Asked by the shell for ``maintctl trigger``; answers the new run. ``peer``: for the audit entry."""
-
-    pipeline: str
-    by: str
-    peer: str | None = None
-
-
-class CancelRun(msgspec.Struct, frozen=True, kw_only=True):
-    """Cancel the scheduled and building jobs of a run (or of one stage of it)."""
-
-    pipeline: str
-    counter: int
-    by: str
-    stage: str | None = None
-    peer: str | None = None
-
-
-class PipelinesChanged(msgspec.Struct, frozen=True, kw_only=True):
-    pipelines: tuple[PipelineDef, ...]
-    paused: frozenset[str] = frozenset()
-
-
-class PipelinesWanted(msgspec.Struct, frozen=True):
-    """From a (re)started scheduler to the config guard: publish the pipelines again. The
-    scheduler starts with the config file's pipelines only; a config repo's come from the guard."""
-
-
-class Run:
-    def __init__(self, run_id: int, pipeline: PipelineDef, counter: int, revisions: dict[str, str]) -> None:
-        self.run_id = run_id
-        self.pipeline = pipeline
-        self.counter = counter
-        self.revisions = revisions
-        self.stage_index = -1
-        self.pending: set[int] = set()
-        self.results: dict[int, JobState] = {}
-
-
-class SchedulerCore(SubsystemCore):
+class SchedulerCore(HandOut, SubsystemCore):
     def __init__(
         self,
         name: str,
         emit: Emit,
-        items: Any = (),
+        items: Iterable[InFlightItem] = (),
         *,
         pipelines: list[PipelineDef],
-        store: Any,
-        peers: Any,
+        store: JobStore,
+        peers: PeerTable,
         timers: Timers,
         clock: Clock,
         work_root: str,
@@ -175,7 +134,7 @@ class SchedulerCore(SubsystemCore):
                         run.pending.discard(job.id)
                         run.results[job.id] = JobState.CANCELLED
                         continue
-                    self.queue.append(self.spec(run, job.stage_index, job_def, job.id, job.log_path))
+                    self.queue.append(job_spec(run, job.stage_index, job_def, job.id, job.log_path, self.work_root))
             asked = [j.cancelled_by for j in jobs if j.id in run.pending]
             if asked and None not in asked:
                 # CancelRun asks every job of the stage that has not ended (and records it):
@@ -259,34 +218,6 @@ class SchedulerCore(SubsystemCore):
             # nothing was obtained yet, so nothing is kept: the next timer or revision triggers it
             log.error("%s trigger of %s skipped: %s", how, pipeline_name, exc.message)
 
-    def spec(self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str) -> JobSpec:
-        stage = run.pipeline.stages[stage_index]
-        env = {
-            "GO_PIPELINE_NAME": run.pipeline.name,
-            "GO_PIPELINE_COUNTER": str(run.counter),
-            "GO_STAGE_NAME": stage.name,
-            "GO_STAGE_COUNTER": "1",
-            "GO_JOB_NAME": job_def.name,
-            **{f"GO_REVISION_{m.upper().replace('-', '_').replace('.', '_')}": rev for m, rev in run.revisions.items()},
-            **job_def.env,
-        }
-        return JobSpec(
-            job_id=job_id,
-            run_id=run.run_id,
-            pipeline=run.pipeline.name,
-            pipeline_counter=run.counter,
-            stage=stage.name,
-            stage_counter=1,
-            job=job_def.name,
-            argv=tuple(job_def.command) if job_def.command else None,
-            shell=job_def.shell,
-            env=env,
-            workspace=os.path.join(self.work_root, "workspaces", run.pipeline.name, str(run.counter), stage.name, job_def.name),
-            log=log_path,
-            agent="",
-            timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
-        )
-
     def queue_stage(self, run: Run, index: int) -> None:
         """Make the jobs of stage ``index`` (one write: all or none) and queue them; if the
         store refuses, the run waits between stages until the write is retried and taken."""
@@ -301,7 +232,7 @@ class SchedulerCore(SubsystemCore):
             run.pending = set()
             run.results = {}
             for job_def, job_id, (_, log_path) in zip(stage.jobs, job_ids, logs, strict=True):
-                spec = self.spec(run, index, job_def, job_id, log_path)
+                spec = job_spec(run, index, job_def, job_id, log_path, self.work_root)
                 run.pending.add(job_id)
                 self.run_of_job[job_id] = run.run_id
                 self.queue.append(spec)
@@ -320,82 +251,6 @@ class SchedulerCore(SubsystemCore):
 
     def item_of(self, spec: JobSpec) -> InFlightItem:
         return job_item(self.name, spec, SCHEDULED_JOB, self.clock.now(), blocks_restart=False)
-
-    # -- handing jobs to agents --------------------------------------------------------
-
-    def dispatch(self) -> None:
-        moved = False
-        while self.queue and self.waiting:
-            specs = []
-            while self.queue and self.waiting:
-                spec = msgspec.structs.replace(self.queue.popleft(), agent=self.waiting.popleft())
-                self.items.pop(qualify(self.name, job_item_id(spec.job_id)), None)
-                specs.append(spec)
-            moved = True
-            # Recorded before the Assigns go (one write, not waited for): the store carries out
-            # its messages in order, so a restarted scheduler reading what to queue again, and
-            # restarted agents reading what was on its way to them, both find it. Only this
-            # scheduler changes a scheduled job, so the write cannot find one that is not.
-            hand_outs = tuple((spec.job_id, spec.agent) for spec in specs)
-            self.pending.later(
-                f"{len(hand_outs)} job(s) handed out",
-                functools.partial(self.store.hand_out_many, hand_outs),
-                functools.partial(self.store.later, "hand_out_many", hand_outs),
-            )
-            for spec in specs:
-                self.handed[spec.job_id] = spec
-                self.peers.tell("agents", Assign(agent=spec.agent, spec=spec))
-        if moved:
-            self.report()
-
-    def on_idle(self) -> None:
-        if self.queue and self.waiting:
-            self.dispatch()
-
-    def give_back(self, msg: GiveBack) -> None:
-        """The agents hold only ``msg.holding``: every other job handed out comes back."""
-        # the agents ask again for their idle agents once they hear TakenBack; nothing is
-        # handed out before it goes
-        self.waiting.clear()
-        holding = set(msg.holding)
-        back = [job_id for job_id in self.handed if job_id not in holding]
-        for job_id in holding:
-            self.handed.pop(job_id, None)
-        for job_id in reversed(back):  # to the front of the queue, in the order they were handed out
-            self.take_back(job_id)
-        self.peers.tell("agents", TakenBack(msg.token))
-        self.report()
-
-    def take_back(self, job_id: int) -> None:
-        spec = self.handed.pop(job_id)
-        run = self.runs.get(self.run_of_job.get(job_id, -1))
-        if run is None or job_id not in run.pending:
-            return
-        if run.run_id in self.cancelled_runs:
-            by = self.cancelled_runs[run.run_id]
-            self.record_job_state(job_id, JobState.CANCELLED, cancelled_by=by)
-            self.finished(job_id, JobState.CANCELLED)
-            return
-        if spec is None:
-            spec = self.rebuild_spec(run, job_id)
-            if spec is None:
-                return
-        self.pending.write(f"job {job_id} back in the queue", functools.partial(self.store.take_back, job_id))
-        spec = msgspec.structs.replace(spec, agent="")
-        self.queue.appendleft(spec)
-        self.items[qualify(self.name, job_item_id(job_id))] = self.item_of(spec)
-
-    def rebuild_spec(self, run: Run, job_id: int) -> JobSpec | None:
-        """The spec of a job restored as handed out; None (and the job cancelled) if its definition is gone."""
-        row = self.store.job(job_id)
-        if row is None:
-            return None
-        job_def = next((j for j in run.pipeline.stages[row.stage_index].jobs if j.name == row.name), None)
-        if job_def is None:
-            self.record_job_state(job_id, JobState.CANCELLED, cancelled_by="maintd", detail="job no longer in the configuration")
-            self.finished(job_id, JobState.CANCELLED)
-            return None
-        return self.spec(run, row.stage_index, job_def, job_id, row.log_path)
 
     def finished(self, job_id: int, state: JobState) -> None:
         self.handed.pop(job_id, None)
@@ -508,7 +363,7 @@ class SchedulerCore(SubsystemCore):
                 return self.cancel_run(message)
             case PipelinesChanged(pipelines=pipelines, paused=paused):
                 self.change_pipelines(pipelines, paused)
-            case "queue_length":
+            case GetQueueLength():
                 return len(self.queue)
             case _:
                 return NotImplemented

@@ -12,8 +12,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from .budget import SQLITE_BUSY
 from .errors import MaintdError
@@ -52,12 +51,12 @@ def _event(db: sqlite3.Connection, job_id: int, at: float, state: str, detail: s
 class Store:
     """One SQLite database. Use it from the thread that opened it."""
 
-    def later(self, name: str, *args: Any, **kwargs: Any) -> None:
+    def later(self, write: Callable[[Store], object], what: str) -> None:
         """As :meth:`~actors.store_actor.SyncStore.later`; on the plain store the write happens at once."""
         try:
-            getattr(self, name)(*args, **kwargs)
+            write(self)
         except (StoreError, ValueError) as exc:
-            log.error("the store could not record %s: %s", name, exc)
+            log.error("the store could not record %s: %s", what, exc)
 
     def __init__(self, path: str) -> None:
         self.path = path

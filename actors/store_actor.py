@@ -1,32 +1,28 @@
 """The store's actor: :class:`StoreActor` owns one :class:`~actors.store.Store` in its own
 thread (a connection belongs to the thread that opened it), commits queued calls together
-(group commit) and answers through pykka proxies; :class:`SyncStore` lets other actors call
-it as if it were the plain Store (they ask downward to the store, never the other way).
+(group commit) and answers the trio shell's proxy calls (:meth:`StoreActor.call`, a typed
+query on the Store); :class:`SyncStore` lets other actors call it as if it were the plain
+Store, method for method (they ask downward to the store, never the other way). No call
+names a Store method by a string: each carries a callable on the Store.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pykka
 
 from .budget import STORE_WAIT
 from .future import CallbackFuture
+from .jobs import JobState
+from .schema import AuditRow, JobEvent, JobRow, RunRow
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-
-#: The Store methods that StoreActor answers and SyncStore forwards.
-METHODS = (
-    "next_counter", "create_run", "create_jobs", "set_job_state", "hand_out_many", "take_back",
-    "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
-    "set_pipeline_paused", "paused_pipelines",
-    "agent_jobs", "scheduled_jobs", "job_events", "audit_entries",
-)  # fmt: skip
+T = TypeVar("T")
 
 
 #: The most calls one group commit holds (the actor commits sooner once its inbox is empty).
@@ -34,20 +30,18 @@ GROUP_MAX = 200
 
 
 class StoreCall:
-    """One Store method call sent to a :class:`StoreActor` by :class:`SyncStore`.
+    """One call of the Store sent to a :class:`StoreActor` by :class:`SyncStore`: ``write``
+    is carried out on the actor's Store; ``what`` names it in what is logged or raised.
 
     ``reply`` is answered once the call's writes are committed (None: nobody waits; a
     failure is logged).
     """
 
-    __slots__ = ("args", "kwargs", "name", "reply")
+    __slots__ = ("reply", "what", "write")
 
-    def __init__(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], reply: pykka.ThreadingFuture[Any] | None
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.kwargs = kwargs
+    def __init__(self, write: Callable[[Store], Any], what: str, reply: pykka.ThreadingFuture[Any] | None) -> None:
+        self.write = write
+        self.what = what
         self.reply = reply
 
     def answer(self, ok: bool, value: Any) -> None:
@@ -57,13 +51,13 @@ class StoreCall:
             else:
                 self.reply.set_exception((type(value), value, value.__traceback__))
         elif not ok:
-            log.error("the store could not record %s: %s", self.name, value)
+            log.error("the store could not record %s: %s", self.what, value)
 
     def dead(self) -> None:
         if self.reply is not None:
             self.reply.set_exception((pykka.ActorDeadError, pykka.ActorDeadError("the store has stopped"), None))
         else:
-            log.error("the store has stopped; %s was not recorded", self.name)
+            log.error("the store has stopped; %s was not recorded", self.what)
 
 
 class StoreActor(pykka.ThreadingActor):
@@ -146,7 +140,7 @@ class StoreActor(pykka.ThreadingActor):
 
     def _run(self, call: StoreCall) -> tuple[bool, Any]:
         try:
-            return True, getattr(self._open(), call.name)(*call.args, **call.kwargs)
+            return True, call.write(self._open())
         except Exception as exc:  # noqa: BLE001 - the caller's answer
             return False, exc
 
@@ -178,51 +172,135 @@ class StoreActor(pykka.ThreadingActor):
             raise StoreError(self._error.message if self._error else f"the store at {self._path} is closed")
         return self._store
 
+    def call(self, query: Callable[[Store], T]) -> T:
+        """For a proxy (the trio shell: ``proxy.call(lambda s: s.recent_runs(limit=5))``):
+        ``query`` on the Store, after the open group is committed, answered at once."""
+        self._flush()  # a proxy call is answered as soon as it returns: what came before is committed first
+        return query(self._open())
+
 
 class SyncStore:
     """The Store's methods over a :class:`StoreActor`, each blocking for its answer
-    (which comes once its writes are committed)."""
+    (which comes once its writes are committed). Each sends the actor a :class:`StoreCall`
+    whose ``what`` is the method's name, as the errors and the log say it."""
 
     def __init__(self, proxy: Any, timeout: float = STORE_WAIT) -> None:
         self._ref = proxy.actor_ref
         self._timeout = timeout
 
-    def later(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """Send a write without waiting for it; the store carries out its messages in order,
+    def later(self, write: Callable[[Store], object], what: str) -> None:
+        """Send ``write`` without waiting for it; the store carries out its messages in order,
         so later reads and writes see it. A failure is logged (it cannot be refused here)."""
         try:
-            self._ref.tell(StoreCall(name, args, kwargs, None))
+            self._ref.tell(StoreCall(write, what, None))
         except pykka.ActorDeadError:
-            log.error("the store has stopped; %s was not recorded", name)
+            log.error("the store has stopped; %s was not recorded", what)
 
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(self, query: Callable[[Store], T], what: str) -> T:
         reply: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         try:
-            self._ref.tell(StoreCall(name, args, kwargs, reply))
-            return reply.get(timeout=self._timeout)
+            self._ref.tell(StoreCall(query, what, reply))
+            return cast(T, reply.get(timeout=self._timeout))
         except pykka.Timeout:
-            raise StoreError(f"the store did not answer {name} within {self._timeout:g}s") from None
+            raise StoreError(f"the store did not answer {what} within {self._timeout:g}s") from None
         except pykka.ActorDeadError:
-            raise StoreError(f"the store has stopped; {name} was not carried out") from None
+            raise StoreError(f"the store has stopped; {what} was not carried out") from None
 
+    # -- runs and jobs (as :class:`~actors.store.Store`) ----------------------------------------
 
-def _actor_method(name: str) -> Callable[..., Any]:
-    @functools.wraps(getattr(Store, name))
-    def call(self: StoreActor, *args: Any, **kwargs: Any) -> Any:
-        self._flush()  # a proxy call is answered as soon as it returns: what came before is committed first
-        return getattr(self._open(), name)(*args, **kwargs)
+    def next_counter(self, pipeline: str) -> int:
+        return self._call(lambda s: s.next_counter(pipeline), "next_counter")
 
-    return call
+    def create_run(
+        self, pipeline: str, counter: int, trigger: str, triggered_by: str, revisions: dict[str, str], at: float
+    ) -> int:
+        return self._call(lambda s: s.create_run(pipeline, counter, trigger, triggered_by, revisions, at), "create_run")
 
+    def create_jobs(
+        self,
+        run_id: int,
+        pipeline: str,
+        pipeline_counter: int,
+        stage: str,
+        stage_index: int,
+        jobs: tuple[tuple[str, str], ...],
+        at: float,
+    ) -> list[int]:
+        return self._call(
+            lambda s: s.create_jobs(run_id, pipeline, pipeline_counter, stage, stage_index, jobs, at), "create_jobs"
+        )
 
-def _sync_method(name: str) -> Callable[..., Any]:
-    @functools.wraps(getattr(Store, name))
-    def call(self: SyncStore, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, args, kwargs)
+    def set_job_state(
+        self,
+        job_id: int,
+        state: JobState | str,
+        at: float,
+        *,
+        agent: str | None = None,
+        returncode: int | None = None,
+        cancelled_by: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        return self._call(
+            lambda s: s.set_job_state(
+                job_id, state, at, agent=agent, returncode=returncode, cancelled_by=cancelled_by, detail=detail
+            ),
+            "set_job_state",
+        )
 
-    return call
+    def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]:
+        return self._call(lambda s: s.hand_out_many(hand_outs), "hand_out_many")
 
+    def take_back(self, job_id: int) -> bool:
+        return self._call(lambda s: s.take_back(job_id), "take_back")
 
-for _name in METHODS:
-    setattr(StoreActor, _name, _actor_method(_name))
-    setattr(SyncStore, _name, _sync_method(_name))
+    def request_cancel(self, job_id: int, by: str) -> bool:
+        return self._call(lambda s: s.request_cancel(job_id, by), "request_cancel")
+
+    def finish_run(self, run_id: int, state: str, at: float) -> bool:
+        return self._call(lambda s: s.finish_run(run_id, state, at), "finish_run")
+
+    def recover(self, at: float) -> tuple[list[int], list[int]]:
+        return self._call(lambda s: s.recover(at), "recover")
+
+    # -- revisions and audit ---------------------------------------------------------------
+
+    def record_revision(self, material: str, revision: str, at: float) -> bool:
+        return self._call(lambda s: s.record_revision(material, revision, at), "record_revision")
+
+    def last_revision(self, material: str) -> str | None:
+        return self._call(lambda s: s.last_revision(material), "last_revision")
+
+    def audit(
+        self, action: str, by: str, at: float, reason: str | None = None, target: str | None = None, detail: str | None = None
+    ) -> int:
+        return self._call(lambda s: s.audit(action, by, at, reason, target, detail), "audit")
+
+    def set_pipeline_paused(self, pipeline: str, paused: bool, by: str, at: float, detail: str | None = None) -> int:
+        return self._call(lambda s: s.set_pipeline_paused(pipeline, paused, by, at, detail), "set_pipeline_paused")
+
+    def paused_pipelines(self) -> list[str]:
+        return self._call(lambda s: s.paused_pipelines(), "paused_pipelines")
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> JobRow | None:
+        return self._call(lambda s: s.job(job_id), "job")
+
+    def jobs_of_run(self, run_id: int) -> list[JobRow]:
+        return self._call(lambda s: s.jobs_of_run(run_id), "jobs_of_run")
+
+    def recent_runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRow]:
+        return self._call(lambda s: s.recent_runs(limit, pipeline), "recent_runs")
+
+    def agent_jobs(self) -> list[JobRow]:
+        return self._call(lambda s: s.agent_jobs(), "agent_jobs")
+
+    def scheduled_jobs(self) -> list[JobRow]:
+        return self._call(lambda s: s.scheduled_jobs(), "scheduled_jobs")
+
+    def job_events(self, job_id: int) -> list[JobEvent]:
+        return self._call(lambda s: s.job_events(job_id), "job_events")
+
+    def audit_entries(self, limit: int = 100) -> list[AuditRow]:
+        return self._call(lambda s: s.audit_entries(limit), "audit_entries")

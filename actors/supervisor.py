@@ -17,7 +17,6 @@ import collections
 import itertools
 import logging
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 from .errors import BadRequest, MaintdError, NotCancellable, NotFound
@@ -40,7 +39,7 @@ from .messages import (
 )
 from .peers import Peers
 from .pending import WritesPending
-from .ports import Clock, StatusSink, Timers
+from .ports import AuditLog, Clock, StatusSink, Timers
 from .roster import Roster
 from .snapshot import Snapshots
 from .status import (
@@ -89,7 +88,7 @@ class SupervisorCore(Roster, Snapshots):
         restart_delay: float = 1.0,
         history_size: int = 1000,
         peers: Peers | None = None,
-        audit_log: Callable[..., Any] | None = None,
+        audit_log: AuditLog | None = None,
         reconnect_grace: float = 0.0,
     ) -> None:
         self.audit_log = audit_log
@@ -325,7 +324,7 @@ class SupervisorCore(Roster, Snapshots):
     def audit(self, action: str, by: str, at: float, **fields: Any) -> None:
         """Write to the persistent audit log; raises (a StoreError) if it cannot."""
         if self.audit_log is not None:
-            self.audit_log(action, by, at, **fields)
+            self.audit_log.audit(action, by, at, **fields)
 
     def audit_after(self, action: str, by: str, **fields: Any) -> None:
         """Audit something that has already happened: a failure is logged, it cannot be refused."""

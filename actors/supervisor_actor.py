@@ -22,6 +22,7 @@ from .messages import (
     ExternalLeft,
     FromExternal,
     GetHistory,
+    GetStatus,
     InFlightReport,
     IntakePaused,
     ReconnectGraceEnded,
@@ -33,7 +34,7 @@ from .messages import (
 )
 from .peers import Peers
 from .pending import WritesPending
-from .ports import Clock, StatusSink, Timers
+from .ports import AuditLog, Clock, StatusSink, Timers
 from .supervisor import SupervisorCore
 from .types import (
     InFlightItem,
@@ -62,7 +63,7 @@ class SupervisorActor(pykka.ThreadingActor):
         builtins: tuple[tuple[str, Callable[..., Any]], ...] = (),
         peers: Peers | None = None,
         start_in_maintenance: Enable | None = None,
-        audit_log: Callable[..., Any] | None = None,
+        audit_log: AuditLog | None = None,
         reconnect_grace: float = 0.0,
     ) -> None:
         super().__init__()
@@ -169,7 +170,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.disconnect(name, reason)
             case GetHistory():
                 return tuple(core.history)
-            case "status":
+            case GetStatus():
                 return core.status()
             case _:
                 raise TypeError(f"supervisor: unexpected message {type(message).__name__}")

@@ -207,7 +207,8 @@ async def run(settings: Settings) -> int:
                 try:
                     store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
                     store_proxy = store_ref.proxy()
-                    interrupted, queued = await bridge.wait(store_proxy.recover(time.time()), STORE_TIMEOUT)
+                    now = time.time()
+                    interrupted, queued = await bridge.wait(store_proxy.call(lambda s: s.recover(now)), STORE_TIMEOUT)
                 except (MaintdError, pykka.ActorDeadError) as exc:
                     log.error("cannot open the store in %s: %s", settings.state_dir, exc)
                     return EXIT_FAILURE
@@ -238,7 +239,7 @@ async def run(settings: Settings) -> int:
                     restart_delay=config_mod.parse_duration(cfg.maintenance.subsystem_restart_delay),
                     builtins=builtins,
                     peers=peers,
-                    audit_log=sync_store.audit,
+                    audit_log=sync_store,
                     reconnect_grace=config_mod.parse_duration(cfg.control.reconnect_grace),
                     start_in_maintenance=(
                         Enable(by="maintd", reason="started with --start-in-maintenance")

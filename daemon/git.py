@@ -1,7 +1,7 @@
 """git for the actors: polls of a material's branch and the ``.toml`` files of a config repo.
 
-:class:`Git` answers :meth:`~actors.jobs.ProcessPort.poll_material` and
-:meth:`~actors.jobs.ProcessPort.fetch_files` for :class:`daemon.processes.ProcessRunner`,
+:class:`Git` answers :meth:`~actors.ports.ProcessPort.poll_material` and
+:meth:`~actors.ports.ProcessPort.fetch_files` for :class:`daemon.processes.ProcessRunner`,
 which calls it in a trio task and tells the answer. git runs in a session (and so a
 process group) of its own, so a timeout reaches the whole tree it started (``ssh`` under
 ``git``); its failures become the ``error`` of the answer, never an exception.

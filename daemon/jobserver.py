@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -21,26 +21,36 @@ from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
 from actors.errors import MaintdError, NotFound
 from actors.materials import MaterialsCore
+from actors.messages import GetInfo
 from actors.peers import Peers
-from actors.ports import Clock, Timers
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.ports import Clock, JobStore, ProcessPort, Timers
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
+from actors.store import Store
 
 from . import config as config_mod
 from . import protocol as p
 from .bridge import Bridge
 from .statedir import LogRefused, open_log
 
+if TYPE_CHECKING:
+    import pykka
+
+    from actors.store_actor import StoreActor
+
 log = logging.getLogger("maintd.jobserver")
 
 ASK_TIMEOUT = ACTOR_ANSWER  # actors/budget.py: longer than the actor waits on the store
+
+T = TypeVar("T")
 
 
 def build_subsystems(
     cfg: config_mod.Config,
     *,
     peers: Peers,
-    store: Any,
-    processes: Any,
+    store: JobStore,
+    processes: ProcessPort,
     timers: Timers,
     clock: Clock,
     work_root: Path,
@@ -104,7 +114,9 @@ def build_subsystems(
 class JobServerRequests:
     """Handles the job server's control requests; ``handle`` returns NotImplemented for others."""
 
-    def __init__(self, bridge: Bridge, peers: Peers, store_proxy: Any, config_path: Path | None, state_dir: Path) -> None:
+    def __init__(
+        self, bridge: Bridge, peers: Peers, store_proxy: pykka.ActorProxy[StoreActor], config_path: Path | None, state_dir: Path
+    ) -> None:
         self.bridge = bridge
         self.peers = peers
         self.store = store_proxy
@@ -118,17 +130,19 @@ class JobServerRequests:
             raise MaintdError(f"the {subsystem} subsystem is restarting; try again", code="unavailable")
         return await self.bridge.ask(ref, message, ASK_TIMEOUT)
 
-    async def stored(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.bridge.wait(getattr(self.store, method)(*args, **kwargs), STORE_WAIT)
+    async def stored(self, query: Callable[[Store], T]) -> T:
+        """``query`` carried out by the store's actor (:meth:`~actors.store_actor.StoreActor.call`)."""
+        result: T = await self.bridge.wait(self.store.call(query), STORE_WAIT)
+        return result
 
     async def handle(self, request: Any, peer: Any, admin_group: str | None) -> Any:
         match request:
             case p.PipelinesRequest():
-                return {"pipelines": await self.ask("config", "info")}
+                return {"pipelines": await self.ask("config", GetInfo())}
             case p.AgentsRequest():
-                return {"agents": await self.ask("agents", "info")}
+                return {"agents": await self.ask("agents", GetInfo())}
             case p.RunsRequest(pipeline=pipeline, limit=limit):
-                return {"runs": await self.stored("recent_runs", limit=limit, pipeline=pipeline)}
+                return {"runs": await self.stored(lambda s: s.recent_runs(limit=limit, pipeline=pipeline))}
             case p.LogsRequest(job=job_id, max_bytes=max_bytes):
                 return await self.logs(job_id, max_bytes)
             case p.TriggerRequest(pipeline=pipeline):
@@ -153,7 +167,7 @@ class JobServerRequests:
 
     async def history(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The audit log, oldest first, in the shape of the supervisor's history entries."""
-        rows = await self.stored("audit_entries", limit=limit)
+        rows = await self.stored(lambda s: s.audit_entries(limit=limit))
         return [
             {"at": r.at, "action": r.action, "by": r.by, "reason": r.reason, "item": r.target, "detail": r.detail} for r in rows
         ]
@@ -193,7 +207,7 @@ class JobServerRequests:
             raise MaintdError(f"the configuration was not reloaded: {why}", code="unavailable") from None
 
     async def logs(self, job_id: int, max_bytes: int) -> Any:
-        row = await self.stored("job", job_id)
+        row = await self.stored(lambda s: s.job(job_id))
         if row is None:
             raise NotFound(f"no job {job_id}")
 

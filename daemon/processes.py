@@ -1,6 +1,6 @@
 """The job runner: job processes (and, through :mod:`daemon.git`, git), run by trio.
 
-Implements :class:`actors.jobs.ProcessPort`. Every port method is called from an actor's
+Implements :class:`actors.ports.ProcessPort`. Every port method is called from an actor's
 thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio task in the
 runner's nursery, and the answer goes back with ``reply_to.tell(message)``. Polls and
 config-repo reads are :class:`daemon.git.Git`'s; a job's workspace and log are made under
@@ -56,7 +56,7 @@ class _Job:
 
 
 class ProcessRunner:
-    """Runs git and job processes for the actors (:class:`actors.jobs.ProcessPort`)."""
+    """Runs git and job processes for the actors (:class:`actors.ports.ProcessPort`)."""
 
     def __init__(
         self,

@@ -328,7 +328,8 @@ class ControlServer:
         if self.jobs is not None:
             detail = f"uid {peer.uid}; {peer.detail}; {why}"
             try:
-                await self.jobs.stored("audit", "forbidden", peer.user, time.time(), target=action, detail=detail)
+                now = time.time()
+                await self.jobs.stored(lambda s: s.audit("forbidden", peer.user, now, target=action, detail=detail))
             except (MaintdError, trio.TooSlowError) as exc:
                 log.error("could not record the refused %s in the audit log: %s", action, exc)
 

@@ -13,7 +13,7 @@ import pykka
 import pytest
 
 from actors import budget
-from actors.messages import Enable
+from actors.messages import Enable, GetStatus
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
@@ -52,9 +52,9 @@ def test_enable_on_a_locked_store_is_refused_within_the_servers_wait_and_mainten
     locked_store: SyncStore,
 ) -> None:
     sink = FakeSink()
-    supervisor = SupervisorActor.start(clock=FakeClock(), timers=FakeTimers(), sink=sink, audit_log=locked_store.audit)
+    supervisor = SupervisorActor.start(clock=FakeClock(), timers=FakeTimers(), sink=sink, audit_log=locked_store)
     # The server's own wait: the store's refusal must come first (pykka.Timeout otherwise).
     with pytest.raises(StoreError):
         supervisor.ask(Enable(by="alice", reason="upgrade"), timeout=server.ASK_TIMEOUT)
-    status = supervisor.ask("status", timeout=5)
+    status = supervisor.ask(GetStatus(), timeout=5)
     assert not status.maintenance.enabled and status.maintenance.state == "normal"

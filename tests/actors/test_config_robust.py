@@ -25,8 +25,10 @@ from actors.definitions import MaterialDef
 from actors.errors import Conflict
 from actors.jobs import FilesFetched, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialsCore
+from actors.messages import GetInfo, GetStatus
 from actors.peers import Peers
-from actors.scheduler import SchedulerCore, Trigger
+from actors.runs import Trigger
+from actors.scheduler import SchedulerCore
 from actors.schema import MIGRATIONS, SCHEMA_VERSION
 from actors.store import Store
 from actors.store_actor import StoreActor, SyncStore
@@ -88,7 +90,7 @@ class World:
             clock=self.clock, timers=self.timers, sink=self.sink, restart_delay=0.5, peers=self.peers,
             builtins=(("materials", self.materials), ("scheduler", self.scheduler), ("config", self.config)),
         )  # fmt: skip
-        self.supervisor.ask("status", timeout=ASK)
+        self.supervisor.ask(GetStatus(), timeout=ASK)
 
     def materials(self, name: str, emit: Any, items: Any) -> MaterialsCore:
         return MaterialsCore(
@@ -112,13 +114,13 @@ class World:
         """One poll of ``repo``, and its files (if new) merged by the config guard."""
         self.timers.fire(f"poll:config:{repo}", self.supervisor)
         wait_for(lambda: f"poll:config:{repo}" in self.timers.armed, ASK, f"{repo} polled")  # re-armed once done
-        self.ref("config").ask("info", timeout=ASK)  # behind the files materials told it
+        self.ref("config").ask(GetInfo(), timeout=ASK)  # behind the files materials told it
 
     def pipelines(self) -> dict[str, bool]:
-        return {p.name: p.paused for p in self.ref("config").ask("info", timeout=ASK)}
+        return {p.name: p.paused for p in self.ref("config").ask(GetInfo(), timeout=ASK)}
 
     def config_state(self) -> str:
-        status = self.supervisor.ask("status", timeout=ASK)
+        status = self.supervisor.ask(GetStatus(), timeout=ASK)
         return next(s.state for s in status.subsystems if s.name == "config")
 
     def restart_config(self) -> None:

@@ -15,9 +15,10 @@ from actors.errors import MaintdError
 from actors.handout import AgentsPaused, AnnounceIdle, Assign, CancelJobs, GiveBack, JobFinished, TakenBack, WantWork
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobState, PollFinished
 from actors.materials import ConfigRepoFiles, MaterialChanged, MaterialsCore, PollDue
-from actors.messages import Cancel, Cancelled, CancelRefused, Drained, InFlightReport, IntakePaused
+from actors.messages import Cancel, Cancelled, CancelRefused, Drained, GetInfo, InFlightReport, IntakePaused
 from actors.peers import PeerRef
-from actors.scheduler import CancelRun, PipelinesChanged, PipelinesWanted, SchedulerCore, TimerDue, Trigger
+from actors.runs import CancelRun, PipelinesChanged, PipelinesWanted, TimerDue, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store, StoreError
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
 from tests.actors.fakes import FakeClock, FakeTimers
@@ -595,7 +596,7 @@ def test_config_repo_files_merge_the_valid_pipelines_only(w: World) -> None:
     (published,) = w.peers.to("scheduler", PipelinesChanged)
     assert [p.name for p in published.pipelines] == ["app", "from-repo"]
     assert published.pipelines[0] == PIPE  # the config file's "app" wins over the repo's
-    assert {p.name: p.source for p in core.handle("info")} == {"app": "config file", "from-repo": "config repo pipes"}
+    assert {p.name: p.source for p in core.handle(GetInfo())} == {"app": "config file", "from-repo": "config repo pipes"}
 
 
 def test_a_restarted_scheduler_restores_the_runs_of_pipelines_it_learns_later(w: World) -> None:

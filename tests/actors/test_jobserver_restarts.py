@@ -21,9 +21,10 @@ from actors.definitions import JobDef, PipelineDef, StageDef
 from actors.errors import SubsystemGone
 from actors.future import CallbackFuture
 from actors.jobs import JobExited, JobSpec, JobStarted
-from actors.messages import Enable, RequestCancel
+from actors.messages import Enable, GetInfo, GetQueueLength, GetStatus, RequestCancel
 from actors.peers import Peers
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
 from tests.actors.fakes import Explode, FakeClock, FakeSink, FakeTimers
@@ -125,7 +126,7 @@ class World:
             peers=self.peers,
             builtins=(("scheduler", self.scheduler), ("agents", self.agents)),
         )
-        self.supervisor.ask("status", timeout=ASK)  # after its on_start: both started
+        self.supervisor.ask(GetStatus(), timeout=ASK)  # after its on_start: both started
         self.settle()
 
     def scheduler(self, name: str, emit: Any, items: Any) -> Scheduler:
@@ -149,8 +150,8 @@ class World:
         """Every message told so far between the cores is handled (asks go behind them)."""
         for _ in range(3):  # what one core handles may tell the other
             for name in ("agents", "scheduler"):
-                self.ref(name).ask("queue_length" if name == "scheduler" else "info", timeout=ASK)
-        self.supervisor.ask("status", timeout=ASK)
+                self.ref(name).ask(GetQueueLength() if name == "scheduler" else GetInfo(), timeout=ASK)
+        self.supervisor.ask(GetStatus(), timeout=ASK)
 
     def hold(self, name: str) -> Hold:
         hold = Hold()

@@ -20,10 +20,11 @@ from actors.agents import AgentsCore
 from actors.definitions import PipelineDef
 from actors.handout import JobFinished
 from actors.jobs import JobExited, JobState
-from actors.messages import Disable, Drained, Enable, InFlightReport
+from actors.messages import Disable, Drained, Enable, GetQueueLength, GetStatus, InFlightReport
 from actors.peers import Peers
 from actors.pending import PENDING_WRITE, RETRY_FIRST, RetryWrites, WritesPending
-from actors.scheduler import SchedulerCore, Trigger
+from actors.runs import Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store, StoreError
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
@@ -196,7 +197,7 @@ def test_a_run_end_and_the_next_stage_the_store_refuses_wait_and_the_run_goes_on
     assert [i.description.split(" waiting")[0] for i in c.pending_items(c.scheduler)] == ["the jobs of app/1/test"]
     assert c.scheduler.pending.last_error is not None and FULL in c.scheduler.pending.last_error
     assert [j.name for j in c.store.jobs_of_run(1)] == ["compile", "package"]
-    assert c.scheduler.handle("queue_length") == 0
+    assert c.scheduler.handle(GetQueueLength()) == 0
 
     c.disk.full = False
     c.fire(c.scheduler)
@@ -280,7 +281,7 @@ class World(restarts.World):
             clock=self.clock, timers=self.timers, sink=self.sink, restart_delay=0.5, peers=self.peers,
             builtins=(("scheduler", self.scheduler), ("agents", self.agents)),
         )  # fmt: skip
-        self.supervisor.ask("status", timeout=restarts.ASK)
+        self.supervisor.ask(GetStatus(), timeout=restarts.ASK)
         self.settle()
 
     def agents(self, name: str, emit: Any, items: Any) -> restarts.Agents:

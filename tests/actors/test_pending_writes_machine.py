@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from actors.errors import MaintdError
 from actors.jobs import JobExited
-from actors.scheduler import Trigger
+from actors.runs import Trigger
 from tests.actors.test_pending_writes import Cores
 
 

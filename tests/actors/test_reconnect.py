@@ -20,6 +20,7 @@ from actors.messages import (
     ExternalInFlight,
     ExternalIntakePaused,
     FromExternal,
+    GetStatus,
     Register,
     Unregister,
 )
@@ -71,7 +72,7 @@ class World:
         self.supervisor.tell(FromExternal(name=name, message=message))
 
     def settle(self) -> Status:
-        return self.supervisor.ask("status", timeout=5)
+        return self.supervisor.ask(GetStatus(), timeout=5)
 
     def ext(self, status: Status, name: str = "worker") -> Any:
         return next((s for s in status.subsystems if s.name == name), None)

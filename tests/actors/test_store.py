@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ def test_the_actor_answers_other_threads_through_sync_store(db_path: Path) -> No
     assert (run.counter, run.triggered_by, [j.state for j in run.jobs]) == (1, "alice", ["building"])
     assert "already cancelled" in results["refused"]
 
-    future = proxy.recent_runs()
+    future = proxy.call(lambda s: s.recent_runs())
     assert isinstance(future, CallbackFuture)
     assert [j.state for j in future.get(timeout=10)[0].jobs] == ["cancelled"]
     ref.stop()
@@ -362,11 +362,11 @@ def held(db_path: Path) -> tuple[Any, Any, threading.Event]:
     return ref, ref.proxy(), release
 
 
-def call(ref: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+def call(ref: Any, write: Callable[[Store], Any], what: str = "a call") -> Any:
     from actors.store_actor import StoreCall
 
     reply: Any = CallbackFuture()
-    ref.tell(StoreCall(name, args, kwargs, reply))
+    ref.tell(StoreCall(write, what, reply))
     return reply
 
 
@@ -389,7 +389,7 @@ def test_queued_calls_are_committed_together_and_answered_only_after_the_commit(
             if action not in committed_audit(db_path):
                 answered_before_commit.append(action)
 
-        futures = [call(ref, "audit", f"a{i}", "alice", T0 + i) for i in range(50)]
+        futures = [call(ref, lambda s, i=i: s.audit(f"a{i}", "alice", T0 + i)) for i in range(50)]
         for future in futures:
             future.add_done_callback(on_answer)
         release.set()
@@ -405,11 +405,11 @@ def test_queued_calls_are_committed_together_and_answered_only_after_the_commit(
 def test_a_refused_call_in_a_group_gets_its_own_error_and_the_others_are_recorded(db_path: Path) -> None:
     ref, _, release = held(db_path)
     try:
-        run = call(ref, "create_run", "build", 1, "user", "alice", {}, T0)
-        twice = call(ref, "create_run", "build", 1, "user", "bob", {}, T0)  # the same counter: refused
-        jobs = call(ref, "create_jobs", 1, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0)
-        unknown = call(ref, "set_job_state", 99, JobState.BUILDING, T0)
-        audit = call(ref, "audit", "enable", "alice", T0)
+        run = call(ref, lambda s: s.create_run("build", 1, "user", "alice", {}, T0))
+        twice = call(ref, lambda s: s.create_run("build", 1, "user", "bob", {}, T0))  # the same counter: refused
+        jobs = call(ref, lambda s: s.create_jobs(1, "build", 1, "test", 0, (("unit", "/state/unit.log"),), T0))
+        unknown = call(ref, lambda s: s.set_job_state(99, JobState.BUILDING, T0))
+        audit = call(ref, lambda s: s.audit("enable", "alice", T0))
         release.set()
         assert run.get(timeout=10) == 1
         with pytest.raises(ValueError, match="refused"):
@@ -429,9 +429,9 @@ def test_a_refused_call_in_a_group_gets_its_own_error_and_the_others_are_recorde
 def test_a_group_that_fails_is_redone_call_by_call_so_each_caller_gets_its_own_answer(db_path: Path) -> None:
     ref, proxy, release = held(db_path)
     try:
-        before = call(ref, "audit", "before", "alice", T0)
-        failing = call(ref, "audit", "fail", "alice", T0)
-        after = call(ref, "audit", "after", "alice", T0)
+        before = call(ref, lambda s: s.audit("before", "alice", T0))
+        failing = call(ref, lambda s: s.audit("fail", "alice", T0))
+        after = call(ref, lambda s: s.audit("after", "alice", T0))
         release.set()
         assert before.get(timeout=10) == 1
         with pytest.raises(StoreError, match="disk is full"):
@@ -445,10 +445,10 @@ def test_a_group_that_fails_is_redone_call_by_call_so_each_caller_gets_its_own_a
 
 def test_calls_queued_behind_a_stop_are_answered_that_the_store_stopped(db_path: Path) -> None:
     ref, _, release = held(db_path)
-    first = call(ref, "audit", "first", "alice", T0)
+    first = call(ref, lambda s: s.audit("first", "alice", T0))
     stopped = ref.stop(block=False)
-    late = call(ref, "audit", "late", "alice", T0)
-    late_proxy_call = ref.proxy().audit("late proxy call", "alice", T0)  # pykka's own messages, behind the stop:
+    late = call(ref, lambda s: s.audit("late", "alice", T0))
+    late_proxy_call = ref.proxy().call(lambda s: s.audit("late proxy call", "alice", T0))  # pykka's, behind the stop:
     stopped_again = ref.stop(block=False)  # answered by pykka's teardown, after the store's
     release.set()
     assert stopped.get(timeout=10) is True

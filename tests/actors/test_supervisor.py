@@ -10,7 +10,7 @@ import pytest
 
 from actors.errors import Conflict, NotCancellable
 from actors.future import CallbackFuture
-from actors.messages import Disable, Enable, GetHistory, PauseIntake, RequestCancel
+from actors.messages import Disable, Enable, GetHistory, GetStatus, PauseIntake, RequestCancel
 from actors.supervisor import DEADLINE_TIMER, SupervisorCore
 from actors.supervisor_actor import SupervisorActor
 from actors.types import OnDeadline
@@ -110,7 +110,7 @@ def test_a_paused_subsystem_starts_no_new_work(world: World) -> None:
     world.wait_state("drained")
     world.tell("scheduler", TryStartWork(item("scheduler", "late")))
     assert core_of("scheduler").refused == ["scheduler/late"]
-    assert world.ask("status").maintenance.safe_to_restart
+    assert world.ask(GetStatus()).maintenance.safe_to_restart
 
 
 def test_scheduled_jobs_are_shown_but_do_not_hold_back_the_restart(world: World) -> None:
@@ -134,7 +134,7 @@ def test_enable_twice_and_disable_when_off_are_conflicts_that_change_nothing(wor
     world.ask(Enable(by="alice", reason="first"))
     with pytest.raises(Conflict, match="already on"):
         world.ask(Enable(by="bob", reason="second"))
-    status = world.ask("status")
+    status = world.ask(GetStatus())
     assert (status.maintenance.updated_by, status.maintenance.reason) == ("alice", "first")
 
 

@@ -48,13 +48,19 @@ class Ref:
         self.dead = True
 
 
+class Audits(list[str]):
+    """The audit log: the actions audited."""
+
+    def audit(self, action: str, *args: Any, **kwargs: Any) -> int:
+        self.append(action)
+        return len(self)
+
+
 class World:
     def __init__(self) -> None:
-        self.audits: list[str] = []
+        self.audits = Audits()
         self.timers = FakeTimers()
-        self.core = SupervisorCore(
-            clock=FakeClock(), timers=self.timers, sink=FakeSink(), audit_log=lambda action, *a, **k: self.audits.append(action)
-        )
+        self.core = SupervisorCore(clock=FakeClock(), timers=self.timers, sink=FakeSink(), audit_log=self.audits)
         self.refs: dict[str, list[Ref]] = {"alive": [], "dying": []}
         for name in self.refs:
             self.core.add_subsystem(name, self.spawner(name), external=False)

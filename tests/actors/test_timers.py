@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from actors.definitions import JobDef, PipelineDef, StageDef
-from actors.scheduler import PipelinesChanged, SchedulerCore, TimerDue, Trigger
+from actors.runs import PipelinesChanged, TimerDue, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store
 from tests.actors.fakes import FakeClock, FakeTimers
 from tests.actors.test_jobserver_cores import FakePeers

@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine
 
 from actors.errors import MaintdError, SubsystemGone
 from actors.future import CallbackFuture
+from actors.messages import GetStatus
 from actors.subsystem import SubsystemActor
 from actors.supervisor_actor import SupervisorActor
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, InFlightItem, OnDeadline
@@ -153,7 +154,7 @@ class DrainWorld(RuleBasedStateMachine):
             sink=self.sink,
             restart_delay=0.5,
             builtins=tuple((name, ProbeCore) for name in BUILTINS),
-            audit_log=self.audit_log,
+            audit_log=self,
         )
         self.ids = itertools.count(1)
         # the model
@@ -181,9 +182,10 @@ class DrainWorld(RuleBasedStateMachine):
         COUNTS["drain steps"] += 1
         RULES[sys._getframe(1).f_code.co_name] += 1
 
-    def audit_log(self, action: str, by: str, at: float, **fields: Any) -> None:
+    def audit(self, action: str, by: str, at: float, **fields: Any) -> int:
         with self.audit_lock:
             self.audited.append((action, by, fields.get("target")))
+            return len(self.audited)
 
     # -- waiting for quiescence --------------------------------------------------------
 
@@ -205,7 +207,7 @@ class DrainWorld(RuleBasedStateMachine):
                 except (pykka.ActorDeadError, TypeError):  # gone, or an external (no Probe)
                     continue
                 snaps[snap.name], refs[snap.name] = snap, ref
-            status = self.supervisor.ask("status", timeout=ASK)
+            status = self.supervisor.ask(GetStatus(), timeout=ASK)
             with self.sink.cond:
                 events = len(self.sink.events)
             lines = tuple(len(e.link.lines()) for e in self.exts.values())

@@ -23,7 +23,8 @@ from actors.messages import (
     ReportInFlight,
     ResumeIntake,
 )
-from actors.scheduler import CancelRun, SchedulerCore, Trigger
+from actors.runs import CancelRun, Trigger
+from actors.scheduler import SchedulerCore
 from actors.store import Store
 from actors.subsystem import SubsystemCore
 from tests.actors.drain_properties.jobserver_model import APP, CORES, DOCS, Ask, Bus, Processes, job_of

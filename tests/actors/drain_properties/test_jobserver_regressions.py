@@ -11,7 +11,7 @@ from actors.messages import (
     Cancelled,
     Drained,
 )
-from actors.scheduler import CancelRun, Trigger
+from actors.runs import CancelRun, Trigger
 from tests.actors.drain_properties.jobserver_machine import JobServerMachine
 
 
