@@ -1,22 +1,29 @@
 """``maintctl``: put maintd into maintenance mode, watch the drain, ask if it is safe to restart.
 
-Kept lean: it imports argparse, socket and msgspec, never trio or the actors.
+Kept lean, because a process start is most of what ``maintctl status`` costs: before its
+first byte goes out it imports socket, json and the small stdlib-only modules of maintctl,
+:mod:`daemon.paths` and :mod:`daemon.escape`; never msgspec, trio, pykka or the actors
+(tests/maintctl/test_lean_start.py holds it to that). A command with no arguments of its
+own (``status``, ``inflight``, ...) is read by :func:`parse_plain` without argparse; argparse
+reads every other command line. Whatever else a command needs is imported where it is used.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 import time
-from typing import Any
+from types import SimpleNamespace
 
-import msgspec
-
-from actors.definitions import parse_duration
 from daemon.paths import default_socket
 
 from . import render
 from .client import Client, DaemonError, Unreachable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # argparse is imported only for the command lines parse_plain leaves to it
+    import argparse
+    from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -51,6 +58,10 @@ def duration(text: str) -> float:
     make ``inf``) would reach a socket timeout and raise OverflowError, or go to the
     daemon as JSON ``null``: refused here as a usage error (exit 2) that gives the bound.
     """
+    import argparse
+
+    from actors.definitions import parse_duration  # msgspec: only for --deadline and --timeout
+
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
@@ -60,7 +71,82 @@ def duration(text: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _enable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", help="why (shown in status and the history)")
+    p.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
+    p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+
+
+def _reason(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason")
+
+
+def _cancel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="+", metavar="ITEM", help="item id as `maintctl inflight` shows it")
+    p.add_argument("--reason")
+
+
+def _wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=duration, metavar="DURATION", help="give up after this long (default: wait forever)")
+
+
+def _trigger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline")
+
+
+def _runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline")
+    p.add_argument("--limit", type=int, default=10)
+
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", type=int)
+    p.add_argument("--bytes", type=int, default=65536, help="show at most this many bytes from the end")
+
+
+def _pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("pause", "unpause"))
+    p.add_argument("pipeline")
+
+
+def _cancel_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="PIPELINE/COUNTER")
+    p.add_argument("--stage")
+
+
+#: Each command: its help line and what adds its own arguments (None: only --socket and --json).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
+    "status": ("maintenance state, subsystems and what is running", None),
+    "enable": ("turn maintenance mode on and start the drain", _enable),
+    "disable": ("turn maintenance mode off; every subsystem resumes", _reason),
+    "inflight": ("list the work in flight", None),
+    "cancel": ("cancel in-flight items (never a material update)", _cancel),
+    "watch": ("print every state and in-flight change as it happens", None),
+    "wait": ("wait until it is safe to restart (exit 0), or the timeout (exit 4)", _wait),
+    "history": ("who turned maintenance on and off, and what was cancelled", None),
+    "pipelines": ("the configured pipelines (config file and config repos)", None),
+    "trigger": ("run a pipeline now (refused during maintenance)", _trigger),
+    "runs": ("recent pipeline runs and their job results", _runs),
+    "agents": ("the agents and what each is building", None),
+    "logs": ("the output of a job (its id as `maintctl runs` shows it)", _logs),
+    "pipeline": ("pause or unpause a pipeline (refused during maintenance)", _pipeline),
+    "reload": ("re-read the config file's pipelines (refused during maintenance)", None),
+    "cancel-run": ("cancel a run's (or a stage's) building and scheduled jobs", _cancel_run),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, with the sub-parsers of only the commands named in it.
+
+    Each sub-parser is a whole ArgumentParser: building all sixteen is a fifth of what
+    ``maintctl status`` costs. Every word of ``argv`` that names a command gets its
+    sub-parser (the value of --socket may name one too, so all such words do); help, or
+    no command named, builds them all, so that the list of commands and the "invalid
+    choice" error show every command.
+    """
+    import argparse
+
+    named = set(SUBCOMMANDS) if argv is None or "-h" in argv or "--help" in argv else set(SUBCOMMANDS).intersection(argv)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--socket", default=argparse.SUPPRESS, help="control socket (default: $MAINTD_SOCKET or the daemon's default)"
@@ -74,43 +160,49 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("status", parents=[common], help="maintenance state, subsystems and what is running")
-    enable = sub.add_parser("enable", parents=[common], help="turn maintenance mode on and start the drain")
-    enable.add_argument("--reason", help="why (shown in status and the history)")
-    enable.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
-    enable.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
-    disable = sub.add_parser("disable", parents=[common], help="turn maintenance mode off; every subsystem resumes")
-    disable.add_argument("--reason")
-    sub.add_parser("inflight", parents=[common], help="list the work in flight")
-    cancel = sub.add_parser("cancel", parents=[common], help="cancel in-flight items (never a material update)")
-    cancel.add_argument("items", nargs="+", metavar="ITEM", help="item id as `maintctl inflight` shows it")
-    cancel.add_argument("--reason")
-    sub.add_parser("watch", parents=[common], help="print every state and in-flight change as it happens")
-    wait = sub.add_parser("wait", parents=[common], help="wait until it is safe to restart (exit 0), or the timeout (exit 4)")
-    wait.add_argument("--timeout", type=duration, metavar="DURATION", help="give up after this long (default: wait forever)")
-    sub.add_parser("history", parents=[common], help="who turned maintenance on and off, and what was cancelled")
-    sub.add_parser("pipelines", parents=[common], help="the configured pipelines (config file and config repos)")
-    trigger = sub.add_parser("trigger", parents=[common], help="run a pipeline now (refused during maintenance)")
-    trigger.add_argument("pipeline")
-    runs = sub.add_parser("runs", parents=[common], help="recent pipeline runs and their job results")
-    runs.add_argument("--pipeline")
-    runs.add_argument("--limit", type=int, default=10)
-    sub.add_parser("agents", parents=[common], help="the agents and what each is building")
-    logs = sub.add_parser("logs", parents=[common], help="the output of a job (its id as `maintctl runs` shows it)")
-    logs.add_argument("job", type=int)
-    logs.add_argument("--bytes", type=int, default=65536, help="show at most this many bytes from the end")
-    pipeline = sub.add_parser("pipeline", parents=[common], help="pause or unpause a pipeline (refused during maintenance)")
-    pipeline.add_argument("action", choices=("pause", "unpause"))
-    pipeline.add_argument("pipeline")
-    sub.add_parser("reload", parents=[common], help="re-read the config file's pipelines (refused during maintenance)")
-    cancel_run = sub.add_parser("cancel-run", parents=[common], help="cancel a run's (or a stage's) building and scheduled jobs")
-    cancel_run.add_argument("run", metavar="PIPELINE/COUNTER")
-    cancel_run.add_argument("--stage")
+    for name, (help_, add_arguments) in SUBCOMMANDS.items():
+        if name in named or not named:
+            command = sub.add_parser(name, parents=[common], help=help_)
+            if add_arguments is not None:
+                add_arguments(command)
     return parser
 
 
+#: The commands with no arguments of their own: only --socket and --json.
+PLAIN = frozenset(name for name, (_help, add_arguments) in SUBCOMMANDS.items() if add_arguments is None)
+
+
+def parse_plain(argv: list[str]) -> SimpleNamespace | None:
+    """``argv`` read without argparse when it is one of :data:`PLAIN` with at most ``--json``
+    and one ``--socket PATH`` (or ``--socket=PATH``), in any order; None for anything else.
+
+    Importing argparse and building its parser is a quarter of what ``maintctl status``
+    costs. What this reads, argparse reads the same way (tests/maintctl/test_lean_start.py
+    checks it over generated command lines); anything else (help, an abbreviation, a
+    repeated option, a value that looks like an option) goes to argparse, which explains
+    its errors.
+    """
+    command, fields = None, {}
+    words = iter(argv)
+    for word in words:
+        if word == "--json":
+            fields["json"] = True
+        elif word == "--socket" or word.startswith("--socket="):
+            value = word[len("--socket=") :] if word.startswith("--socket=") else next(words, None)
+            if value is None or value.startswith("-") or "socket" in fields:
+                return None
+            fields["socket"] = value
+        elif word in PLAIN and command is None:
+            command = word
+        else:
+            return None
+    return None if command is None else SimpleNamespace(command=command, **fields)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = parse_plain(argv) or build_parser(argv).parse_args(argv)
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
         return EXIT_USAGE
@@ -131,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def out(value: Any, as_json: bool, text: str) -> None:
-    print(msgspec.json.encode(value).decode() if as_json else render.terminal(text), flush=True)
+def out(value: object, as_json: bool, text: str) -> None:
+    """The daemon's JSON result as it came (compact, UTF-8), or ``text`` made safe for a terminal."""
+    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")) if as_json else render.terminal(text), flush=True)
 
 
 def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:

@@ -1,18 +1,27 @@
-"""A small blocking client for the control socket (no trio: maintctl must start fast)."""
+"""A small blocking client for the control socket (no trio, no msgspec: maintctl must start fast).
+
+The standard library's json reads and writes the lines: a request and a reply are one
+small object each, and importing msgspec would cost more than all of them. The socket is
+``_socket.socket``, the C type that :class:`socket.socket` extends with file objects and
+enums: the module :mod:`socket` costs a tenth of a bare interpreter's start-up (its enums
+and selectors), and this client needs none of what it adds.
+"""
 
 from __future__ import annotations
 
+import _socket
 import itertools
+import json
 import os
-import socket
 import stat
 import struct
 import time
-from typing import Any
-
-import msgspec
 
 from daemon.paths import describe_uid
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs a few ms of start-up
+    from typing import Any
 
 
 class DaemonError(Exception):
@@ -32,7 +41,7 @@ class Untrusted(Unreachable):
     """Something answers on the socket, but not a process that may be the daemon."""
 
 
-def check_daemon(sock: socket.socket, path: str) -> None:
+def check_daemon(sock: _socket.socket, path: str) -> None:
     """Refuse to believe whoever answers on ``sock`` unless it runs as root, as this user, or
     as the owner of the socket's folder when that folder could only have been given to them.
 
@@ -42,7 +51,7 @@ def check_daemon(sock: socket.socket, path: str) -> None:
     anyone can create ``/tmp/maintd-UID`` first, and then they own it. Raises
     :class:`Untrusted` (exit 3: no trustworthy daemon can be reached).
     """
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")))
     trusted = {0, os.geteuid()}
     folder = os.path.dirname(os.path.abspath(path))
     real = os.path.dirname(os.path.realpath(path))
@@ -68,7 +77,7 @@ def check_daemon(sock: socket.socket, path: str) -> None:
 class Client:
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(path)
@@ -102,7 +111,8 @@ class Client:
 
     def send(self, type_: str, **fields: Any) -> int:
         request_id = next(self.ids)
-        line = msgspec.json.encode({"id": request_id, "type": type_, **{k: v for k, v in fields.items() if v is not None}})
+        request = {"id": request_id, "type": type_, **{k: v for k, v in fields.items() if v is not None}}
+        line = json.dumps(request, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         try:
             self.sock.sendall(line + b"\n")
         except OSError as exc:
@@ -124,7 +134,10 @@ class Client:
                 raise Unreachable("maintd closed the connection")
             self.buffer += data
         line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
-        return msgspec.json.decode(line)
+        try:
+            return json.loads(line)
+        except ValueError:  # also invalid UTF-8
+            raise Unreachable(f"maintd sent a line that is not JSON: {line[:80]!r}") from None
 
     def request(self, type_: str, **fields: Any) -> Any:
         """Send one request and return its result; events that arrive meanwhile are kept."""

@@ -9,10 +9,12 @@ the terminal, move its cursor or reorder what it shows.
 
 from __future__ import annotations
 
-from typing import Any
-
-from daemon.logs import escape
+from daemon.escape import escape
 from daemon.times import iso, local, seconds_until
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs a few ms of maintctl's start-up
+    from typing import Any
 
 GROUP_TITLES = {
     "material_update_in_progress": "Material updates in progress (cannot be cancelled)",

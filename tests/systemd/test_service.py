@@ -69,6 +69,8 @@ def test_start_returns_after_ready_and_status_text_says_the_state(machine: Machi
     assert journal.index("socket activation: serving") < started, journal
     assert journal.index("http on 127.0.0.1:9187") < started, journal
     assert machine.run("curl", "-fsS", "http://127.0.0.1:9187/api/maintenance_mode/info").stdout
+    # the status page's templates came with `pip install .` (package data)
+    assert "Maintenance mode is off." in machine.run("curl", "-fsS", "http://127.0.0.1:9187/").stdout
     assert status_text(machine).startswith("normal")
 
     wait_building(machine)
