@@ -119,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"maintd: {line}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
-    if problem := auth.admin_group_problem(cfg.control.admin_group):
-        log.warning("%s", problem)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -154,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
     )
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+    if problem := auth.admin_group_problem(cfg.control.admin_group):  # (not before a start-up failure's one line)
+        log.warning("%s", problem)
     return trio.run(run, settings)
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT, wait_for
-from tests.e2e.test_drain import register, status
+from tests.e2e.test_drain import register
 
 CONFIG = '[control]\ncancel_timeout = "300ms"\n'
 JOB = {"id": "job-1", "kind": "building_job", "description": "build #1", "cancellable": True}
@@ -15,7 +15,7 @@ JOB = {"id": "job-1", "kind": "building_job", "description": "build #1", "cancel
 def test_after_a_cancel_times_out_the_next_cancel_reaches_the_process(make_daemon) -> None:
     d = make_daemon(config=CONFIG)
     sub = register(d, "slow", [JOB])
-    wait_for(lambda: status(d)["running_systems"]["building_jobs"], 10, "the job")
+    wait_for(lambda: d.status()["running_systems"]["building_jobs"], 10, "the job")
 
     first = d.maintctl("cancel", "slow/job-1")  # the process never answers this one
     assert first.returncode == 1 and "timeout" in first.stderr, first.stderr

@@ -11,7 +11,7 @@ import json
 import urllib.request
 
 from tests.conftest import Daemon, wait_for
-from tests.e2e.test_drain import register, status
+from tests.e2e.test_drain import register
 
 ITEMS = [
     {"id": "job-1", "kind": "building_job", "description": "a job that survives a restart", "blocks_restart": False},
@@ -26,12 +26,12 @@ def get(url: str) -> bytes:
 
 def test_non_blocking_work_of_any_kind_is_not_running_systems(daemon: Daemon) -> None:
     sub = register(daemon, "worker", ITEMS)
-    wait_for(lambda: status(daemon)["running_systems"]["building_jobs"], 10, "the report")
+    wait_for(lambda: daemon.status()["running_systems"]["building_jobs"], 10, "the report")
     assert daemon.maintctl("enable").returncode == 0
     drain_id = sub.next_event(lambda m: m.get("type") == "pause_intake")["drain_id"]
     sub.send(type="intake_paused", drain_id=drain_id)
     sub.send(type="drained", drain_id=drain_id)
-    s = wait_for(lambda: (s := status(daemon))["maintenance"]["safe_to_restart"] and s, 10, "safe to restart")
+    s = wait_for(lambda: (s := daemon.status())["maintenance"]["safe_to_restart"] and s, 10, "safe to restart")
     assert [i["id"] for i in s["running_systems"]["building_jobs"]] == ["worker/job-1"]  # listed, not blocking
 
     base = daemon.http_url()

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from tests.conftest import ROOT, Daemon, Line, wait_for
-from tests.e2e.test_drain import JOB, register, status
+from tests.e2e.test_drain import JOB, register
 
 BUILTINS_DRAINED = "every built-in subsystem drained"
 
@@ -59,11 +59,11 @@ def test_a_subsystem_that_reconnects_within_ms_never_opens_a_safe_window(daemon:
     watcher = daemon.client()
     assert not watcher.request("watch")["result"]["maintenance"]["safe_to_restart"]
     sub = register(daemon, "worker", [JOB])
-    wait_for(lambda: status(daemon)["running_systems"]["building_jobs"], 10, "the job")
+    wait_for(lambda: daemon.status()["running_systems"]["building_jobs"], 10, "the job")
     assert daemon.maintctl("enable").returncode == 0
     drain_id = sub.next_event(lambda m: m.get("type") == "pause_intake")["drain_id"]
     sub.send(type="intake_paused", drain_id=drain_id)
-    wait_for(lambda: builtins_drained(s := status(daemon)) and ext(s)["state"] == "paused", 10, BUILTINS_DRAINED)
+    wait_for(lambda: builtins_drained(s := daemon.status()) and ext(s)["state"] == "paused", 10, BUILTINS_DRAINED)
     waiter = subprocess.Popen(
         [sys.executable, "-m", "maintctl", "--socket", str(daemon.socket), "wait", "--timeout", "60s"],
         cwd=ROOT,
@@ -81,7 +81,7 @@ def test_a_subsystem_that_reconnects_within_ms_never_opens_a_safe_window(daemon:
         seen = []
         for _ in range(2):  # its first registration, then the one after the drop
             seen += events_until(watcher, lambda e: e["event"] == "subsystem_registered" and e["subsystem"] == "worker")
-        wait_for(lambda: (v := ext(status(daemon))) and v["state"] == "paused" and not v.get("reconnect_by"), 10, "the report")
+        wait_for(lambda: (v := ext(daemon.status())) and v["state"] == "paused" and not v.get("reconnect_by"), 10, "the report")
         assert waiter.poll() is None, waiter.communicate()
         # Only now does the job end.
         again.send(type="in_flight", items=[])
@@ -104,17 +104,17 @@ def test_without_a_reconnect_safe_comes_only_after_the_grace(make_daemon) -> Non
     watcher = d.client()
     watcher.request("watch")
     sub = register(d, "worker", [JOB])
-    wait_for(lambda: status(d)["running_systems"]["building_jobs"], 10, "the job")
+    wait_for(lambda: d.status()["running_systems"]["building_jobs"], 10, "the job")
     assert d.maintctl("enable").returncode == 0
     drain_id = sub.next_event(lambda m: m.get("type") == "pause_intake")["drain_id"]
     sub.send(type="intake_paused", drain_id=drain_id)
-    wait_for(lambda: builtins_drained(s := status(d)) and ext(s)["state"] == "paused", 10, BUILTINS_DRAINED)
+    wait_for(lambda: builtins_drained(s := d.status()) and ext(s)["state"] == "paused", 10, BUILTINS_DRAINED)
     sub.close()
 
     seen = events_until(watcher, lambda e: e["event"] == "subsystem_disconnected")
     gone = seen[-1]
     assert not gone["maintenance"]["safe_to_restart"] and [i["id"] for i in gone["items"]] == ["worker/job-7"]
-    s = status(d)
+    s = d.status()
     if ext(s) is not None:  # the grace may be over on a slow machine; then the removal shows it
         assert ext(s)["state"] == "disconnected" and ext(s)["blocking"] == 1
         text = d.maintctl("status").stdout
