@@ -34,6 +34,12 @@ class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     overdue: bool
     on_deadline: str | None
     drain_id: str | None
+    #: Counts every time maintenance was turned on or off (kept across restarts): what
+    #: ``enable --if-version`` compares.
+    version: int = 0
+    #: ``enable --ttl``: when maintenance should be over; past it ``ttl_expired`` (it stays on).
+    ttl_end: str | None = None
+    ttl_expired: bool = False
 
 
 class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -117,3 +123,4 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     to_state: str | None = None
     item: str | None = None
     drain_id: str | None = None
+    version: int | None = None

@@ -31,6 +31,7 @@ from .schema import (
     AuditRow,
     JobEvent,
     JobRow,
+    MaintenanceRow,
     RunRow,
     job_from_row,
     run_from_row,
@@ -354,6 +355,23 @@ class Store:
     def paused_pipelines(self) -> list[str]:
         with self._read("the paused pipelines") as db:
             return [str(row["pipeline"]) for row in db.execute("SELECT pipeline FROM paused_pipelines ORDER BY pipeline")]
+
+    def save_maintenance(self, row: MaintenanceRow) -> None:
+        """Record the maintenance state just turned on or off (one row, replaced)."""
+        with self._tx(f"maintenance version {row.version}") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO maintenance (id, version, enabled, drain_id, ttl_end, by, at)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (row.version, int(row.enabled), row.drain_id, row.ttl_end, row.by, row.at),
+            )
+
+    def maintenance(self) -> MaintenanceRow | None:
+        """The maintenance state last recorded; None before the first enable."""
+        with self._read("the maintenance state") as db:
+            row = db.execute("SELECT version, enabled, drain_id, ttl_end, by, at FROM maintenance WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return MaintenanceRow(**{**dict(zip(row.keys(), row, strict=True)), "enabled": bool(row["enabled"])})
 
     # -- queries -------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 METHODS = (
     "next_counter", "create_run", "create_jobs", "set_job_state", "hand_out_many", "take_back",
     "request_cancel", "finish_run", "recover", "record_revision", "last_revision", "audit", "job", "jobs_of_run", "recent_runs",
-    "set_pipeline_paused", "paused_pipelines",
+    "set_pipeline_paused", "paused_pipelines", "save_maintenance", "maintenance",
     "agent_jobs", "scheduled_jobs", "job_events", "audit_entries",
 )  # fmt: skip
 

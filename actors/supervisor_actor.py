@@ -29,11 +29,13 @@ from .messages import (
     RequestCancel,
     RestartSubsystem,
     SubsystemFailed,
+    TTLPassed,
     Unregister,
 )
 from .peers import Peers
 from .pending import WritesPending
 from .ports import Clock, StatusSink, Timers
+from .schema import MaintenanceRow
 from .supervisor import SupervisorCore
 from .types import (
     InFlightItem,
@@ -64,9 +66,12 @@ class SupervisorActor(pykka.ThreadingActor):
         start_in_maintenance: Enable | None = None,
         audit_log: Callable[..., Any] | None = None,
         reconnect_grace: float = 0.0,
+        save_maintenance: Callable[[MaintenanceRow], Any] | None = None,
+        restored: MaintenanceRow | None = None,
     ) -> None:
         super().__init__()
         self.start_in_maintenance = start_in_maintenance
+        self.restored = restored
         self.core = SupervisorCore(
             clock=clock,
             timers=timers,
@@ -75,6 +80,7 @@ class SupervisorActor(pykka.ThreadingActor):
             peers=peers,
             audit_log=audit_log,
             reconnect_grace=reconnect_grace,
+            save_maintenance=save_maintenance,
         )
         self.builtins = builtins
 
@@ -87,6 +93,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
         me = self.actor_ref
         core = self.core
+        core.restore(self.restored)
         if self.start_in_maintenance is not None:
             core.enable(self.start_in_maintenance)
         for name, make_core in self.builtins:
@@ -145,6 +152,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_restart(message)
             case DeadlineReached():
                 core.on_deadline_reached(message)
+            case TTLPassed():
+                core.on_ttl_passed(message)
             case WritesPending():
                 core.on_writes_pending(message)
             case CancelTimedOut(item_id=item_id):

@@ -79,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("--reason", help="why (shown in status and the history)")
     enable.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
     enable.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    enable.add_argument("--ttl", type=duration, metavar="DURATION", help="e.g. 4h: raise an alert if still on then")
+    enable.add_argument("--if-version", type=int, metavar="N", help="refuse (conflict) unless the version is still N")
     disable = sub.add_parser("disable", parents=[common], help="turn maintenance mode off; every subsystem resumes")
     disable.add_argument("--reason")
+    disable.add_argument("--if-drain-id", metavar="ID", help="refuse (conflict) unless drain ID is still the one on")
     sub.add_parser("inflight", parents=[common], help="list the work in flight")
     cancel = sub.add_parser("cancel", parents=[common], help="cancel in-flight items (never a material update)")
     cancel.add_argument("items", nargs="+", metavar="ITEM", help="item id as `maintctl inflight` shows it")
@@ -113,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "enable" and args.ttl == 0:
+        print("maintctl: --ttl must be more than zero", file=sys.stderr)
         return EXIT_USAGE
     path = str(getattr(args, "socket", None) or default_socket())
     as_json = getattr(args, "json", False)
@@ -147,6 +153,8 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         reason=args.reason,
         deadline_seconds=args.deadline,
         on_deadline="cancel" if args.cancel_at_deadline else None,
+        ttl_seconds=args.ttl,
+        if_version=args.if_version,
     )
     text = render.maintenance_line(result) + "\n" + render.safe_line(result)
     if not result["safe_to_restart"]:
@@ -156,7 +164,7 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    result = client.request("disable", reason=args.reason)
+    result = client.request("disable", reason=args.reason, if_drain_id=args.if_drain_id)
     out(result, as_json, "Maintenance mode: off; every subsystem resumes its intake.")
     return EXIT_OK
 
