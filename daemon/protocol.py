@@ -58,7 +58,7 @@ class EnableRequest(Request, tag="enable"):
     reason: Text | None = None
     deadline_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
     on_deadline: Literal["wait", "cancel"] = "wait"
-    ttl_seconds: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
+    ttl_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None  # 0: refused by the supervisor
     if_version: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
