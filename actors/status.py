@@ -98,7 +98,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type
 
     ``event`` names what happened: ``state_changed``, ``in_flight_changed``,
     ``subsystem_state``, ``subsystem_registered``, ``subsystem_disconnected``,
-    ``subsystem_removed``, ``overdue``, ``cancelled``, ``cancel_refused``. ``items`` lists
+    ``subsystem_removed``, ``overdue``, ``ttl_expired``, ``cancelled``, ``cancel_refused``. ``items`` lists
     what is left (``overdue``), what was abandoned (``subsystem_removed``), what keeps
     blocking (``subsystem_disconnected``) or the subsystem's in-flight work.
     """
