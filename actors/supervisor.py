@@ -67,9 +67,10 @@ log = logging.getLogger("maintd.supervisor")
 
 
 def _deadline_detail(msg: Enable) -> str | None:
+    ttl = None if msg.ttl_seconds is None else f"ttl {msg.ttl_seconds:g}s"
     if msg.deadline_seconds is None:
-        return _details(msg.peer)
-    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", msg.peer)
+        return _details(ttl, msg.peer)
+    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", ttl, msg.peer)
 
 
 def _details(*parts: str | None) -> str | None:
@@ -100,7 +101,8 @@ class SupervisorCore(Roster, Snapshots):
         save_maintenance: Callable[[MaintenanceRow], Any] | None = None,
     ) -> None:
         self.audit_log = audit_log
-        #: Records each turn on or off (the version, the drain) before it takes effect; raises if it cannot.
+        #: Records each turn on or off (the version, the drain) with its audit entry, in place
+        #: of ``audit_log``, before it takes effect; raises (a StoreError) if it cannot.
         self.save_maintenance = save_maintenance
         self.version = 0
         self.ttl_end: float | None = None
@@ -147,13 +149,16 @@ class SupervisorCore(Roster, Snapshots):
             self.version += 1
             row = MaintenanceRow(version=self.version, enabled=False, drain_id=None, ttl_end=None, by=SYSTEM, at=self.clock.now())
             try:
-                self.save(row)
+                self.turn(row, reason="maintd restarted; maintenance mode is not restored")
             except MaintdError as exc:  # the next turn writes the version again
                 log.error("could not record that maintenance ended with the restart: %s", exc.message)
 
-    def save(self, row: MaintenanceRow) -> None:
+    def turn(self, row: MaintenanceRow, *, reason: str | None, detail: str | None = None) -> None:
+        """Record a turn on or off and its audit entry; raises (a StoreError) if it cannot."""
         if self.save_maintenance is not None:
-            self.save_maintenance(row)
+            self.save_maintenance(row, reason=reason, detail=detail)
+        else:
+            self.audit("enable" if row.enabled else "disable", row.by, row.at, reason=reason, detail=detail)
 
     def enable(self, msg: Enable) -> MaintenanceInfo:
         if msg.deadline_seconds is not None and msg.deadline_seconds < 0:
@@ -170,8 +175,8 @@ class SupervisorCore(Roster, Snapshots):
         drain_id = f"drain-{secrets.token_hex(4)}"
         ttl_end = None if msg.ttl_seconds is None else now + msg.ttl_seconds
         # Recorded before it takes effect: what cannot be recorded does not happen.
-        self.save(MaintenanceRow(version=self.version + 1, enabled=True, drain_id=drain_id, ttl_end=ttl_end, by=msg.by, at=now))
-        self.audit("enable", msg.by, now, reason=msg.reason, detail=_deadline_detail(msg))
+        row = MaintenanceRow(version=self.version + 1, enabled=True, drain_id=drain_id, ttl_end=ttl_end, by=msg.by, at=now)
+        self.turn(row, reason=msg.reason, detail=_deadline_detail(msg))
         transition = self.machine.fire(MaintenanceEvent.ENABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         self.version += 1
@@ -198,8 +203,8 @@ class SupervisorCore(Roster, Snapshots):
             raise Conflict(f"maintenance changed since you looked: {now_on}, not {msg.if_drain_id}; nothing was turned off")
         now = self.clock.now()
         self.machine.check(MaintenanceEvent.DISABLE)
-        self.save(MaintenanceRow(version=self.version + 1, enabled=False, drain_id=None, ttl_end=None, by=msg.by, at=now))
-        self.audit("disable", msg.by, now, reason=msg.reason, detail=msg.peer)
+        row = MaintenanceRow(version=self.version + 1, enabled=False, drain_id=None, ttl_end=None, by=msg.by, at=now)
+        self.turn(row, reason=msg.reason, detail=msg.peer)
         transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
         self.version += 1

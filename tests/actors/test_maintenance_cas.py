@@ -72,13 +72,13 @@ def test_disable_if_drain_id_when_maintenance_is_off_is_a_conflict(world: World)
 
 
 def test_a_turn_whose_version_cannot_be_recorded_does_not_happen(world: World) -> None:
-    def refuse(row: MaintenanceRow) -> None:
+    def refuse(row: MaintenanceRow, **audit: str | None) -> None:
         raise StoreError("disk I/O error")
 
     world.core.save_maintenance = refuse
     with pytest.raises(StoreError):
         world.core.enable(Enable(by="alice"))
-    assert world.state() == "normal" and world.core.version == 0 and world.audits == []
+    assert world.state() == "normal" and world.core.version == 0 and world.core.drain_id is None
 
 
 def store_world(path: Path) -> tuple[World, Store]:
@@ -95,17 +95,24 @@ def test_the_version_and_the_drain_are_kept_in_the_store_across_a_restart(tmp_pa
     world, store = store_world(db)
     world.core.enable(Enable(by="alice"))
     world.core.disable(Disable(by="alice"))
-    world.core.enable(Enable(by="bob", ttl_seconds=3600))
+    world.core.enable(Enable(by="bob", ttl_seconds=3600, reason="upgrade"))
     drain = world.core.drain_id
     store.close()
-    row = Store(str(db)).maintenance()
+    reopened = Store(str(db))
+    row = reopened.maintenance()
     assert row is not None and (row.version, row.enabled, row.drain_id, row.by) == (3, True, drain, "bob")
     assert row.ttl_end == world.clock.t + 3600
+    # Each turn's audit entry is written in the same transaction as its version.
+    audit = [(a.action, a.by, a.reason, a.detail) for a in reopened.audit_entries()]
+    assert audit == [("enable", "alice", None, None), ("disable", "alice", None, None), ("enable", "bob", "upgrade", "ttl 3600s")]
+    reopened.close()
 
     # The daemon restarts: maintenance is not restored, and that is a turn of its own, so a
     # compare-and-set against what was seen before the restart is refused.
     after, store2 = store_world(db)
     assert after.state() == "normal" and after.core.status().maintenance.version == 4
+    ended = store2.audit_entries()[-1]
+    assert (ended.action, ended.by) == ("disable", "maintd") and "not restored" in (ended.reason or "")
     with pytest.raises(Conflict):
         after.core.enable(Enable(by="bob", if_version=3))
     assert after.core.enable(Enable(by="bob", if_version=4)).version == 5
