@@ -4,13 +4,14 @@ Driven on :class:`~actors.supervisor.SupervisorCore` without threads."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from actors.errors import Conflict
 from actors.messages import Disable, Enable
-from actors.schema import MaintenanceRow
+from actors.schema import MIGRATIONS, MaintenanceRow
 from actors.store import Store, StoreError
 from tests.actors.core_world import World
 
@@ -130,3 +131,23 @@ def test_a_restart_after_maintenance_was_off_keeps_the_version(tmp_path: Path) -
     after, _ = store_world(db)
     assert after.core.version == 2
     assert after.core.enable(Enable(by="carol", if_version=2)).version == 3
+
+
+def test_a_store_of_schema_2_gains_the_maintenance_table_and_keeps_its_pauses(tmp_path: Path) -> None:
+    db = tmp_path / "maintd.db"
+    old = sqlite3.connect(db)
+    for statements in MIGRATIONS[:2]:
+        for statement in statements:
+            old.execute(statement)
+    old.execute("INSERT INTO paused_pipelines (pipeline, by, at) VALUES ('build', 'alice', 1.0)")
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    store = Store(str(db))
+    assert store.maintenance() is None and store.paused_pipelines() == ["build"]
+    world = World()
+    world.core.save_maintenance = store.save_maintenance
+    world.core.restore(store.maintenance())
+    world.core.enable(Enable(by="alice"))
+    row = store.maintenance()
+    assert row is not None and row.version == 1 and row.enabled
