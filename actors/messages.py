@@ -93,12 +93,18 @@ class Enable(Msg):
     deadline_seconds: float | None = None
     on_deadline: OnDeadline = OnDeadline.WAIT
     peer: str | None = None
+    #: Maintenance left on longer than this is raised (never turned off): see TTLPassed.
+    ttl_seconds: float | None = None
+    #: Compare-and-set: refused ``conflict`` unless the maintenance version is still this.
+    if_version: int | None = None
 
 
 class Disable(Msg):
     by: str
     reason: str | None = None
     peer: str | None = None
+    #: Compare-and-set: refused ``conflict`` unless this drain is still the one on.
+    if_drain_id: str | None = None
 
 
 class RequestCancel(Msg):
@@ -170,6 +176,12 @@ class GetQueueLength(Msg):
 
 
 class DeadlineReached(Msg):
+    drain_id: str
+
+
+class TTLPassed(Msg):
+    """The drain's ``--ttl`` passed (and, while it stays on, every hour after)."""
+
     drain_id: str
 
 

@@ -55,6 +55,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE paused_pipelines (
             pipeline TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)""",
     ),
+    # 3: the maintenance version and the last drain, so that no restart reuses a version
+    (
+        """CREATE TABLE maintenance (
+            id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, enabled INTEGER NOT NULL,
+            drain_id TEXT, ttl_end REAL, by TEXT NOT NULL, at REAL NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -110,6 +116,18 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     target: str | None
     detail: str | None
+
+
+class MaintenanceRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The maintenance state as last turned on or off: ``version`` counts those turns;
+    ``drain_id`` and ``ttl_end`` are the drain's while ``enabled``."""
+
+    version: int
+    enabled: bool
+    drain_id: str | None
+    ttl_end: float | None
+    by: str
+    at: float
 
 
 JOB_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(JobRow))

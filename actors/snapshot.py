@@ -42,6 +42,9 @@ class Snapshots:
     deadline: float | None
     on_deadline: OnDeadline | None
     deadline_passed: bool
+    version: int
+    ttl_end: float | None
+    ttl_expired: bool
     removed: collections.deque[RemovedSubsystem]
     defer_status: bool
     status_pending: bool
@@ -66,6 +69,9 @@ class Snapshots:
             overdue=self.deadline_passed and state is MaintenanceState.DRAINING,
             on_deadline=self.on_deadline.value if self.on_deadline else None,
             drain_id=self.drain_id,
+            version=self.version,
+            ttl_end=self.ttl_end,
+            ttl_expired=self.ttl_expired,
         )
 
     def status(self) -> Status:

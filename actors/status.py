@@ -28,6 +28,12 @@ class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     overdue: bool
     on_deadline: str | None
     drain_id: str | None
+    #: Counts every time maintenance was turned on or off (kept across restarts): what
+    #: ``enable --if-version`` compares.
+    version: int = 0
+    #: ``enable --ttl``: when maintenance should be over; past it ``ttl_expired`` (it stays on).
+    ttl_end: float | None = None
+    ttl_expired: bool = False
 
 
 class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -104,7 +110,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type
 
     ``event`` names what happened: ``state_changed``, ``in_flight_changed``,
     ``subsystem_state``, ``subsystem_registered``, ``subsystem_disconnected``,
-    ``subsystem_removed``, ``overdue``, ``cancelled``, ``cancel_refused``. ``items`` lists
+    ``subsystem_removed``, ``overdue``, ``ttl_expired``, ``cancelled``, ``cancel_refused``. ``items`` lists
     what is left (``overdue``), what was abandoned (``subsystem_removed``), what keeps
     blocking (``subsystem_disconnected``) or the subsystem's in-flight work.
     """
@@ -129,3 +135,4 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     to_state: str | None = None
     item: str | None = None
     drain_id: str | None = None
+    version: int | None = None

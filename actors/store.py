@@ -30,6 +30,7 @@ from .schema import (
     AuditRow,
     JobEvent,
     JobRow,
+    MaintenanceRow,
     RunRow,
     job_from_row,
     run_from_row,
@@ -353,6 +354,30 @@ class Store:
     def paused_pipelines(self) -> list[str]:
         with self._read("the paused pipelines") as db:
             return [str(row["pipeline"]) for row in db.execute("SELECT pipeline FROM paused_pipelines ORDER BY pipeline")]
+
+    def save_maintenance(self, row: MaintenanceRow, reason: str | None = None, detail: str | None = None) -> int:
+        """Record a turn of maintenance on or off: the state (one row, replaced) and its audit
+        entry (``enable`` or ``disable``), in one transaction."""
+        action = "enable" if row.enabled else "disable"
+        with self._tx(f"the {action} by {row.by} (maintenance version {row.version})") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO maintenance (id, version, enabled, drain_id, ttl_end, by, at)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (row.version, int(row.enabled), row.drain_id, row.ttl_end, row.by, row.at),
+            )
+            cur = db.execute(
+                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, ?, NULL, ?)",
+                (row.at, action, row.by, reason, detail),
+            )
+            return int(cur.lastrowid or 0)
+
+    def maintenance(self) -> MaintenanceRow | None:
+        """The maintenance state last recorded; None before the first enable."""
+        with self._read("the maintenance state") as db:
+            row = db.execute("SELECT version, enabled, drain_id, ttl_end, by, at FROM maintenance WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return MaintenanceRow(**{**dict(zip(row.keys(), row, strict=True)), "enabled": bool(row["enabled"])})
 
     # -- queries -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pykka
 from .budget import STORE_WAIT
 from .future import CallbackFuture
 from .jobs import JobState
-from .schema import AuditRow, JobEvent, JobRow, RunRow
+from .schema import AuditRow, JobEvent, JobRow, MaintenanceRow, RunRow
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,12 @@ class SyncStore:
 
     def paused_pipelines(self) -> list[str]:
         return self._call(lambda s: s.paused_pipelines(), "paused_pipelines")
+
+    def save_maintenance(self, row: MaintenanceRow, reason: str | None = None, detail: str | None = None) -> int:
+        return self._call(lambda s: s.save_maintenance(row, reason, detail), "save_maintenance")
+
+    def maintenance(self) -> MaintenanceRow | None:
+        return self._call(lambda s: s.maintenance(), "maintenance")
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -17,9 +17,11 @@ import collections
 import itertools
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
-from .errors import BadRequest, MaintdError, NotCancellable, NotFound
+from .errors import BadRequest, Conflict, MaintdError, NotCancellable, NotFound
 from .maintenance import SYSTEM, Machine, MaintenanceEvent, Transition, automatic_event, subsystem_state
 from .messages import (
     Cancel,
@@ -36,11 +38,13 @@ from .messages import (
     RestartSubsystem,
     ResumeIntake,
     SubsystemFailed,
+    TTLPassed,
 )
 from .peers import Peers
 from .pending import WritesPending
 from .ports import AuditLog, Clock, StatusSink, Timers
 from .roster import Roster
+from .schema import MaintenanceRow
 from .snapshot import Snapshots
 from .status import (
     HistoryEntry,
@@ -63,9 +67,10 @@ log = logging.getLogger("maintd.supervisor")
 
 
 def _deadline_detail(msg: Enable) -> str | None:
+    ttl = None if msg.ttl_seconds is None else f"ttl {msg.ttl_seconds:g}s"
     if msg.deadline_seconds is None:
-        return _details(msg.peer)
-    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", msg.peer)
+        return _details(ttl, msg.peer)
+    return _details(f"deadline {msg.deadline_seconds:g}s, then {msg.on_deadline.value}", ttl, msg.peer)
 
 
 def _details(*parts: str | None) -> str | None:
@@ -74,6 +79,9 @@ def _details(*parts: str | None) -> str | None:
 
 
 DEADLINE_TIMER = "deadline"
+TTL_TIMER = "ttl"
+#: While maintenance is on past its --ttl, the log says so this often (seconds).
+TTL_WARN_EVERY = 3600.0
 #: How many removed subsystems the status keeps showing.
 REMOVED_SHOWN = 20
 
@@ -90,8 +98,15 @@ class SupervisorCore(Roster, Snapshots):
         peers: Peers | None = None,
         audit_log: AuditLog | None = None,
         reconnect_grace: float = 0.0,
+        save_maintenance: Callable[[MaintenanceRow], Any] | None = None,
     ) -> None:
         self.audit_log = audit_log
+        #: Records each turn on or off (the version, the drain) with its audit entry, in place
+        #: of ``audit_log``, before it takes effect; raises (a StoreError) if it cannot.
+        self.save_maintenance = save_maintenance
+        self.version = 0
+        self.ttl_end: float | None = None
+        self.ttl_expired = False
         #: How long the blocking work of an external that disconnected keeps blocking (0: not at all).
         self.reconnect_grace = reconnect_grace
         self.peers = peers
@@ -119,16 +134,56 @@ class SupervisorCore(Roster, Snapshots):
 
     # -- maintenance ---------------------------------------------------------------------
 
+    def restore(self, row: MaintenanceRow | None) -> None:
+        """Go on from the version the store last recorded (at start-up, before anything else).
+
+        Maintenance is never restored after a restart: one that was on when maintd stopped
+        ended with it, which is a turn of its own (the version moves on, so a compare-and-set
+        against what was seen before the restart is refused).
+        """
+        if row is None:
+            return
+        self.version = row.version
+        if row.enabled:
+            log.warning("maintenance mode (%s, by %s) was on when maintd stopped; it is not restored", row.drain_id, row.by)
+            self.version += 1
+            row = MaintenanceRow(version=self.version, enabled=False, drain_id=None, ttl_end=None, by=SYSTEM, at=self.clock.now())
+            try:
+                self.turn(row, reason="maintd restarted; maintenance mode is not restored")
+            except MaintdError as exc:  # the next turn writes the version again
+                log.error("could not record that maintenance ended with the restart: %s", exc.message)
+
+    def turn(self, row: MaintenanceRow, *, reason: str | None, detail: str | None = None) -> None:
+        """Record a turn on or off and its audit entry; raises (a StoreError) if it cannot."""
+        if self.save_maintenance is not None:
+            self.save_maintenance(row, reason=reason, detail=detail)
+        else:
+            self.audit("enable" if row.enabled else "disable", row.by, row.at, reason=reason, detail=detail)
+
     def enable(self, msg: Enable) -> MaintenanceInfo:
         if msg.deadline_seconds is not None and msg.deadline_seconds < 0:
             raise BadRequest("deadline_seconds must be zero or more")
+        if msg.ttl_seconds is not None and msg.ttl_seconds <= 0:
+            raise BadRequest("ttl_seconds must be more than zero")
+        if msg.if_version is not None and msg.if_version != self.version:
+            raise Conflict(
+                f"maintenance changed since you looked: its version is {self.version}, not {msg.if_version}"
+                f" (it is {self.machine.state.value}; `maintctl status` shows who changed it)"
+            )
         now = self.clock.now()
         self.machine.check(MaintenanceEvent.ENABLE)
+        drain_id = f"drain-{secrets.token_hex(4)}"
+        ttl_end = None if msg.ttl_seconds is None else now + msg.ttl_seconds
         # Recorded before it takes effect: what cannot be recorded does not happen.
-        self.audit("enable", msg.by, now, reason=msg.reason, detail=_deadline_detail(msg))
+        row = MaintenanceRow(version=self.version + 1, enabled=True, drain_id=drain_id, ttl_end=ttl_end, by=msg.by, at=now)
+        self.turn(row, reason=msg.reason, detail=_deadline_detail(msg))
         transition = self.machine.fire(MaintenanceEvent.ENABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
-        self.drain_id = f"drain-{secrets.token_hex(4)}"
+        self.version += 1
+        self.drain_id = drain_id
+        self.ttl_end, self.ttl_expired = ttl_end, False
+        if msg.ttl_seconds is not None:
+            self.timers.arm(TTL_TIMER, msg.ttl_seconds, TTLPassed(drain_id=drain_id))
         self.deadline_passed = False
         self.on_deadline = msg.on_deadline
         self.deadline = None if msg.deadline_seconds is None else now + msg.deadline_seconds
@@ -143,15 +198,22 @@ class SupervisorCore(Roster, Snapshots):
         return self.maintenance_info()
 
     def disable(self, msg: Disable) -> MaintenanceInfo:
+        if msg.if_drain_id is not None and msg.if_drain_id != self.drain_id:
+            now_on = f"the drain now on is {self.drain_id}" if self.drain_id else "maintenance mode is not on"
+            raise Conflict(f"maintenance changed since you looked: {now_on}, not {msg.if_drain_id}; nothing was turned off")
         now = self.clock.now()
         self.machine.check(MaintenanceEvent.DISABLE)
-        self.audit("disable", msg.by, now, reason=msg.reason, detail=msg.peer)
+        row = MaintenanceRow(version=self.version + 1, enabled=False, drain_id=None, ttl_end=None, by=msg.by, at=now)
+        self.turn(row, reason=msg.reason, detail=msg.peer)
         transition = self.machine.fire(MaintenanceEvent.DISABLE, by=msg.by, at=now, reason=msg.reason)
         self.toggled = transition
+        self.version += 1
         drain_id, self.drain_id = self.drain_id or "", None
         self.deadline = self.on_deadline = None
         self.deadline_passed = False
+        self.ttl_end, self.ttl_expired = None, False
         self.timers.disarm(DEADLINE_TIMER)
+        self.timers.disarm(TTL_TIMER)
         self.record_transition(transition)
         for view in self.views.values():
             view.paused_for = view.drained_for = None
@@ -316,6 +378,26 @@ class SupervisorCore(Roster, Snapshots):
                 if item.cancellable and item.kind != MATERIAL_UPDATE:
                     view.tell(Cancel(item_id=item.id, by="deadline", reason="cancelled by the deadline"))
 
+    def on_ttl_passed(self, msg: TTLPassed) -> None:
+        """Past ``--ttl`` maintenance stays on (an upgrade may be half done): it is raised,
+        once as an event, and in the log now and every :data:`TTL_WARN_EVERY` after."""
+        if msg.drain_id != self.drain_id or self.ttl_end is None:
+            return
+        self.timers.arm(TTL_TIMER, TTL_WARN_EVERY, msg)
+        over = self.clock.now() - self.ttl_end
+        by = self.toggled.by if self.toggled else "?"
+        log.warning(
+            "maintenance mode (%s, turned on by %s) is still on %.0f min past its TTL (%s);"
+            " `maintctl disable` when the work is done",
+            self.drain_id,
+            by,
+            over / 60,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.ttl_end)),
+        )
+        if not self.ttl_expired:
+            self.ttl_expired = True
+            self.publish("ttl_expired", message=f"maintenance mode (turned on by {by}) is past its TTL and still on")
+
     # -- records and publishing ----------------------------------------------------------
 
     def record(self, action: str, *, by: str, **fields: Any) -> None:
@@ -341,4 +423,5 @@ class SupervisorCore(Roster, Snapshots):
             from_state=t.from_state.value,
             to_state=t.to_state.value,
             drain_id=self.drain_id,
+            version=self.version,
         )

@@ -30,11 +30,13 @@ from .messages import (
     RequestCancel,
     RestartSubsystem,
     SubsystemFailed,
+    TTLPassed,
     Unregister,
 )
 from .peers import Peers
 from .pending import WritesPending
 from .ports import AuditLog, Clock, StatusSink, Timers
+from .schema import MaintenanceRow
 from .supervisor import SupervisorCore
 from .types import (
     InFlightItem,
@@ -65,9 +67,12 @@ class SupervisorActor(pykka.ThreadingActor):
         start_in_maintenance: Enable | None = None,
         audit_log: AuditLog | None = None,
         reconnect_grace: float = 0.0,
+        save_maintenance: Callable[[MaintenanceRow], Any] | None = None,
+        restored: MaintenanceRow | None = None,
     ) -> None:
         super().__init__()
         self.start_in_maintenance = start_in_maintenance
+        self.restored = restored
         self.core = SupervisorCore(
             clock=clock,
             timers=timers,
@@ -76,6 +81,7 @@ class SupervisorActor(pykka.ThreadingActor):
             peers=peers,
             audit_log=audit_log,
             reconnect_grace=reconnect_grace,
+            save_maintenance=save_maintenance,
         )
         self.builtins = builtins
 
@@ -88,6 +94,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
         me = self.actor_ref
         core = self.core
+        core.restore(self.restored)
         if self.start_in_maintenance is not None:
             core.enable(self.start_in_maintenance)
         for name, make_core in self.builtins:
@@ -146,6 +153,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 core.on_restart(message)
             case DeadlineReached():
                 core.on_deadline_reached(message)
+            case TTLPassed():
+                core.on_ttl_passed(message)
             case WritesPending():
                 core.on_writes_pending(message)
             case CancelTimedOut(item_id=item_id):

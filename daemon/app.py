@@ -209,6 +209,7 @@ async def run(settings: Settings) -> int:
                     store_proxy = store_ref.proxy()
                     now = time.time()
                     interrupted, queued = await bridge.wait(store_proxy.call(lambda s: s.recover(now)), STORE_TIMEOUT)
+                    restored = await bridge.wait(store_proxy.call(lambda s: s.maintenance()), STORE_TIMEOUT)
                 except (MaintdError, pykka.ActorDeadError) as exc:
                     log.error("cannot open the store in %s: %s", settings.state_dir, exc)
                     return EXIT_FAILURE
@@ -240,6 +241,8 @@ async def run(settings: Settings) -> int:
                     builtins=builtins,
                     peers=peers,
                     audit_log=sync_store,
+                    save_maintenance=sync_store.save_maintenance,
+                    restored=restored,
                     reconnect_grace=config_mod.parse_duration(cfg.control.reconnect_grace),
                     start_in_maintenance=(
                         Enable(by="maintd", reason="started with --start-in-maintenance")

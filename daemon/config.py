@@ -37,6 +37,8 @@ class ControlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class MaintenanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     start_in_maintenance: bool = False
     subsystem_restart_delay: Duration = "1s"
+    #: Refuse ``maintctl enable`` without ``--ttl`` (bad_request).
+    require_ttl: bool = False
 
 
 class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

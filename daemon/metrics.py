@@ -85,6 +85,16 @@ class Metrics:
             registry=r,
         )
         self.overdue = Gauge("maintd_drain_overdue", "1 when the drain deadline passed and the drain is not done", registry=r)
+        self.ttl_end = Gauge(
+            "maintd_maintenance_ttl_timestamp_seconds",
+            "When maintenance should be over, as `maintctl enable --ttl` said (seconds since the epoch); 0 when there is none",
+            registry=r,
+        )
+        self.ttl_expired = Gauge(
+            "maintd_maintenance_ttl_expired",
+            "1 while maintenance mode is on past its --ttl (it is never turned off for it)",
+            registry=r,
+        )
         self.subsystem_state = Enum(
             "maintd_subsystem_state",
             "What the supervisor knows of each subsystem",
@@ -130,6 +140,7 @@ class Metrics:
         # What the last update saw (trio thread only).
         self._state: str | None = None
         self._deadline_shown: float | None = None
+        self._ttl_shown: float | None = None
         self._kinds: dict[str, set[str]] = {}  # subsystem -> kinds it has series for
         self._drain_id: str | None = None
         self._drain_started: float | None = None  # time.monotonic() when the drain was first seen
@@ -156,6 +167,10 @@ class Metrics:
         if m.deadline != self._deadline_shown:
             self._deadline_shown = m.deadline
             self.deadline.set(m.deadline or 0.0)
+        self.ttl_expired.set(1 if m.ttl_expired else 0)
+        if m.ttl_end != self._ttl_shown:
+            self._ttl_shown = m.ttl_end
+            self.ttl_end.set(m.ttl_end or 0.0)
         self._update_drain(m.state, m.drain_id)
         self._state = m.state
         store = status.store

@@ -58,10 +58,13 @@ class EnableRequest(Request, tag="enable"):
     reason: Text | None = None
     deadline_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
     on_deadline: Literal["wait", "cancel"] = "wait"
+    ttl_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None  # 0: refused by the supervisor
+    if_version: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
 class DisableRequest(Request, tag="disable"):
     reason: Text | None = None
+    if_drain_id: Annotated[str, Meta(max_length=100)] | None = None
 
 
 class CancelRequest(Request, tag="cancel"):

@@ -165,6 +165,7 @@ class ControlServer:
         self.hub = hub
         self.config = config.control
         self.cancel_timeout = parse_duration(config.control.cancel_timeout)
+        self.require_ttl = config.maintenance.require_ttl
         self.connections = 0
 
     async def serve(
@@ -278,6 +279,10 @@ class ControlServer:
                 return {"entries": await self.ask(GetHistory())}
             case p.EnableRequest():
                 peer.require_admin("enable", self.config.admin_group)
+                if self.require_ttl and request.ttl_seconds is None:
+                    raise BadRequest(
+                        "this maintd needs a TTL on every enable ([maintenance] require_ttl): give --ttl, e.g. --ttl 4h"
+                    )
                 info = await self.ask(
                     Enable(
                         by=peer.user,
@@ -285,13 +290,17 @@ class ControlServer:
                         deadline_seconds=request.deadline_seconds,
                         on_deadline=OnDeadline(request.on_deadline),
                         peer=peer.detail,
+                        ttl_seconds=request.ttl_seconds,
+                        if_version=request.if_version,
                     )
                 )
                 log.info("%s turned on maintenance mode (reason: %s)", peer.user, request.reason or "none given")
                 return info
             case p.DisableRequest():
                 peer.require_admin("disable", self.config.admin_group)
-                info = await self.ask(Disable(by=peer.user, reason=request.reason, peer=peer.detail))
+                info = await self.ask(
+                    Disable(by=peer.user, reason=request.reason, peer=peer.detail, if_drain_id=request.if_drain_id)
+                )
                 log.info("%s turned off maintenance mode", peer.user)
                 return info
             case p.CancelRequest():

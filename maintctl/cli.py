@@ -75,10 +75,17 @@ def _enable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", help="why (shown in status and the history)")
     p.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
     p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    p.add_argument("--ttl", type=duration, metavar="DURATION", help="e.g. 4h: raise an alert if still on then")
+    p.add_argument("--if-version", type=int, metavar="N", help="refuse (conflict) unless the version is still N")
 
 
 def _reason(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason")
+
+
+def _disable(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason")
+    p.add_argument("--if-drain-id", metavar="ID", help="refuse (conflict) unless drain ID is still the one on")
 
 
 def _cancel(p: argparse.ArgumentParser) -> None:
@@ -118,7 +125,7 @@ def _cancel_run(p: argparse.ArgumentParser) -> None:
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
     "status": ("maintenance state, subsystems and what is running", None),
     "enable": ("turn maintenance mode on and start the drain", _enable),
-    "disable": ("turn maintenance mode off; every subsystem resumes", _reason),
+    "disable": ("turn maintenance mode off; every subsystem resumes", _disable),
     "inflight": ("list the work in flight", None),
     "cancel": ("cancel in-flight items (never a material update)", _cancel),
     "watch": ("print every state and in-flight change as it happens", None),
@@ -206,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "enable" and args.ttl == 0:
+        print("maintctl: --ttl must be more than zero", file=sys.stderr)
+        return EXIT_USAGE
     path = str(getattr(args, "socket", None) or default_socket())
     as_json = getattr(args, "json", False)
     try:
@@ -240,6 +250,8 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         reason=args.reason,
         deadline_seconds=args.deadline,
         on_deadline="cancel" if args.cancel_at_deadline else None,
+        ttl_seconds=args.ttl,
+        if_version=args.if_version,
     )
     text = render.maintenance_line(result) + "\n" + render.safe_line(result)
     if not result["safe_to_restart"]:
@@ -249,7 +261,7 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    result = client.request("disable", reason=args.reason)
+    result = client.request("disable", reason=args.reason, if_drain_id=args.if_drain_id)
     out(result, as_json, "Maintenance mode: off; every subsystem resumes its intake.")
     return EXIT_OK
 

@@ -49,8 +49,11 @@ def maintenance_line(m: dict[str, Any]) -> str:
     m = clean(m)
     if not m["enabled"]:
         by = f" (last turned off by {m['updated_by']} at {iso(m['updated_on'])})" if m.get("updated_by") else ""
-        return f"Maintenance mode: off{by}"
+        return f"Maintenance mode: off{by}; version {m.get('version', 0)}"
     text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {iso(m['updated_on'])}"
+    text += f"\n  drain: {m['drain_id']}, version {m.get('version', 0)}"
+    if m.get("ttl_end"):
+        text += f"\n  ttl: until {iso(m['ttl_end'])}" + (" (EXPIRED: still on)" if m.get("ttl_expired") else "")
     if m.get("reason"):
         text += f"\n  reason: {m['reason']}"
     if m.get("deadline"):
@@ -58,6 +61,17 @@ def maintenance_line(m: dict[str, Any]) -> str:
         if m.get("on_deadline") == "cancel":
             text += ", cancellable work is cancelled at the deadline"
     return text
+
+
+def ttl_warning(m: dict[str, Any]) -> list[str]:
+    """The first line of the status while maintenance is on past its ``--ttl``."""
+    m = clean(m)
+    if not m.get("ttl_expired"):
+        return []
+    return [
+        f"WARNING: maintenance mode is past its TTL ({iso(m['ttl_end'])}) and still on: `maintctl disable` once the work is done",
+        "",
+    ]
 
 
 def safe_line(m: dict[str, Any]) -> str:
@@ -107,7 +121,7 @@ def reconnect_note(s: dict[str, Any]) -> str:
 def status(result: dict[str, Any]) -> str:
     result = clean(result)
     m = result["maintenance"]
-    lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store"))]
+    lines = [*ttl_warning(m), maintenance_line(m), safe_line(m), *store_line(result.get("store"))]
     if result.get("job_tracking"):
         lines.append(f"Job tracking: {result['job_tracking']}")
     lines.append("")

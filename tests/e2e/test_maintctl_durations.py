@@ -42,7 +42,7 @@ def test_durations_up_to_the_bound_are_taken(daemon: Daemon) -> None:
 
 
 @pytest.mark.parametrize("value", ["-5s", "nan", "inf", "1e9", ""])
-@pytest.mark.parametrize("option", ["wait --timeout", "enable --deadline"])
+@pytest.mark.parametrize("option", ["wait --timeout", "enable --deadline", "enable --ttl"])
 def test_negative_nan_and_inf_are_not_durations(tmp_path: Path, option: str, value: str) -> None:
     command, flag = option.split()
     result = subprocess.run(
@@ -54,3 +54,16 @@ def test_negative_nan_and_inf_are_not_durations(tmp_path: Path, option: str, val
     )
     assert result.returncode == 2, result
     assert "not a duration" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "367d"])
+def test_a_ttl_of_zero_or_past_the_bound_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "maintctl", "--socket", str(tmp_path / "none.sock"), "enable", f"--ttl={value}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert ("more than zero" in result.stderr or "at most 366d" in result.stderr) and "Traceback" not in result.stderr
