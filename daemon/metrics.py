@@ -85,22 +85,37 @@ def daemon_registry() -> CollectorRegistry:
 
 
 class StateSet:
-    """A gauge with one series per state, labelled ``state``, 1 on the current state and 0 on the others."""
+    """A gauge with one series per state, labelled ``state``: 1 on the current state, 0 on the others.
+
+    A collector of its own, so that a scrape never sees a change half made (two states at 1,
+    or none): the current state is one entry, replaced at once.
+    """
 
     def __init__(
         self, name: str, documentation: str, labelnames: Iterable[str], states: Iterable[str], registry: CollectorRegistry
     ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = [*labelnames, "state"]
         self.states = tuple(states)
-        self.gauge = Gauge(name, documentation, [*labelnames, "state"], registry=registry)
+        self._current: dict[tuple[str, ...], str] = {}  # label values -> the current state
+        registry.register(self)
 
     def set(self, state: str, *labels: str) -> None:
-        for s in self.states:
-            self.gauge.labels(*labels, s).set(1 if s == state else 0)
+        self._current[labels] = state
 
     def remove(self, *labels: str) -> None:
-        for s in self.states:
-            with contextlib.suppress(KeyError):
-                self.gauge.remove(*labels, s)
+        self._current.pop(labels, None)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, current in self._current.copy().items():
+            for state in self.states:
+                family.add_metric([*labels, state], 1 if state == current else 0)
+        return [family]
 
 
 class OptionalGauge:
