@@ -3,6 +3,8 @@ whichever subsystem ended it (the agents for a building job, the scheduler for a
 
 from __future__ import annotations
 
+import os
+import signal
 import urllib.request
 
 from tests.conftest import wait_for
@@ -36,3 +38,17 @@ def test_each_cancelled_job_counts_once_building_or_scheduled(world: World) -> N
     assert sorted(j["state"] for j in world.runs()[0]["jobs"]) == ["cancelled"] * 3
     wait_for(lambda: jobs_total(base)["cancelled"] == 3, 10, "each of the three cancelled jobs to be counted")
     assert jobs_total(base) == {"passed": 0, "failed": 0, "cancelled": 3, "interrupted": 0}
+
+
+def test_jobs_a_dead_daemon_left_are_counted_at_the_next_start(world: World) -> None:  # noqa: F811
+    d = world.start()
+    world.wait_status(lambda s: world.building(s) == ["unit"], "a job to build")
+    (agent,) = [a for a in world.ctl_json("agents")["agents"] if a["pid"]]
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    os.killpg(agent["pid"], signal.SIGKILL)  # the orphaned job, as a reboot would end it
+    d.start()
+    wait_for(lambda: d.log_text().count("http on ") == 2, 10, "the new process's http line")
+    base = d.http_url()
+    assert jobs_total(base) == {"passed": 0, "failed": 0, "cancelled": 0, "interrupted": 1}
