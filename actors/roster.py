@@ -77,6 +77,8 @@ class Roster:
         view = self.views.get(name)
         if view is None:
             return
+        if view.items:
+            view.failures += 1  # its work is abandoned, or blocks with nobody to end it: a failure
         if not view.blocking_count or self.reconnect_grace <= 0:
             self.remove_subsystem(name, reason)
             return
@@ -163,7 +165,9 @@ class Roster:
             view.ref.stop(block=False)
         abandoned = view.items
         self.audit_after("subsystem_removed", SYSTEM, reason=reason, target=name, detail=f"{len(abandoned)} item(s) abandoned")
-        self.removed.append(RemovedSubsystem(name=name, at=self.clock.now(), reason=reason, abandoned=abandoned))
+        self.removed.append(
+            RemovedSubsystem(name=name, at=self.clock.now(), reason=reason, abandoned=abandoned, failures=view.failures)
+        )
         self.record("subsystem_removed", by=SYSTEM, reason=reason, item=name)
         self.recompute()
         self.publish(

@@ -2,7 +2,7 @@
 
 ``safe_to_restart`` is the maintenance state ``drained``, which the supervisor reaches only
 when every subsystem has stopped its intake and :func:`blocking` finds nothing in any of
-them. GoCD's ``has_running_systems`` (the HTTP info), the ``maintd_in_flight`` counts and
+them. GoCD's ``has_running_systems`` (the HTTP info), the ``maintd_in_flight_items`` counts and
 ``maintctl wait`` must never say otherwise, so they all come from these two functions: a
 ``has_running_systems: true`` means exactly "not safe to restart because of running work".
 """

@@ -17,7 +17,7 @@ import collections
 import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .definitions import PipelineDef, next_fire
@@ -59,6 +59,7 @@ class SchedulerCore(HandOut, SubsystemCore):
         timers: Timers,
         clock: Clock,
         work_root: str,
+        on_job: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name, emit, ())
         self.pipelines = {p.name: p for p in pipelines}
@@ -69,6 +70,8 @@ class SchedulerCore(HandOut, SubsystemCore):
         self.timers = timers
         self.clock = clock
         self.work_root = work_root
+        #: told the state of every job that ends here (cancelled before it started): the agents tell the others
+        self.on_job = on_job or (lambda state: None)
         self.queue: collections.deque[JobSpec] = collections.deque()
         self.waiting: collections.deque[str] = collections.deque()
         self.runs: dict[int, Run] = {}
@@ -248,6 +251,8 @@ class SchedulerCore(HandOut, SubsystemCore):
             f"the {state.value} state of job {job_id}",
             functools.partial(self.store.set_job_state, job_id, state, self.clock.now(), **fields),
         )
+        if state in TERMINAL:
+            self.on_job(state.value)
 
     def item_of(self, spec: JobSpec) -> InFlightItem:
         return job_item(self.name, spec, SCHEDULED_JOB, self.clock.now(), blocks_restart=False)

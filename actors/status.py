@@ -42,6 +42,8 @@ class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     in_flight: int
     blocking: int
     external: bool
+    #: how often it failed: its actor died (the supervisor restarts it), or, for an external,
+    #: its process went away with work in flight
     failures: int = 0
     last_error: str | None = None
     #: While an external's earlier work still blocks after its process went away: until when.
@@ -80,6 +82,8 @@ class RemovedSubsystem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     at: float
     reason: str
     abandoned: tuple[InFlightItem, ...]
+    #: its failures up to its removal (as :attr:`SubsystemInfo.failures`)
+    failures: int = 0
 
 
 class StoreInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -284,12 +284,13 @@ class Store:
             db.execute("UPDATE runs SET state = ?, finished_at = ? WHERE id = ?", (state, at, run_id))
             return True
 
-    def recover(self, at: float) -> tuple[list[int], list[int]]:
+    def recover(self, at: float, on_end: Callable[[str], None] | None = None) -> tuple[list[int], list[int]]:
         """At start-up: jobs a previous process left building become interrupted, and so do their runs.
 
         Scheduled jobs of those runs are interrupted with them; a scheduled job that was on
         its way to an agent with a cancel asked for is cancelled; other scheduled jobs stay
         scheduled (on no agent) to be queued again. Returns (interrupted job ids, scheduled job ids).
+        ``on_end`` is told the state of each job ended here, once it is recorded.
         """
         with self._tx("the interrupted jobs of the previous process") as db:
             building = db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
@@ -309,7 +310,12 @@ class Store:
                 _event(db, row["id"], at, JobState.CANCELLED.value, CANCEL_DETAIL)
             db.execute("UPDATE jobs SET agent = NULL WHERE state = 'scheduled'")
             queued = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE state = 'scheduled' ORDER BY id")]
-            return sorted(job_id for job_id, _ in changes), queued
+        if on_end is not None:
+            for _ in changes:
+                on_end(JobState.INTERRUPTED.value)
+            for _ in cancelled:
+                on_end(JobState.CANCELLED.value)
+        return sorted(job_id for job_id, _ in changes), queued
 
     # -- revisions and audit -------------------------------------------------------------
 

@@ -208,13 +208,13 @@ async def run(settings: Settings) -> int:
                     store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
                     store_proxy = store_ref.proxy()
                     now = time.time()
-                    interrupted, queued = await bridge.wait(store_proxy.call(lambda s: s.recover(now)), STORE_TIMEOUT)
+                    interrupted, queued = await bridge.wait(
+                        store_proxy.call(lambda s: s.recover(now, on_end=metrics.job_finished)), STORE_TIMEOUT
+                    )
                     restored = await bridge.wait(store_proxy.call(lambda s: s.maintenance()), STORE_TIMEOUT)
                 except (MaintdError, pykka.ActorDeadError) as exc:
                     log.error("cannot open the store in %s: %s", settings.state_dir, exc)
                     return EXIT_FAILURE
-                for _ in interrupted:
-                    metrics.job_finished("interrupted")
                 if interrupted:
                     log.warning("%d job(s) were building when maintd last stopped; marked interrupted", len(interrupted))
                 if queued:

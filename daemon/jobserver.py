@@ -86,6 +86,7 @@ def build_subsystems(
             timers=timers,
             clock=clock,
             work_root=str(work_root),
+            on_job=on_job,
         )
 
     def agents(name: str, emit: Any, items: Any) -> AgentsCore:

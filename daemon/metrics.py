@@ -10,9 +10,11 @@ Label values are identifiers only: states, result codes, subsystem names and ite
 which the control protocol restricts to ``[a-z0-9_.-]``. Free text (reasons, user names,
 descriptions) never goes into a label.
 
-prometheus_client's ``Enum`` names its state label after the metric, so the series read
-``maintd_maintenance_state{maintd_maintenance_state="drained"} 1`` and
-``maintd_subsystem_state{subsystem="agents",maintd_subsystem_state="paused"} 1``.
+A state set is a gauge with a ``state`` label, one series per state and 1 on the current
+one: ``maintd_maintenance_state{state="drained"} 1`` and
+``maintd_subsystem_state{subsystem="agents",state="paused"} 1`` (prometheus_client's ``Enum``
+would name the label after the metric, and every rule would need ``ignoring(...)``).
+Counters and histograms have no ``_created`` series (:class:`MaintdRegistry`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Enum,
     Gauge,
     Histogram,
     Info,
@@ -32,6 +34,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from actors.status import Event, Status
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, MaintenanceState, SubsystemState
@@ -41,6 +45,9 @@ log = logging.getLogger("maintd.metrics")
 MAINTENANCE_STATES = tuple(s.value for s in MaintenanceState)  # normal, draining, drained
 SUBSYSTEM_STATES = tuple(s.value for s in SubsystemState)  # running, unknown, pausing, paused, drained, failed
 BUILTIN_KINDS = (MATERIAL_UPDATE, BUILDING_JOB, SCHEDULED_JOB)
+#: The kinds of work each built-in subsystem holds, which have series from the start; any
+#: other kind (an external's, a ``pending_write``) gets one once seen, kept while its subsystem is.
+KINDS_OF_BUILTIN = {"materials": (MATERIAL_UPDATE,), "scheduler": (SCHEDULED_JOB,), "agents": (BUILDING_JOB,)}
 JOB_RESULTS = ("passed", "failed", "cancelled", "interrupted")
 POLL_RESULTS = ("ok", "error", "timeout")
 #: The error codes that count as a rejected request; :meth:`Metrics.rejected` ignores the others.
@@ -49,17 +56,86 @@ REJECT_REASONS = ("maintenance_mode", "forbidden", "bad_request", "unknown_type"
 DRAIN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, float("inf"))
 
 
+class MaintdRegistry(CollectorRegistry):
+    """A registry whose counters and histograms have no ``_created`` series.
+
+    prometheus_client adds one to each by default (a timestamp per series, of no use to a
+    rule and doubling the series); its switch for that is process-wide, this is for maintd's
+    registry only.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():
+            if metric.type in ("counter", "histogram", "summary", "gaugehistogram"):
+                metric.samples = [s for s in metric.samples if not s.name.endswith(("_created", "_gcreated"))]
+            yield metric
+
+
 def daemon_registry() -> CollectorRegistry:
     """A registry for the daemon: ours plus the process, platform and GC collectors.
 
     A registry of its own rather than the global ``REGISTRY``, so that running the daemon
     twice in one process (as a test may) never registers a name twice.
     """
-    registry = CollectorRegistry()
+    registry = MaintdRegistry()
     process_collector.ProcessCollector(registry=registry)
     platform_collector.PlatformCollector(registry=registry)
     gc_collector.GCCollector(registry=registry)
     return registry
+
+
+class StateSet:
+    """A gauge with one series per state, labelled ``state``: 1 on the current state, 0 on the others.
+
+    A collector of its own, so that a scrape never sees a change half made (two states at 1,
+    or none): the current state is one entry, replaced at once.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str], states: Iterable[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = [*labelnames, "state"]
+        self.states = tuple(states)
+        self._current: dict[tuple[str, ...], str] = {}  # label values -> the current state
+        registry.register(self)
+
+    def set(self, state: str, *labels: str) -> None:
+        self._current[labels] = state
+
+    def remove(self, *labels: str) -> None:
+        self._current.pop(labels, None)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, current in self._current.copy().items():
+            for state in self.states:
+                family.add_metric([*labels, state], 1 if state == current else 0)
+        return [family]
+
+
+class OptionalGauge:
+    """A gauge without labels that has no sample at all while its value is None (rather than a 0 that means something)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value: float | None = None  # set in the trio thread, read by the exposition's: one assignment
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation)
+        value = self.value
+        if value is not None:
+            family.add_metric([], value)
+        return [family]
 
 
 class Metrics:
@@ -67,11 +143,12 @@ class Metrics:
         self.registry = registry
         self.version = version
         r = registry
-        self.maintenance_state = Enum(
+        self.maintenance_state = StateSet(
             "maintd_maintenance_state",
             "Maintenance mode state: normal, draining (intake stopped, work in flight) or drained (safe to restart)",
-            states=list(MAINTENANCE_STATES),
-            registry=r,
+            (),
+            MAINTENANCE_STATES,
+            r,
         )
         self.safe_to_restart = Gauge("maintd_safe_to_restart", "1 when the server is safe to restart (drained)", registry=r)
         self.state_changed = Gauge(
@@ -79,32 +156,30 @@ class Metrics:
             "When the maintenance state last changed (seconds since the epoch)",
             registry=r,
         )
-        self.deadline = Gauge(
+        self.deadline = OptionalGauge(
             "maintd_drain_deadline_timestamp_seconds",
-            "The drain's deadline (seconds since the epoch); 0 when there is none",
-            registry=r,
+            "The drain's deadline (seconds since the epoch); no sample when there is none",
+            r,
         )
         self.overdue = Gauge("maintd_drain_overdue", "1 when the drain deadline passed and the drain is not done", registry=r)
-        self.ttl_end = Gauge(
+        self.ttl_end = OptionalGauge(
             "maintd_maintenance_ttl_timestamp_seconds",
-            "When maintenance should be over, as `maintctl enable --ttl` said (seconds since the epoch); 0 when there is none",
-            registry=r,
+            "When maintenance should be over, as `maintctl enable --ttl` said (seconds since the epoch); "
+            "no sample when there is none",
+            r,
         )
         self.ttl_expired = Gauge(
             "maintd_maintenance_ttl_expired",
             "1 while maintenance mode is on past its --ttl (it is never turned off for it)",
             registry=r,
         )
-        self.subsystem_state = Enum(
-            "maintd_subsystem_state",
-            "What the supervisor knows of each subsystem",
-            ["subsystem"],
-            states=list(SUBSYSTEM_STATES),
-            registry=r,
+        self.subsystem_state = StateSet(
+            "maintd_subsystem_state", "What the supervisor knows of each subsystem", ("subsystem",), SUBSYSTEM_STATES, r
         )
         self.in_flight = Gauge(
-            "maintd_in_flight",
-            "Work in flight, by subsystem and kind (material_update, building_job, scheduled_job or an external kind)",
+            "maintd_in_flight_items",
+            "Items of work in flight, by subsystem and kind (material_update, building_job, scheduled_job, "
+            "pending_write or an external's kind); only for the kinds a subsystem holds",
             ["subsystem", "kind"],
             registry=r,
         )
@@ -135,7 +210,7 @@ class Metrics:
             self.polls.labels(result=result)
         for reason in REJECT_REASONS:
             self.rejections.labels(reason=reason)
-        self.maintenance_state.state(MaintenanceState.NORMAL.value)
+        self.maintenance_state.set(MaintenanceState.NORMAL.value)
 
         # What the last update saw (trio thread only).
         self._state: str | None = None
@@ -150,6 +225,7 @@ class Metrics:
         self._counts: dict[tuple[str, str], int] = {}
         self._shown_state: dict[str, str] = {}  # what the gauges hold now
         self._shown_count: dict[tuple[str, str], int] = {}
+        self._init_failures(r)
 
     # -- the StatusHub listener (trio thread) ----------------------------------------------
 
@@ -160,18 +236,19 @@ class Metrics:
         self._last_status = status
         m = status.maintenance
         if m.state != self._state:
-            self.maintenance_state.state(m.state)
+            self.maintenance_state.set(m.state)
             self.state_changed.set(time.time())
         self.safe_to_restart.set(1 if m.safe_to_restart else 0)
         self.overdue.set(1 if m.overdue else 0)
         if m.deadline != self._deadline_shown:
             self._deadline_shown = m.deadline
-            self.deadline.set(m.deadline or 0.0)
+            self.deadline.value = m.deadline
         self.ttl_expired.set(1 if m.ttl_expired else 0)
         if m.ttl_end != self._ttl_shown:
             self._ttl_shown = m.ttl_end
-            self.ttl_end.set(m.ttl_end or 0.0)
+            self.ttl_end.value = m.ttl_end
         self._update_drain(m.state, m.drain_id)
+        self._update_failures(status)
         self._state = m.state
         store = status.store
         self.store_pending.set(store.pending_writes)
@@ -194,11 +271,11 @@ class Metrics:
         for sub in status.subsystems:
             present.add(sub.name)
             if sub.state in SUBSYSTEM_STATES and self._shown_state.get(sub.name) != sub.state:
-                self.subsystem_state.labels(subsystem=sub.name).state(sub.state)
+                self.subsystem_state.set(sub.state, sub.name)
                 self._shown_state[sub.name] = sub.state
             kinds = self._kinds.get(sub.name)
             if kinds is None:
-                kinds = self._kinds[sub.name] = set() if sub.external else set(BUILTIN_KINDS)
+                kinds = self._kinds[sub.name] = set() if sub.external else set(KINDS_OF_BUILTIN.get(sub.name, ()))
         for subsystem, kind in counts:
             if subsystem in self._kinds:
                 self._kinds[subsystem].add(kind)
@@ -226,6 +303,43 @@ class Metrics:
             self.drain_duration.observe(max(0.0, time.monotonic() - self._drain_started))
             self._drain_observed = True
 
+    def _init_failures(self, r: CollectorRegistry) -> None:
+        self.subsystem_failures = Counter(
+            "maintd_subsystem_failures",
+            "Failures of each subsystem: its actor died (and was restarted), or an external's process went away "
+            "with work in flight; kept for an external removed with its work abandoned",
+            ["subsystem"],
+            registry=r,
+        )
+        self._failures_seen: dict[str, int] = {}  # subsystem -> the failures its status said, as counted
+
+    def _update_failures(self, status: Status) -> None:
+        """Count what each subsystem's ``failures`` grew by since the last status.
+
+        A subsystem removed with work abandoned keeps its series (its last failure may have come
+        with its removal) while the status lists it; one removed cleanly loses it. A name that
+        registers again is a new subsystem whose ``failures`` start again from 0.
+        """
+        last_removal = {r.name: r for r in status.removed}  # oldest first: a name's last removal wins
+        now: dict[str, int] = {name: r.failures for name, r in last_removal.items() if r.abandoned}
+        present = {sub.name for sub in status.subsystems}
+        for name in now.keys() & present:
+            del now[name]  # an old removal of a name that registered again
+        now.update((sub.name, sub.failures) for sub in status.subsystems)
+        for name, failures in now.items():
+            seen = self._failures_seen.get(name)
+            child = self.subsystem_failures.labels(subsystem=name)
+            if seen is not None and failures > seen:
+                child.inc(failures - seen)
+            elif seen is None or failures < seen:  # new, or a new subsystem of an old name
+                child.inc(failures)
+            self._failures_seen[name] = failures
+        for name in list(self._failures_seen):
+            if name not in now:
+                del self._failures_seen[name]
+                with contextlib.suppress(KeyError):
+                    self.subsystem_failures.remove(name)
+
     def _forget(self, subsystem: str) -> None:
         """A subsystem went away: drop its series rather than leave them at their last value."""
         for kind in self._kinds.pop(subsystem, ()):
@@ -233,8 +347,7 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.in_flight.remove(subsystem, kind)
         self._shown_state.pop(subsystem, None)
-        with contextlib.suppress(KeyError):
-            self.subsystem_state.remove(subsystem)
+        self.subsystem_state.remove(subsystem)
 
     # -- counters (any thread) -------------------------------------------------------------
 

@@ -80,3 +80,37 @@ def test_the_grace_ending_after_it_came_back_releases_the_earlier_work(away: Wor
     assert [i.id for i in away.core.views["backup"].items] == ["backup/dump"]
     away.core.on_reconnect_grace_ended(ReconnectGraceEnded(name="backup", generation=1))
     assert away.core.views["backup"].items == () and "backup" in away.core.views
+
+
+def test_a_process_that_goes_away_with_work_in_flight_is_a_failure_of_its_subsystem(away: World) -> None:
+    def failures() -> dict[str, int]:
+        assert away.sink.status is not None
+        return {s.name: s.failures for s in away.sink.status.subsystems}
+
+    assert failures() == {"backup": 0}
+    away.core.disconnect("backup", "connection closed")
+    assert failures() == {"backup": 1}  # disconnected: its work blocks with nobody to end it
+    away.core.on_reconnect_grace_ended(ReconnectGraceEnded(name="backup", generation=1))
+    assert away.sink.status is not None
+    (removed,) = away.sink.status.removed
+    assert (removed.name, removed.failures) == ("backup", 1)  # removed, its work abandoned: still one failure
+
+
+def test_a_process_that_goes_away_with_nothing_in_flight_is_no_failure() -> None:
+    w = World(names=(), grace=GRACE)
+    w.add("backup", external=True)
+    w.report("backup")
+    w.core.disconnect("backup", "connection closed")
+    assert w.sink.status is not None
+    (removed,) = w.sink.status.removed
+    assert (removed.failures, removed.abandoned) == (0, ())
+
+
+def test_non_blocking_work_abandoned_at_once_is_a_failure() -> None:
+    w = World(names=(), grace=GRACE)
+    w.add("backup", external=True)
+    w.report("backup", item("backup", "note", blocks=False))
+    w.core.disconnect("backup", "connection closed")
+    assert w.sink.status is not None
+    (removed,) = w.sink.status.removed
+    assert (removed.failures, [i.id for i in removed.abandoned]) == (1, ["backup/note"])

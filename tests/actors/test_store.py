@@ -459,3 +459,22 @@ def test_calls_queued_behind_a_stop_are_answered_that_the_store_stopped(db_path:
         late_proxy_call.get(timeout=10)
     assert stopped_again.get(timeout=10) is True  # a second stop queued behind the first is answered, not left hanging
     assert committed_audit(db_path) == ["first"]
+
+
+def test_recover_tells_the_state_of_each_job_it_ends_once_recorded(store: Store) -> None:
+    broken = new_run(store)
+    building = new_job(store, broken, "unit")
+    new_job(store, broken, "lint")  # scheduled in the broken run: interrupted with it
+    store.set_job_state(building, JobState.BUILDING, T0 + 1, agent="agent-1")
+    waiting = new_run(store, "deploy")
+    on_its_way = new_job(store, waiting, "a")
+    new_job(store, waiting, "b")  # queued again: not ended
+    assert store.hand_out_many(((on_its_way, "agent-2"),)) == [True]
+    assert store.request_cancel(on_its_way, "alice")
+    ended: list[str] = []
+    store.recover(T0 + 100, on_end=ended.append)
+    assert sorted(ended) == ["cancelled", "interrupted", "interrupted"]
+    assert store.job(on_its_way).state == "cancelled"  # type: ignore[union-attr]
+    ended.clear()
+    store.recover(T0 + 200, on_end=ended.append)
+    assert ended == []  # each job ends once

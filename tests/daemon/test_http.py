@@ -204,8 +204,8 @@ async def test_metrics_follow_the_published_status(server: Server) -> None:
         for family in text_string_to_metric_families(r.text)
         for s in family.samples
     }
-    assert samples[("maintd_maintenance_state", (("maintd_maintenance_state", "draining"),))] == 1
-    assert samples[("maintd_in_flight", (("kind", "building_job"), ("subsystem", "agents")))] == 2
+    assert samples[("maintd_maintenance_state", (("state", "draining"),))] == 1
+    assert samples[("maintd_in_flight_items", (("kind", "building_job"), ("subsystem", "agents")))] == 2
     assert samples[("maintd_build_info", (("version", "1.2.3"),))] == 1
 
 

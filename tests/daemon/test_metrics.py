@@ -6,10 +6,13 @@ import subprocess
 import threading
 import time
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from daemon.metrics import BUILTIN_KINDS, JOB_RESULTS, POLL_RESULTS, REJECT_REASONS, Metrics, daemon_registry
+from actors.status import RemovedSubsystem, Status, SubsystemInfo
+from daemon.metrics import JOB_RESULTS, POLL_RESULTS, REJECT_REASONS, Metrics, daemon_registry
 from tests.synthetic import (
     T0,
     building,
@@ -40,11 +43,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 
 
 def state_of(registry: CollectorRegistry) -> str:
-    states = [
-        s
-        for s in ("normal", "draining", "drained")
-        if value(registry, "maintd_maintenance_state", maintd_maintenance_state=s) == 1
-    ]
+    states = [s for s in ("normal", "draining", "drained") if value(registry, "maintd_maintenance_state", state=s) == 1]
     assert len(states) == 1, states
     return states[0]
 
@@ -52,10 +51,14 @@ def state_of(registry: CollectorRegistry) -> str:
 def subsystem_state(registry: CollectorRegistry, name: str) -> str | None:
     for metric in registry.collect():
         if metric.name == "maintd_subsystem_state":
-            on = [s.labels["maintd_subsystem_state"] for s in metric.samples if s.labels["subsystem"] == name and s.value == 1]
+            on = [s.labels["state"] for s in metric.samples if s.labels["subsystem"] == name and s.value == 1]
             assert len(on) <= 1
             return on[0] if on else None
     return None
+
+
+def removing(s: Status, removed: tuple[RemovedSubsystem, ...]) -> Status:
+    return msgspec.structs.replace(s, removed=removed)
 
 
 def series(registry: CollectorRegistry, name: str) -> list[dict[str, str]]:
@@ -107,14 +110,17 @@ def test_the_changed_timestamp_moves_only_when_the_state_changes(registry: Colle
 
 def test_deadline_and_overdue(registry: CollectorRegistry, metrics: Metrics) -> None:
     metrics.update(status(maintenance("draining")), None)
-    assert value(registry, "maintd_drain_deadline_timestamp_seconds") == 0
+    # no deadline: no sample at all (a 0 would read as 1970)
+    assert value(registry, "maintd_drain_deadline_timestamp_seconds") is None
+    lines = generate_latest(registry).decode().splitlines()
+    assert not [line for line in lines if line.startswith("maintd_drain_deadline_timestamp_seconds")]
     assert value(registry, "maintd_drain_overdue") == 0
     metrics.update(status(maintenance("draining", deadline=T0 + 1803.926, on_deadline="wait")), None)
     assert value(registry, "maintd_drain_deadline_timestamp_seconds") == pytest.approx(1795925142.926)
     metrics.update(status(maintenance("draining", deadline=T0 + 1803.926, overdue=True)), None)
     assert value(registry, "maintd_drain_overdue") == 1
     metrics.update(status(maintenance("normal")), None)
-    assert value(registry, "maintd_drain_deadline_timestamp_seconds") == 0
+    assert value(registry, "maintd_drain_deadline_timestamp_seconds") is None
     assert value(registry, "maintd_drain_overdue") == 0
 
 
@@ -139,32 +145,37 @@ def test_subsystem_states_and_a_subsystem_that_goes_away(registry: CollectorRegi
         "unknown",
         "paused",
     ]
-    assert value(registry, "maintd_in_flight", subsystem="batch", kind="sleep") == 1
+    assert value(registry, "maintd_in_flight_items", subsystem="batch", kind="sleep") == 1
 
     metrics.update(status(maintenance("draining"), subs[:4]), None)  # batch disconnected
     assert subsystem_state(registry, "batch") is None
     assert not [labels for labels in series(registry, "maintd_subsystem_state") if labels["subsystem"] == "batch"]
-    assert not [labels for labels in series(registry, "maintd_in_flight") if labels["subsystem"] == "batch"]
+    assert not [labels for labels in series(registry, "maintd_in_flight_items") if labels["subsystem"] == "batch"]
     assert subsystem_state(registry, "agents") == "failed"
 
 
 def test_in_flight_by_subsystem_and_kind(registry: CollectorRegistry, metrics: Metrics) -> None:
     metrics.update(status(maintenance("normal")), None)
-    for name in ("materials", "scheduler", "agents", "config"):
-        for kind in BUILTIN_KINDS:
-            assert value(registry, "maintd_in_flight", subsystem=name, kind=kind) == 0, (name, kind)
+    # a series for each kind of work a built-in subsystem holds, and none for what it never holds
+    assert {(labels["subsystem"], labels["kind"]) for labels in series(registry, "maintd_in_flight_items")} == {
+        ("materials", "material_update"),
+        ("scheduler", "scheduled_job"),
+        ("agents", "building_job"),
+    }
+    for labels in series(registry, "maintd_in_flight_items"):
+        assert value(registry, "maintd_in_flight_items", **labels) == 0, labels
 
     metrics.update(draining_with_work(), None)
-    assert value(registry, "maintd_in_flight", subsystem="materials", kind="material_update") == 2
-    assert value(registry, "maintd_in_flight", subsystem="agents", kind="building_job") == 2
-    assert value(registry, "maintd_in_flight", subsystem="scheduler", kind="scheduled_job") == 1
-    assert value(registry, "maintd_in_flight", subsystem="batch", kind="sleep") == 1
+    assert value(registry, "maintd_in_flight_items", subsystem="materials", kind="material_update") == 2
+    assert value(registry, "maintd_in_flight_items", subsystem="agents", kind="building_job") == 2
+    assert value(registry, "maintd_in_flight_items", subsystem="scheduler", kind="scheduled_job") == 1
+    assert value(registry, "maintd_in_flight_items", subsystem="batch", kind="sleep") == 1
     # an external subsystem gets series for the kinds it reports, not the built-in ones
-    assert value(registry, "maintd_in_flight", subsystem="batch", kind="building_job") is None
+    assert value(registry, "maintd_in_flight_items", subsystem="batch", kind="building_job") is None
 
     metrics.update(status(maintenance("draining"), (*builtins("paused"), sub("batch", "drained", external=True))), None)
-    assert value(registry, "maintd_in_flight", subsystem="agents", kind="building_job") == 0
-    assert value(registry, "maintd_in_flight", subsystem="batch", kind="sleep") == 0  # kept at 0 while batch is there
+    assert value(registry, "maintd_in_flight_items", subsystem="agents", kind="building_job") == 0
+    assert value(registry, "maintd_in_flight_items", subsystem="batch", kind="sleep") == 0  # kept at 0 while batch is there
 
 
 def test_the_drain_duration_is_observed_once_per_drain(
@@ -261,3 +272,53 @@ def test_daemon_registry_has_process_metrics_and_can_be_made_twice() -> None:
     names = {m.name for m in first.collect()}
     assert "process_cpu_seconds" in names or "process_resident_memory_bytes" in names
     assert "maintd_maintenance_state" in names
+
+
+def test_state_sets_are_labelled_state(registry: CollectorRegistry, metrics: Metrics) -> None:
+    metrics.update(status(maintenance("draining"), builtins("pausing")), None)
+    assert {tuple(sorted(labels)) for labels in series(registry, "maintd_maintenance_state")} == {("state",)}
+    assert {tuple(sorted(labels)) for labels in series(registry, "maintd_subsystem_state")} == {("state", "subsystem")}
+    assert value(registry, "maintd_maintenance_state", state="draining") == 1
+    assert value(registry, "maintd_maintenance_state", state="normal") == 0
+    assert value(registry, "maintd_subsystem_state", subsystem="agents", state="pausing") == 1
+    assert value(registry, "maintd_subsystem_state", subsystem="agents", state="running") == 0
+
+
+def test_the_daemon_registry_has_no_created_series() -> None:
+    registry = daemon_registry()
+    metrics = Metrics(registry)
+    metrics.job_finished("passed")
+    metrics.update(status(maintenance("draining", drain_id="d"), builtins("pausing")), None)
+    metrics.update(status(maintenance("drained", drain_id="d"), builtins("drained")), None)
+    for text in (generate_latest(registry).decode(), generate_openmetrics(registry).decode()):
+        assert "maintd_jobs_total" in text and "maintd_drain_duration_seconds_count" in text
+        assert "_created" not in text
+
+
+def test_subsystem_failures_are_counted_from_the_status(registry: CollectorRegistry, metrics: Metrics) -> None:
+    def batch(failures: int) -> SubsystemInfo:
+        return SubsystemInfo(name="batch", state="running", in_flight=0, blocking=0, external=True, failures=failures)
+
+    def agents(failures: int) -> SubsystemInfo:
+        return SubsystemInfo(name="agents", state="running", in_flight=0, blocking=0, external=False, failures=failures)
+
+    metrics.update(status(maintenance("normal"), (agents(0), batch(0))), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="agents") == 0
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="batch") == 0
+    metrics.update(status(maintenance("normal"), (agents(2), batch(0))), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="agents") == 2
+
+    # batch's process goes away with work in flight and is removed: its failure comes with
+    # the removal, and its series stays while the status lists it with its work abandoned
+    gone = RemovedSubsystem(name="batch", at=T0, reason="connection closed", abandoned=(external("batch", "1"),), failures=1)
+    metrics.update(removing(status(maintenance("normal"), (agents(2),)), (gone,)), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="batch") == 1
+    # it registers again: a new subsystem, whose failures start from 0; the counter never goes down
+    metrics.update(removing(status(maintenance("normal"), (agents(2), batch(0))), (gone,)), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="batch") == 1
+    metrics.update(removing(status(maintenance("normal"), (agents(2), batch(1))), (gone,)), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="batch") == 2
+    # removed cleanly (nothing abandoned): no series left
+    clean = RemovedSubsystem(name="batch", at=T0 + 1, reason="unregistered", abandoned=(), failures=1)
+    metrics.update(removing(status(maintenance("normal"), (agents(2),)), (gone, clean)), None)
+    assert value(registry, "maintd_subsystem_failures_total", subsystem="batch") is None

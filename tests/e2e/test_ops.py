@@ -33,10 +33,10 @@ def test_live_metrics_follow_a_drain_and_pass_promtool(daemon: Daemon) -> None:
     sub = Line(daemon.socket)
     assert sub.request("register", name="exporter")["ok"]
     sub.send(type="in_flight", items=[{"id": "j", "kind": "building_job", "cancellable": True}])
-    metrics_with(base, 'maintd_in_flight{kind="building_job",subsystem="exporter"} 1.0', "in-flight")
+    metrics_with(base, 'maintd_in_flight_items{kind="building_job",subsystem="exporter"} 1.0', "in-flight")
     assert daemon.maintctl("enable", "--reason", "upgrade").returncode == 0
     pause = sub.next_event(lambda m: m.get("type") == "pause_intake")
-    text = metrics_with(base, 'maintd_maintenance_state{maintd_maintenance_state="draining"} 1.0', "draining")
+    text = metrics_with(base, 'maintd_maintenance_state{state="draining"} 1.0', "draining")
     assert "maintd_safe_to_restart 0.0" in text
     assert 'maintd_rejected_requests_total{reason="maintenance_mode"} 0.0' in text
     refused = daemon.maintctl("trigger", "build")
