@@ -260,8 +260,8 @@ class SyncStore:
     def finish_run(self, run_id: int, state: str, at: float) -> bool:
         return self._call(lambda s: s.finish_run(run_id, state, at), "finish_run")
 
-    def recover(self, at: float) -> tuple[list[int], list[int]]:
-        return self._call(lambda s: s.recover(at), "recover")
+    def recover(self, at: float, on_end: Callable[[str], None] | None = None) -> tuple[list[int], list[int]]:
+        return self._call(lambda s: s.recover(at, on_end), "recover")
 
     # -- revisions and audit ---------------------------------------------------------------
 
