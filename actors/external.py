@@ -4,6 +4,10 @@ Its actor speaks the same contract as every subsystem, but the gate and the work
 the process: ``PauseIntake`` becomes a ``pause_intake`` line, and ``IntakePaused`` is
 answered only once the process says ``intake_paused``. The drain is complete here when
 the process has said ``drained`` for this drain and reports nothing that blocks a restart.
+
+The process's messages take the built-ins' route: the connection hands them straight to
+this actor (its link's ``route_to``), and only what the actor emits reaches the supervisor,
+which sees each of them once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .messages import (
     ExternalInFlight,
     ExternalIntakePaused,
     ExternalLeft,
+    InFlightReport,
 )
 from .ports import SubsystemLink
 from .subsystem import Emit, SubsystemActor, SubsystemCore
@@ -71,7 +76,11 @@ class ExternalCore(SubsystemCore):
     def handle(self, message: Any) -> Any:
         match message:
             case ExternalInFlight(items=items):
-                self.set_items(items)
+                self.items = {item.id: item for item in items}
+                # What the process said (not a restarted actor's restored items): a process
+                # that registered again releases its predecessor's work with this report.
+                self.emit(InFlightReport(subsystem=self.name, items=tuple(self.items.values()), from_process=True))
+                self.check_drained()
             case ExternalIntakePaused(drain_id=drain_id):
                 # An answer to an older pause (or to none) is stale and changes nothing.
                 if drain_id == self.paused_for and self.acked_for != drain_id:
@@ -114,6 +123,9 @@ class ExternalSubsystemActor(SubsystemActor):
 
     def __init__(self, core: ExternalCore, supervisor: pykka.ActorRef[Any], generation: int = 0) -> None:
         super().__init__(core, supervisor, generation)
+        # Before start() returns the ref to the supervisor: the route is in place before
+        # the register reply (or the restart) lets the process's next line in.
+        core.link.route_to(self.actor_ref)
 
     def on_stop(self) -> None:
         self.core.abandon()

@@ -52,6 +52,8 @@ class IntakePaused(Msg):
 class InFlightReport(Msg):
     subsystem: str
     items: tuple[InFlightItem, ...]
+    #: an external's report of what its process sent (not its actor's restored items)
+    from_process: bool = False
 
 
 class Drained(Msg):
@@ -126,13 +128,6 @@ class Unregister(Msg):
     reason: str
 
 
-class FromExternal(Msg):
-    """A wire message from a registered process, routed to its subsystem actor."""
-
-    name: str
-    message: Any
-
-
 class CancelTimedOut(Msg):
     """From the shell: the asker of this cancel stopped waiting (``cancel_timeout``).
 
@@ -163,7 +158,7 @@ class RestartSubsystem(Msg):
     generation: int
 
 
-# --- from the wire to an external subsystem actor (through FromExternal) ----------------
+# --- from the wire to an external subsystem actor (its connection tells the actor) --------
 
 
 class ExternalInFlight(Msg):

@@ -46,3 +46,10 @@ class SubsystemLink(Protocol):
     def send(self, message: dict[str, Any]) -> None:
         """Queue one wire message for the process (``pause_intake``, ``cancel``, ...)."""
         ...
+
+    def route_to(self, actor: Any) -> None:
+        """Hand the process's own messages (``ExternalInFlight``, ...) straight to ``actor``
+        from now on: the subsystem's actor, or the one that replaced it after a failure.
+        Called before ``actor`` is returned to the supervisor, so nothing the process sends
+        after its ``register`` reply finds no actor."""
+        ...

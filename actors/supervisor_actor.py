@@ -20,7 +20,6 @@ from .messages import (
     Drained,
     Enable,
     ExternalLeft,
-    FromExternal,
     GetHistory,
     InFlightReport,
     IntakePaused,
@@ -39,7 +38,7 @@ from .types import (
     InFlightItem,
 )
 
-_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)  # ExternalLeft publishes at once
+_REPORTS = (InFlightReport, IntakePaused, Drained)  # ExternalLeft publishes at once
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -151,8 +150,6 @@ class SupervisorActor(pykka.ThreadingActor):
                 view = core.views.get(item_id.partition("/")[0])
                 if view is not None and view.external:
                     view.tell(message)
-            case FromExternal(name=name, message=inner):
-                core.from_external(name, inner)
             case ReconnectGraceEnded():
                 core.on_reconnect_grace_ended(message)
             case Enable():

@@ -30,7 +30,6 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
-    FromExternal,
     GetHistory,
     Register,
     RequestCancel,
@@ -70,6 +69,8 @@ class Connection:
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes | memoryview](queue_size)
         self.scope = trio.CancelScope()
         self.subsystem: str | None = None
+        #: the registered subsystem's actor: the process's messages go straight to it
+        self.actor: pykka.ActorRef[Any] | None = None
         self.held: list[bytes] | None = None
         self.first_seen: dict[str, float] = {}
         self.close_reason: str | None = None
@@ -107,6 +108,23 @@ class Connection:
             self.held.append(data)
         else:
             self.push(data)
+
+    def route_to(self, actor: pykka.ActorRef[Any]) -> None:
+        self.actor = actor
+
+    def tell_actor(self, message: Any) -> None:
+        """Hand one of the process's messages to its subsystem's actor.
+
+        An actor that has failed drops it, as the supervisor did: its successor gets the
+        process's items restored and, in a drain, a PauseIntake that asks again.
+        """
+        actor = self.actor
+        if actor is None:
+            return
+        try:
+            actor.tell(message)
+        except pykka.ActorDeadError:
+            log.info("%s: its actor has died; %s dropped", self.subsystem, type(message).__name__)
 
     def release_held(self) -> None:
         held, self.held = self.held or [], None
@@ -146,6 +164,10 @@ class ConnectionLink:
 
     def send(self, message: dict[str, Any]) -> None:
         self.bridge.call_soon(self.conn.push_subsystem, msgspec.json.encode(message) + b"\n")
+
+    def route_to(self, actor: pykka.ActorRef[Any]) -> None:
+        # In order with the supervisor's answer to the register (or its restart of the actor).
+        self.bridge.call_soon(self.conn.route_to, actor)
 
 
 class ControlServer:
@@ -313,7 +335,7 @@ class ControlServer:
                 name = conn.subsystem
                 if name is None:
                     raise BadRequest(f"{request.__struct_config__.tag} is for registered subsystems; send register first")
-                self.supervisor.tell(FromExternal(name=name, message=self.to_actor(conn, name, request)))
+                conn.tell_actor(self.to_actor(conn, name, request))
                 return {"accepted": True} if request.id is not None else NO_REPLY
         if self.jobs is not None:
             result = await self.jobs.handle(request, peer, self.config.admin_group)

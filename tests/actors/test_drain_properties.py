@@ -5,7 +5,7 @@ Hypothesis state machines, each next to a model of what must hold:
 * :class:`DrainMachine` runs the real actors: a :class:`SupervisorActor` with builtin
   ``WorkCore`` subsystems and external subsystems that register over a recording
   ``SubsystemLink`` (the test plays the process: it answers ``intake_paused``, ``drained``
-  and ``cancel_result`` through ``FromExternal``, as ``daemon/server.py`` does). Rules
+  and ``cancel_result`` straight to the actor the link was routed to, as ``daemon/server.py`` does). Rules
   enable (with or without a deadline), disable, start and finish work (a paused subsystem
   must refuse), cancel, register (with or without work) and disconnect externals, crash
   and restart builtins (also with a cancel queued behind the crash), and fire the
@@ -68,7 +68,6 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
-    FromExternal,
     GetHistory,
     PauseIntake,
     Register,
@@ -167,10 +166,18 @@ class RecordingLink:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sent: list[dict[str, Any]] = []
+        self.actor: Any = None
 
     def send(self, message: dict[str, Any]) -> None:
         with self.lock:
             self.sent.append(dict(message))
+
+    def route_to(self, actor: Any) -> None:
+        self.actor = actor
+
+    def tell(self, message: Any) -> None:
+        """A line from the process, handed to its subsystem's actor."""
+        self.actor.tell(message)
 
     def lines(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -673,7 +680,7 @@ class DrainMachine(RuleBasedStateMachine):
             for kind, cancellable, blocks in work:
                 item = self.new_item(name, kind, cancellable, blocks)
                 e.items[item.id] = item
-            self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+            self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     def ext_names(self, pred: Any = lambda e: True) -> list[str]:
         return [n for n, e in self.exts.items() if pred(e)]
@@ -687,7 +694,7 @@ class DrainMachine(RuleBasedStateMachine):
         e = self.exts[name]
         item = self.new_item(name, kind, cancellable, blocks)
         e.items[item.id] = item
-        self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+        self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     @precondition(lambda self: self.ext_names(lambda e: e.items))
     @rule(data=st.data())
@@ -697,7 +704,7 @@ class DrainMachine(RuleBasedStateMachine):
         e = self.exts[name]
         item_id = data.draw(st.sampled_from(sorted(e.items)), label="item")
         del e.items[item_id]
-        self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+        self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     @precondition(lambda self: self.exts)
     @rule(data=st.data(), stale=st.booleans())
@@ -707,7 +714,7 @@ class DrainMachine(RuleBasedStateMachine):
         e = self.exts[name]
         paused = e.gate is not None and e.gate[0] == "pause_intake"
         drain_id = e.gate[1] if paused and not stale else "drain-stale"
-        self.supervisor.tell(FromExternal(name=name, message=ExternalIntakePaused(drain_id=drain_id)))
+        self.exts[name].link.tell(ExternalIntakePaused(drain_id=drain_id))
         if drain_id == self.drain_id:
             e.acked = drain_id
 
@@ -719,7 +726,7 @@ class DrainMachine(RuleBasedStateMachine):
         e = self.exts[name]
         paused = e.gate is not None and e.gate[0] == "pause_intake"
         drain_id = e.gate[1] if paused and not stale else "drain-stale"
-        self.supervisor.tell(FromExternal(name=name, message=ExternalDrained(drain_id=drain_id)))
+        self.exts[name].link.tell(ExternalDrained(drain_id=drain_id))
         if drain_id == self.drain_id:
             e.said_drained = drain_id
 
@@ -733,10 +740,10 @@ class DrainMachine(RuleBasedStateMachine):
         item_id = data.draw(st.sampled_from(sorted(e.pending)), label="item")
         reply = e.pending.pop(item_id)
         local = item_id.partition("/")[2]
-        self.supervisor.tell(FromExternal(name=name, message=ExternalCancelResult(item=local, ok=ok, reason="no")))
+        self.exts[name].link.tell(ExternalCancelResult(item=local, ok=ok, reason="no"))
         if ok and item_id in e.items:  # the process stopped it: it reports its work without it
             del e.items[item_id]
-            self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+            self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
         for case in self.cancels:
             if case.future is reply and reply is not None:
                 case.expect, case.code = ("cancelled", None) if ok else ("refused", "not_cancellable")
