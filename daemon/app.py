@@ -33,6 +33,7 @@ import pykka
 import pykka.debug
 import trio
 
+from actors.budget import ACTOR_ANSWER
 from actors.errors import MaintdError
 from actors.messages import Enable
 from actors.peers import Peers
@@ -360,7 +361,7 @@ async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier:
     try:
         if status is None or not status.maintenance.enabled:
             try:
-                await bridge.ask(supervisor, Enable(by="maintd", reason=STOP_REASON), STORE_TIMEOUT)
+                await bridge.ask(supervisor, Enable(by="maintd", reason=STOP_REASON), ACTOR_ANSWER)
             except (MaintdError, pykka.ActorDeadError, trio.TooSlowError) as exc:
                 log.warning("cannot turn on maintenance mode to drain (%s); stopping now", exc)
                 return
