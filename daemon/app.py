@@ -16,7 +16,6 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pykka
@@ -41,7 +40,7 @@ from .metrics import Metrics, daemon_registry
 from .notify import Notifier, describe
 from .processes import ProcessRunner
 from .server import ControlServer
-from .stopping import ACTORS_STOP_TIMEOUT, JOBS_STOP_TIMEOUT, STOP_TIMEOUT, Stop, _stop_drain
+from .stopping import Stop, stop_actors_and_jobs, stop_drain, watch_signals
 
 log = logging.getLogger("maintd")
 
@@ -256,26 +255,16 @@ async def run(settings: Settings) -> int:
                     on_status(hub.status, None)
                 nursery.start_soon(notifier.watchdog)
                 log.info("maintd %s ready: control socket %s, state %s", VERSION, listening.path, settings.state_dir)
-                nursery.start_soon(_watch_signals, signals, stop, lambda: nursery.start_soon(_reload, jobs))
+                nursery.start_soon(watch_signals, signals, stop, lambda: nursery.start_soon(_reload, jobs))
                 await stop.requested.wait()
                 notifier.send("STOPPING=1")
                 if stop.drain and not failure:
                     drain_timeout = config_mod.parse_duration(cfg.daemon.stop_drain_timeout)
                     with stop.hurry:
-                        await _stop_drain(hub, bridge, supervisor, notifier, drain_timeout)
+                        await stop_drain(hub, bridge, supervisor, notifier, drain_timeout)
                     stop.drain = False
             finally:
-                log.info("stop stage 2/2: stopping the actors, then the jobs still building (at most %gs)", STOP_TIMEOUT)
-                notifier.status("stopping: stopping the actors and the jobs still building")
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(ACTORS_STOP_TIMEOUT) as actors_scope:
-                        await trio.to_thread.run_sync(pykka.ActorRegistry.stop_all, abandon_on_cancel=True)
-                    if actors_scope.cancelled_caught:
-                        log.error("the actors did not stop within %gs; leaving their threads behind", ACTORS_STOP_TIMEOUT)
-                    # Jobs still building are killed; the next start marks them interrupted.
-                    with trio.move_on_after(JOBS_STOP_TIMEOUT):
-                        await processes.aclose()
-                    tracking.close()
+                await stop_actors_and_jobs(processes, tracking, notifier)
                 nursery.cancel_scope.cancel()
                 if socket_path is not None:
                     _remove_socket(socket_path)
@@ -295,19 +284,6 @@ async def _reload(jobs: JobServerRequests) -> None:
         log.warning("reload by SIGHUP refused: %s", config_mod.one_line(f"{type(exc).__name__}: {exc}"))
     else:
         log.info("configuration reloaded: %s pipeline(s)", result["pipelines"])
-
-
-async def _watch_signals(signals: Any, stop: Stop, on_hup: Any = None) -> None:
-    async for signum in signals:
-        if signum == signal.SIGHUP:
-            if stop.requested.is_set():
-                log.info("SIGHUP while stopping: ignored")
-                continue
-            log.info("SIGHUP: reloading the configuration")
-            if on_hup is not None:
-                on_hup()
-            continue
-        stop.by_signal(signal.Signals(signum).name)
 
 
 def _remove_socket(path: Path) -> None:

@@ -1,20 +1,23 @@
-"""How the daemon stops. On SIGTERM/SIGINT (``systemctl stop``) it runs in stages,
-each bounded and logged (Home Assistant's stop stages; ``tests/daemon/test_units.py`` checks
-that their sum fits under the unit's ``TimeoutStopSec``):
+"""How the daemon stops: the signals that ask for it (:func:`watch_signals` into
+:class:`Stop`) and the stages that ``daemon.app.run`` awaits in turn. On SIGTERM/SIGINT
+(``systemctl stop``) it runs in stages, each bounded and logged (Home Assistant's stop
+stages; ``tests/daemon/test_units.py`` checks that their sum fits under the unit's
+``TimeoutStopSec``):
 
-1. drain: turn maintenance mode on (unless it is on already) and wait until it is safe to
-   restart, at most ``[daemon] stop_drain_timeout``; the control socket keeps serving, so
-   ``maintctl`` shows the drain and external subsystems report theirs. A second
-   SIGTERM/SIGINT ends this stage at once; a failure skips it.
-2. actors: stop them (shielded, in ``finally``, at most ``ACTORS_STOP_TIMEOUT``), then kill
-   the jobs still building (at most ``JOBS_STOP_TIMEOUT``; the next start marks them
-   interrupted); then the socket stops taking connections and the channels the actors
-   push into close.
+1. drain (:func:`stop_drain`): turn maintenance mode on (unless it is on already) and wait
+   until it is safe to restart, at most ``[daemon] stop_drain_timeout``; the control socket
+   keeps serving, so ``maintctl`` shows the drain and external subsystems report theirs. A
+   second SIGTERM/SIGINT ends this stage at once; a failure skips it.
+2. actors (:func:`stop_actors_and_jobs`, shielded, in ``run``'s ``finally``): stop them (at
+   most ``ACTORS_STOP_TIMEOUT``), then kill the jobs still building (at most
+   ``JOBS_STOP_TIMEOUT``; the next start marks them interrupted); then ``run`` stops the
+   socket taking connections and closes the channels the actors push into.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import pykka
@@ -29,7 +32,9 @@ from actors.types import InFlightItem
 
 from .bridge import Bridge
 from .hub import StatusHub
+from .jobtree import Tracking
 from .notify import Notifier
+from .processes import ProcessRunner
 
 log = logging.getLogger("maintd")
 
@@ -66,6 +71,19 @@ class Stop:
         self.hurry.cancel()
 
 
+async def watch_signals(signals: Any, stop: Stop, on_hup: Any = None) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            if stop.requested.is_set():
+                log.info("SIGHUP while stopping: ignored")
+                continue
+            log.info("SIGHUP: reloading the configuration")
+            if on_hup is not None:
+                on_hup()
+            continue
+        stop.by_signal(signal.Signals(signum).name)
+
+
 def _blocking(status: Status | None) -> list[InFlightItem]:
     """The work a restart would break: what the drain waits for."""
     if status is None:
@@ -73,7 +91,7 @@ def _blocking(status: Status | None) -> list[InFlightItem]:
     return blocking(all_items(status.running_systems))
 
 
-async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: Notifier, timeout: float) -> None:
+async def stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: Notifier, timeout: float) -> None:
     """Stop stage 1: drain, at most ``timeout`` seconds; return early when a second signal
     (the caller's cancel scope) or an operator's ``maintctl disable`` says to stop now.
 
@@ -131,3 +149,19 @@ async def _stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier:
         )
     finally:
         hub.listeners.remove(on_status)
+
+
+async def stop_actors_and_jobs(processes: ProcessRunner, tracking: Tracking, notifier: Notifier) -> None:
+    """Stop stage 2 (shielded: it runs while the daemon is being cancelled): the actors, then
+    the jobs still building, each within its bound."""
+    log.info("stop stage 2/2: stopping the actors, then the jobs still building (at most %gs)", STOP_TIMEOUT)
+    notifier.status("stopping: stopping the actors and the jobs still building")
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(ACTORS_STOP_TIMEOUT) as actors_scope:
+            await trio.to_thread.run_sync(pykka.ActorRegistry.stop_all, abandon_on_cancel=True)
+        if actors_scope.cancelled_caught:
+            log.error("the actors did not stop within %gs; leaving their threads behind", ACTORS_STOP_TIMEOUT)
+        # Jobs still building are killed; the next start marks them interrupted.
+        with trio.move_on_after(JOBS_STOP_TIMEOUT):
+            await processes.aclose()
+        tracking.close()
