@@ -128,6 +128,15 @@ class Unregister(Msg):
     reason: str
 
 
+class ForExternal(Msg):
+    """To the supervisor: a message for an external subsystem's core, which runs in the
+    supervisor's thread (:class:`actors.external.ExternalHost`): from its connection (the
+    process's lines), from the supervisor itself (``PauseIntake``) or from a timer."""
+
+    host: Any
+    message: Any
+
+
 class CancelTimedOut(Msg):
     """From the shell: the asker of this cancel stopped waiting (``cancel_timeout``).
 
