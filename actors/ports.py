@@ -48,8 +48,8 @@ class SubsystemLink(Protocol):
         ...
 
     def route_to(self, actor: Any) -> None:
-        """Hand the process's own messages (``ExternalInFlight``, ...) straight to ``actor``
-        from now on: the subsystem's actor, or the one that replaced it after a failure.
-        Called before ``actor`` is returned to the supervisor, so nothing the process sends
-        after its ``register`` reply finds no actor."""
+        """Hand the process's own messages (``ExternalInFlight``, ...) to ``actor.tell``
+        from now on: the subsystem's :class:`~actors.external.ExternalHost`, or the one that
+        replaced it after a failure. Called before the supervisor has the new host, so
+        nothing the process sends after its ``register`` reply finds none."""
         ...

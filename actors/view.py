@@ -19,7 +19,7 @@ from .types import (
 
 log = logging.getLogger("maintd.supervisor")
 
-#: Starts a subsystem actor: (generation, items to restore) -> actor ref.
+#: Starts a subsystem actor (an external's ExternalHost): (generation, items to restore) -> its ref.
 Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
 
 

@@ -21,6 +21,7 @@ import trio
 
 from actors.budget import ACTOR_ANSWER
 from actors.errors import BadRequest, Conflict, MaintdError, StillLeaving
+from actors.external import ExternalHost
 from actors.future import CallbackFuture
 from actors.messages import (
     CancelTimedOut,
@@ -69,8 +70,8 @@ class Connection:
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes | memoryview](queue_size)
         self.scope = trio.CancelScope()
         self.subsystem: str | None = None
-        #: the registered subsystem's actor: the process's messages go straight to it
-        self.actor: pykka.ActorRef[Any] | None = None
+        #: the registered subsystem's core (in the supervisor's thread): the process's lines go to it
+        self.actor: ExternalHost | None = None
         self.held: list[bytes] | None = None
         self.first_seen: dict[str, float] = {}
         self.close_reason: str | None = None
@@ -109,14 +110,14 @@ class Connection:
         else:
             self.push(data)
 
-    def route_to(self, actor: pykka.ActorRef[Any]) -> None:
+    def route_to(self, actor: ExternalHost) -> None:
         self.actor = actor
 
     def tell_actor(self, message: Any) -> None:
-        """Hand one of the process's messages to its subsystem's actor.
+        """Hand one of the process's messages to its subsystem's core.
 
-        An actor that has failed drops it, as the supervisor did: its successor gets the
-        process's items restored and, in a drain, a PauseIntake that asks again.
+        A core that has failed drops it: its successor gets the process's items restored
+        and, in a drain, a PauseIntake that asks again.
         """
         actor = self.actor
         if actor is None:
@@ -124,7 +125,7 @@ class Connection:
         try:
             actor.tell(message)
         except pykka.ActorDeadError:
-            log.info("%s: its actor has died; %s dropped", self.subsystem, type(message).__name__)
+            log.info("%s: its core has failed; %s dropped", self.subsystem, type(message).__name__)
 
     def release_held(self) -> None:
         held, self.held = self.held or [], None
@@ -165,7 +166,7 @@ class ConnectionLink:
     def send(self, message: dict[str, Any]) -> None:
         self.bridge.call_soon(self.conn.push_subsystem, msgspec.json.encode(message) + b"\n")
 
-    def route_to(self, actor: pykka.ActorRef[Any]) -> None:
+    def route_to(self, actor: ExternalHost) -> None:
         # In order with the supervisor's answer to the register (or its restart of the actor).
         self.bridge.call_soon(self.conn.route_to, actor)
 
