@@ -175,6 +175,12 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float) -> N
         f"  daemon CPU during steady + cycles + probes: {res['daemon_cpu_s']:.1f} s; load generators' CPU: subsystems "
         f"{res['subs']['usage']['cpu_s']:.1f} s, crowd {cr['usage']['cpu_s']:.1f} s"
     )
+    n = max(1, len(res["cycles"]))
+    w(
+        f"  during the {len(res['cycles'])} enable/disable cycles: daemon CPU {res['cycles_cpu_s']:.2f} s "
+        f"({res['cycles_cpu_s'] / n * 1000:.0f} ms a cycle), context switches of its threads {res['cycles_switches']:,} "
+        f"({res['cycles_switches'] / n:,.0f} a cycle: each thread woken by another is one)"
+    )
     log = res["log"]
     warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line or "<4>" in line or "<3>" in line]
     w(f"  daemon log: {len(warnings)} warning/error line(s); exit code after SIGTERM {res['exit_code']}")

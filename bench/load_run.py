@@ -59,6 +59,15 @@ class Daemon(_common.Daemon):
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def context_switches(self) -> int:
+        """Voluntary and involuntary, summed over the daemon's threads: a thread woken by
+        another (a crossing) is a voluntary switch of the one that waited."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError), open(task / "status") as f:
+                total += sum(int(line.split()[-1]) for line in f if "ctxt_switches:" in line)
+        return total
+
     def limits_nofile(self) -> str:
         with open(f"/proc/{self.proc.pid}/limits") as f:
             for line in f:
@@ -190,6 +199,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         crowd.call("phase", phase="cycles")
         sampler.call("phase", phase="cycles")
         t_cycles = time.monotonic()
+        cycles_cpu0, switches0 = d.cpu_seconds(), d.context_switches()
         for i in range(args.cycles):
             r = subs.call("cycle", i=i)
             res["cycles"].append(r)
@@ -197,6 +207,8 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
             d.check_alive()
             d.proc_status()
         res["cycles_s"] = time.monotonic() - t_cycles
+        res["cycles_cpu_s"] = d.cpu_seconds() - cycles_cpu0
+        res["cycles_switches"] = d.context_switches() - switches0
         res["rss"]["after cycles"] = d.proc_status()
         for i in range(args.probes):
             r = subs.call("probe", i=i)
