@@ -174,7 +174,7 @@ class ExternalHost:
         core = self.core
         if not self.alive:
             if isinstance(message, Cancel) and message.reply is not None and not message.reply.done:
-                why = f"{core.name} failed before it answered the cancel of {message.item_id}; try again"
+                why = f"{core.name} stopped (it failed, or its process left) before it answered the cancel of {message.item_id}"
                 message.reply.set_exception(SubsystemGone(why))
             return
         try:
