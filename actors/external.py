@@ -4,10 +4,15 @@ Its actor speaks the same contract as every subsystem, but the gate and the work
 the process: ``PauseIntake`` becomes a ``pause_intake`` line, and ``IntakePaused`` is
 answered only once the process says ``intake_paused``. The drain is complete here when
 the process has said ``drained`` for this drain and reports nothing that blocks a restart.
+
+The core runs in the supervisor's thread (:class:`ExternalHost`): the connection hands
+the process's lines to it (its link's ``route_to``), and they cross one thread, trio's to
+the supervisor's, as a built-in's reports cross one, its actor's to the supervisor's.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,10 +28,18 @@ from .messages import (
     ExternalInFlight,
     ExternalIntakePaused,
     ExternalLeft,
+    ForExternal,
+    InFlightReport,
+    PauseIntake,
+    ReportInFlight,
+    ResumeIntake,
+    SubsystemFailed,
 )
 from .ports import SubsystemLink
-from .subsystem import Emit, SubsystemActor, SubsystemCore
+from .subsystem import Emit, SubsystemCore
 from .types import InFlightItem
+
+log = logging.getLogger("maintd.external")
 
 
 class ExternalCore(SubsystemCore):
@@ -71,7 +84,11 @@ class ExternalCore(SubsystemCore):
     def handle(self, message: Any) -> Any:
         match message:
             case ExternalInFlight(items=items):
-                self.set_items(items)
+                self.items = {item.id: item for item in items}
+                # What the process said (not a restarted actor's restored items): a process
+                # that registered again releases its predecessor's work with this report.
+                self.emit(InFlightReport(subsystem=self.name, items=tuple(self.items.values()), from_process=True))
+                self.check_drained()
             case ExternalIntakePaused(drain_id=drain_id):
                 # An answer to an older pause (or to none) is stale and changes nothing.
                 if drain_id == self.paused_for and self.acked_for != drain_id:
@@ -109,11 +126,71 @@ class ExternalCore(SubsystemCore):
                 msg.reply.set_exception(SubsystemGone(f"{self.name} went away before it answered the cancel"))
 
 
-class ExternalSubsystemActor(SubsystemActor):
-    core: ExternalCore
+class ExternalHost:
+    """An external subsystem's actor, run in the supervisor's own thread.
+
+    The process is the subsystem: its core only passes lines on and keeps count, so it
+    needs no thread of its own. With a thread each, a drain of a hundred processes woke a
+    hundred threads to send ``pause_intake`` and a hundred again for their answers, and
+    the trio thread, which hands each line on, lost the GIL to each of them. Here every
+    message for the core, from any thread, goes through the supervisor's inbox
+    (:class:`ForExternal`) and is handled there, in order; what the core emits is told
+    to the supervisor like any subsystem's report. A line from the process costs one
+    thread crossing (trio to the supervisor), and the supervisor's answer one more (to trio).
+
+    It stands where the supervisor keeps a subsystem's actor ref: ``tell`` (from any
+    thread; ``ActorDeadError`` once stopped or failed), ``stop`` and ``is_alive``. A core
+    that raises is failed as an actor is: the supervisor hears ``SubsystemFailed`` and
+    starts a new host with the items restored; cancels still on their way to it, or
+    waiting for the process, are answered ``subsystem_gone``.
+    """
 
     def __init__(self, core: ExternalCore, supervisor: pykka.ActorRef[Any], generation: int = 0) -> None:
-        super().__init__(core, supervisor, generation)
+        self.core = core
+        self.supervisor = supervisor
+        self.generation = generation
+        self.alive = True
+        self.tell(ReportInFlight())  # what an actor's on_start does
+        # Before the supervisor has the host: the route is in place before the register
+        # reply (or the restart) lets the process's next line in.
+        core.link.route_to(self)
 
-    def on_stop(self) -> None:
-        self.core.abandon()
+    def tell(self, message: Any) -> None:
+        if not self.alive:
+            raise pykka.ActorDeadError(f"{self.core.name}'s core has stopped")
+        self.supervisor.tell(ForExternal(host=self, message=message))
+
+    def stop(self, block: bool = False) -> None:
+        """The process is gone, or its core was replaced (the supervisor's thread)."""
+        if self.alive:
+            self.alive = False
+            self.core.abandon()
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def receive(self, message: Any) -> None:
+        """Handle one message (the supervisor's thread), as a subsystem actor's on_receive does."""
+        core = self.core
+        if not self.alive:
+            if isinstance(message, Cancel) and message.reply is not None and not message.reply.done:
+                why = f"{core.name} stopped (it failed, or its process left) before it answered the cancel of {message.item_id}"
+                message.reply.set_exception(SubsystemGone(why))
+            return
+        try:
+            match message:
+                case PauseIntake(drain_id=drain_id):
+                    core.pause(drain_id)
+                case ResumeIntake(drain_id=drain_id):
+                    core.resume(drain_id)
+                case ReportInFlight():
+                    core.report()
+                case Cancel():
+                    core.cancel(message)
+                case _:
+                    if core.handle(message) is NotImplemented:
+                        raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
+        except Exception as exc:
+            log.exception("%s: its core failed", core.name)
+            self.stop()
+            self.supervisor.tell(SubsystemFailed(subsystem=core.name, generation=self.generation, error=repr(exc)))

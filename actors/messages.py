@@ -52,6 +52,8 @@ class IntakePaused(Msg):
 class InFlightReport(Msg):
     subsystem: str
     items: tuple[InFlightItem, ...]
+    #: an external's report of what its process sent (not its actor's restored items)
+    from_process: bool = False
 
 
 class Drained(Msg):
@@ -132,10 +134,12 @@ class Unregister(Msg):
     reason: str
 
 
-class FromExternal(Msg):
-    """A wire message from a registered process, routed to its subsystem actor."""
+class ForExternal(Msg):
+    """To the supervisor: a message for an external subsystem's core, which runs in the
+    supervisor's thread (:class:`actors.external.ExternalHost`): from its connection (the
+    process's lines), from the supervisor itself (``PauseIntake``) or from a timer."""
 
-    name: str
+    host: Any
     message: Any
 
 
@@ -190,7 +194,7 @@ class RestartSubsystem(Msg):
     generation: int
 
 
-# --- from the wire to an external subsystem actor (through FromExternal) ----------------
+# --- from the wire to an external subsystem actor (its connection tells the actor) --------
 
 
 class ExternalInFlight(Msg):

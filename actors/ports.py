@@ -53,6 +53,13 @@ class SubsystemLink(Protocol):
         """Queue one wire message for the process (``pause_intake``, ``cancel``, ...)."""
         ...
 
+    def route_to(self, actor: Any) -> None:
+        """Hand the process's own messages (``ExternalInFlight``, ...) to ``actor.tell``
+        from now on: the subsystem's :class:`~actors.external.ExternalHost`, or the one that
+        replaced it after a failure. Called before the supervisor has the new host, so
+        nothing the process sends after its ``register`` reply finds none."""
+        ...
+
 
 class Mailbox(Protocol):
     """Where an answer goes: an actor ref, or a :class:`~actors.peers.PeerRef` that finds the

@@ -11,13 +11,11 @@ grace ends.
 from __future__ import annotations
 
 import collections
-from typing import Any
 
 from .errors import Conflict, StillLeaving
 from .maintenance import SYSTEM
 from .messages import (
     ExternalGone,
-    ExternalInFlight,
     PauseIntake,
     ReconnectGraceEnded,
 )
@@ -86,7 +84,6 @@ class Roster:
             view.ref.stop(block=False)
         self.timers.disarm(f"restart:{name}")  # a failed actor of a process that is gone: no restart
         view.ref, view.leaving, view.disconnected, view.failed = None, None, reason, False
-        view.awaiting = None
         view.disconnects += 1
         view.reconnect_by = self.clock.now() + self.reconnect_grace
         self.timers.arm(f"reconnect:{name}", self.reconnect_grace, ReconnectGraceEnded(name=name, generation=view.disconnects))
@@ -135,20 +132,11 @@ class Roster:
         """The earlier process's work stops blocking: the new one reported, or the grace ended."""
         count = len(view.abandoned)
         view.set_abandoned(())
-        view.awaiting = view.reconnect_by = None
+        view.reconnect_by = None
         self.timers.disarm(f"reconnect:{view.name}")
         self.recompute()
         message = f"{view.name} {why}: {count} earlier item(s) released"
         self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
-
-    def from_external(self, name: str, message: Any) -> None:
-        """A wire message from a registered process, on its way to the process's actor."""
-        view = self.views.get(name)
-        if view is None or view.ref is None:
-            return
-        if view.abandoned and isinstance(message, ExternalInFlight):
-            view.awaiting = message.items
-        view.tell(message)
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()

@@ -263,7 +263,7 @@ class SupervisorCore(Roster, Snapshots):
             return
         view.items = msg.items
         view.reported = True
-        if view.abandoned and view.awaiting is not None and msg.items == view.awaiting:
+        if view.abandoned and msg.from_process:
             self.release_abandoned(view, "registered again and reported its work")
         if view.blocking_count:
             view.drained_for = None

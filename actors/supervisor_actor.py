@@ -9,7 +9,7 @@ from typing import Any
 
 import pykka
 
-from .external import ExternalCore, ExternalSubsystemActor
+from .external import ExternalCore, ExternalHost
 from .future import CallbackFuture
 from .messages import (
     Cancelled,
@@ -20,7 +20,7 @@ from .messages import (
     Drained,
     Enable,
     ExternalLeft,
-    FromExternal,
+    ForExternal,
     GetHistory,
     GetStatus,
     InFlightReport,
@@ -42,7 +42,7 @@ from .types import (
     InFlightItem,
 )
 
-_REPORTS = (InFlightReport, IntakePaused, Drained, FromExternal)  # ExternalLeft publishes at once
+_REPORTS = (InFlightReport, IntakePaused, Drained, ForExternal)  # ExternalLeft publishes at once
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -116,7 +116,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
         def spawn(generation: int, items: tuple[InFlightItem, ...]) -> Any:
             # ``items``: restored after the actor failed (the process is still there); none when it registers again.
-            return ExternalSubsystemActor.start(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
+            return ExternalHost(ExternalCore(msg.name, me.tell, msg.link, items), me, generation)
 
         self.core.add_subsystem(msg.name, spawn, external=True, by=msg.by)
         self.core.audit_after("register", msg.by, target=msg.name, detail=msg.peer)
@@ -161,8 +161,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 view = core.views.get(item_id.partition("/")[0])
                 if view is not None and view.external:
                     view.tell(message)
-            case FromExternal(name=name, message=inner):
-                core.from_external(name, inner)
+            case ForExternal(host=host, message=inner):
+                host.receive(inner)
             case ReconnectGraceEnded():
                 core.on_reconnect_grace_ended(message)
             case Enable():

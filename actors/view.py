@@ -19,7 +19,7 @@ from .types import (
 
 log = logging.getLogger("maintd.supervisor")
 
-#: Starts a subsystem actor: (generation, items to restore) -> actor ref.
+#: Starts a subsystem actor (an external's ExternalHost): (generation, items to restore) -> its ref.
 Spawn = Callable[[int, tuple[InFlightItem, ...]], Any]
 
 
@@ -46,13 +46,12 @@ class SubsystemView:
         self.writes: WritesPending | None = None
         # An external whose process disconnected with blocking work: why, and until when its
         # work keeps blocking. After it registers again, ``abandoned`` holds the old
-        # process's work (still blocking) until the new one reports (``awaiting``: what it
-        # sent, to know its actor's report of it) or the grace ends.
+        # process's work (still blocking) until the new one reports (an InFlightReport
+        # ``from_process``) or the grace ends.
         self.disconnected: str | None = None
         self.reconnect_by: float | None = None
         self.disconnects = 0
         self.abandoned: tuple[InFlightItem, ...] = ()
-        self.awaiting: tuple[InFlightItem, ...] | None = None
         self._shown: tuple[InFlightItem, ...] = ()
 
     def start(self) -> None:

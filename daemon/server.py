@@ -21,6 +21,7 @@ import trio
 
 from actors.budget import ACTOR_ANSWER
 from actors.errors import BadRequest, Conflict, MaintdError, StillLeaving
+from actors.external import ExternalHost
 from actors.future import CallbackFuture
 from actors.messages import (
     CancelTimedOut,
@@ -30,7 +31,6 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
-    FromExternal,
     GetHistory,
     Register,
     RequestCancel,
@@ -70,6 +70,8 @@ class Connection:
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes | memoryview](queue_size)
         self.scope = trio.CancelScope()
         self.subsystem: str | None = None
+        #: the registered subsystem's core (in the supervisor's thread): the process's lines go to it
+        self.actor: ExternalHost | None = None
         self.held: list[bytes] | None = None
         self.first_seen: dict[str, float] = {}
         self.close_reason: str | None = None
@@ -107,6 +109,23 @@ class Connection:
             self.held.append(data)
         else:
             self.push(data)
+
+    def route_to(self, actor: ExternalHost) -> None:
+        self.actor = actor
+
+    def tell_actor(self, message: Any) -> None:
+        """Hand one of the process's messages to its subsystem's core.
+
+        A core that has failed drops it: its successor gets the process's items restored
+        and, in a drain, a PauseIntake that asks again.
+        """
+        actor = self.actor
+        if actor is None:
+            return
+        try:
+            actor.tell(message)
+        except pykka.ActorDeadError:
+            log.info("%s: its core has failed; %s dropped", self.subsystem, type(message).__name__)
 
     def release_held(self) -> None:
         held, self.held = self.held or [], None
@@ -146,6 +165,10 @@ class ConnectionLink:
 
     def send(self, message: dict[str, Any]) -> None:
         self.bridge.call_soon(self.conn.push_subsystem, msgspec.json.encode(message) + b"\n")
+
+    def route_to(self, actor: ExternalHost) -> None:
+        # In order with the supervisor's answer to the register (or its restart of the actor).
+        self.bridge.call_soon(self.conn.route_to, actor)
 
 
 class ControlServer:
@@ -322,7 +345,7 @@ class ControlServer:
                 name = conn.subsystem
                 if name is None:
                     raise BadRequest(f"{request.__struct_config__.tag} is for registered subsystems; send register first")
-                self.supervisor.tell(FromExternal(name=name, message=self.to_actor(conn, name, request)))
+                conn.tell_actor(self.to_actor(conn, name, request))
                 return {"accepted": True} if request.id is not None else NO_REPLY
         if self.jobs is not None:
             result = await self.jobs.handle(request, peer, self.config.admin_group)

@@ -59,8 +59,8 @@ class World:
     def states(self) -> dict[str, str]:
         return {s.name: s.state for s in self.core.status().subsystems}
 
-    def report(self, name: str, *items: Any) -> None:
-        self.core.on_report(InFlightReport(subsystem=name, items=items))
+    def report(self, name: str, *items: Any, from_process: bool = False) -> None:
+        self.core.on_report(InFlightReport(subsystem=name, items=items, from_process=from_process))
 
     def pause_and_drain(self, name: str) -> None:
         drain_id = self.core.drain_id or ""

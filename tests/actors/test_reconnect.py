@@ -19,7 +19,6 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
-    FromExternal,
     GetStatus,
     Register,
     Unregister,
@@ -35,9 +34,13 @@ GRACE = 10.0
 class Link:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.actor: Any = None
 
     def send(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
+
+    def route_to(self, actor: Any) -> None:
+        self.actor = actor
 
 
 class RecordingSink(FakeSink):
@@ -54,6 +57,7 @@ class RecordingSink(FakeSink):
 class World:
     def __init__(self) -> None:
         self.clock, self.timers, self.sink = FakeClock(), FakeTimers(), RecordingSink()
+        self.links: dict[str, Link] = {}
         self.supervisor = SupervisorActor.start(
             clock=self.clock,
             timers=self.timers,
@@ -64,12 +68,13 @@ class World:
         self.sink.wait(lambda s: len(s.subsystems) == 1 and s.subsystems[0].state == "running")
 
     def register(self, name: str) -> Link:
-        link = Link()
+        link = self.links[name] = Link()
         self.supervisor.ask(Register(name=name, link=link, by="alice"), timeout=5)
         return link
 
     def send(self, name: str, message: Any) -> None:
-        self.supervisor.tell(FromExternal(name=name, message=message))
+        """A line from the process: its connection hands it to the subsystem's actor."""
+        self.links[name].actor.tell(message)
 
     def settle(self) -> Status:
         return self.supervisor.ask(GetStatus(), timeout=5)

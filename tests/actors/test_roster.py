@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import StillLeaving
-from actors.messages import Enable, ExternalGone, ExternalInFlight, PauseIntake, ReconnectGraceEnded
+from actors.messages import Enable, ExternalGone, PauseIntake, ReconnectGraceEnded
 from tests.actors.core_world import World
 from tests.actors.fakes import item
 
@@ -61,11 +61,9 @@ def test_an_external_back_in_time_holds_its_earlier_work_until_it_reports_it(awa
     assert len(away.refs["backup"]) == 2 and fresh.told == [PauseIntake(drain_id=away.core.drain_id or "")]
     assert away.states() == {"backup": "unknown"} and [i.id for i in away.core.views["backup"].items] == ["backup/dump"]
     same = (item("backup", "dump"),)
-    away.core.from_external("backup", ExternalInFlight(items=same))
-    assert fresh.told[-1] == ExternalInFlight(items=same)
-    away.report("backup", item("backup", "other"))  # not what it sent: the earlier work still blocks
+    away.report("backup", item("backup", "other"))  # not the process's own report: the earlier work still blocks
     assert {i.id for i in away.core.views["backup"].items} == {"backup/dump", "backup/other"}
-    away.report("backup", *same)
+    away.report("backup", *same, from_process=True)  # the process reported its work: the earlier is released
     view = away.core.views["backup"]
     assert (view.abandoned, view.reconnect_by) == ((), None) and "reconnect:backup" not in away.timers.armed
     away.report("backup")

@@ -105,6 +105,9 @@ class _Mute:
     def send(self, message: dict[str, Any]) -> None:
         pass
 
+    def route_to(self, actor: Any) -> None:
+        pass
+
 
 async def test_calls_from_many_threads_all_run_in_the_trio_thread_in_each_threads_order() -> None:
     """call_soon batches calls behind one wake-up: none is lost, none runs out of order,

@@ -25,7 +25,7 @@ import pytest
 
 from actors.status import MaintenanceInfo, RunningSystems, Status, SubsystemInfo
 from actors.types import InFlightItem
-from daemon import app
+from daemon import stopping
 from daemon.notify import Notifier, describe
 from tests.conftest import ROOT, Daemon, wait_for
 
@@ -214,7 +214,7 @@ def test_sigterm_with_building_jobs_drains_first_and_the_jobs_pass(
         lambda m: m.get("STATUS", "").startswith("stopping, draining: waiting for agents (2 building jobs)"), "the stop drain"
     )
     s = d.status()  # the socket still serves during the drain
-    assert s["maintenance"]["updated_by"] == "maintd" and s["maintenance"]["reason"] == app.STOP_REASON
+    assert s["maintenance"]["updated_by"] == "maintd" and s["maintenance"]["reason"] == stopping.STOP_REASON
     assert d.proc.poll() is None
 
     assert not any("EXTEND_TIMEOUT_USEC" in m for m in notify_socket.seen + notify_socket.drain_queue())
@@ -223,7 +223,7 @@ def test_sigterm_with_building_jobs_drains_first_and_the_jobs_pass(
         lambda m: m.get("STATUS", "").startswith("stopping, draining: waiting for agents (1 building job)"), "one left"
     )
     extend = notify_socket.wait(lambda m: "EXTEND_TIMEOUT_USEC" in m, "a timeout extension for the progress")
-    assert app.STOP_TIMEOUT * 1e6 < int(extend["EXTEND_TIMEOUT_USEC"]) <= (30 + app.STOP_TIMEOUT) * 1e6
+    assert stopping.STOP_TIMEOUT * 1e6 < int(extend["EXTEND_TIMEOUT_USEC"]) <= (30 + stopping.STOP_TIMEOUT) * 1e6
     assert d.proc.poll() is None
     (release / "unit").touch()
     notify_socket.wait(lambda m: m.get("STATUS") == "stopping, drained: safe to restart", "drained")
@@ -240,7 +240,7 @@ def test_a_drain_that_does_not_end_stops_after_stop_drain_timeout(
     assert d.proc is not None
     t0 = time.monotonic()
     d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(1 + app.STOP_TIMEOUT + 10) == 0
+    assert d.proc.wait(1 + stopping.STOP_TIMEOUT + 10) == 0
     elapsed = time.monotonic() - t0
     assert elapsed >= 1.0
     log = d.log_text()
@@ -255,7 +255,7 @@ def test_a_second_sigterm_during_the_drain_stops_at_once(make_daemon: Any, tmp_p
     d.proc.send_signal(signal.SIGINT)  # SIGINT is a stop like SIGTERM
     notify_socket.wait(lambda m: m.get("STATUS", "").startswith("stopping, draining"), "the stop drain")
     d.proc.send_signal(signal.SIGTERM)
-    assert d.proc.wait(app.STOP_TIMEOUT + 10) == 0
+    assert d.proc.wait(stopping.STOP_TIMEOUT + 10) == 0
     assert "received SIGTERM again: stopping now" in d.log_text()
 
 
@@ -277,7 +277,7 @@ def test_maintctl_disable_during_the_stop_drain_stops_at_once(
     d.proc.send_signal(signal.SIGTERM)
     notify_socket.wait(lambda m: m.get("STATUS", "").startswith("stopping, draining"), "the stop drain")
     assert d.maintctl("disable").returncode == 0
-    assert d.proc.wait(app.STOP_TIMEOUT + 10) == 0
+    assert d.proc.wait(stopping.STOP_TIMEOUT + 10) == 0
     assert "maintenance mode was turned off during the stop drain; stopping now" in d.log_text()
 
 

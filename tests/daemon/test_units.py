@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from daemon import app, listener, paths
+from daemon import listener, paths, stopping
 from daemon.config import DaemonConfig, parse_duration
 from tests.conftest import Daemon, wait_for
 
@@ -127,7 +127,7 @@ def test_cumulative_stop_timeout_less_than_timeout_stop_sec() -> None:
     service = unit("maintd.service")["Service"]
     timeout_stop = timespan(one(service, "TimeoutStopSec"))
     drain = parse_duration(DaemonConfig().stop_drain_timeout)
-    assert drain + app.STOP_TIMEOUT + STOP_MARGIN < timeout_stop, (drain, app.STOP_TIMEOUT, STOP_MARGIN, timeout_stop)
+    assert drain + stopping.STOP_TIMEOUT + STOP_MARGIN < timeout_stop, (drain, stopping.STOP_TIMEOUT, STOP_MARGIN, timeout_stop)
 
 
 def test_the_units_agree_with_the_daemon() -> None:

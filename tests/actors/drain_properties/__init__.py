@@ -5,7 +5,7 @@ Hypothesis state machines, each next to a model of what must hold:
 * :class:`DrainMachine` runs the real actors: a :class:`SupervisorActor` with builtin
   ``WorkCore`` subsystems and external subsystems that register over a recording
   ``SubsystemLink`` (the test plays the process: it answers ``intake_paused``, ``drained``
-  and ``cancel_result`` through ``FromExternal``, as ``daemon/server.py`` does). Rules
+  and ``cancel_result`` straight to the actor the link was routed to, as ``daemon/server.py`` does). Rules
   enable (with or without a deadline), disable, start and finish work (a paused subsystem
   must refuse), cancel, register (with or without work) and disconnect externals, crash
   and restart builtins (also with a cancel queued behind the crash), and fire the

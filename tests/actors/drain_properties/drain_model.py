@@ -80,10 +80,18 @@ class RecordingLink:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sent: list[dict[str, Any]] = []
+        self.actor: Any = None
 
     def send(self, message: dict[str, Any]) -> None:
         with self.lock:
             self.sent.append(dict(message))
+
+    def route_to(self, actor: Any) -> None:
+        self.actor = actor
+
+    def tell(self, message: Any) -> None:
+        """A line from the process, handed to its subsystem's actor."""
+        self.actor.tell(message)
 
     def lines(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -20,7 +20,6 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
-    FromExternal,
     GetHistory,
     Register,
     RequestCancel,
@@ -339,7 +338,7 @@ class DrainMachine(DrainWorld):
             for kind, cancellable, blocks in work:
                 item = self.new_item(name, kind, cancellable, blocks)
                 e.items[item.id] = item
-            self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+            self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     def ext_names(self, pred: Any = lambda e: True) -> list[str]:
         return [n for n, e in self.exts.items() if pred(e)]
@@ -353,7 +352,7 @@ class DrainMachine(DrainWorld):
         e = self.exts[name]
         item = self.new_item(name, kind, cancellable, blocks)
         e.items[item.id] = item
-        self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+        self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     @precondition(lambda self: self.ext_names(lambda e: e.items))
     @rule(data=st.data())
@@ -363,7 +362,7 @@ class DrainMachine(DrainWorld):
         e = self.exts[name]
         item_id = data.draw(st.sampled_from(sorted(e.items)), label="item")
         del e.items[item_id]
-        self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+        self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
 
     @precondition(lambda self: self.exts)
     @rule(data=st.data(), stale=st.booleans())
@@ -373,7 +372,7 @@ class DrainMachine(DrainWorld):
         e = self.exts[name]
         paused = e.gate is not None and e.gate[0] == "pause_intake"
         drain_id = e.gate[1] if paused and not stale else "drain-stale"
-        self.supervisor.tell(FromExternal(name=name, message=ExternalIntakePaused(drain_id=drain_id)))
+        self.exts[name].link.tell(ExternalIntakePaused(drain_id=drain_id))
         if drain_id == self.drain_id:
             e.acked = drain_id
 
@@ -385,7 +384,7 @@ class DrainMachine(DrainWorld):
         e = self.exts[name]
         paused = e.gate is not None and e.gate[0] == "pause_intake"
         drain_id = e.gate[1] if paused and not stale else "drain-stale"
-        self.supervisor.tell(FromExternal(name=name, message=ExternalDrained(drain_id=drain_id)))
+        self.exts[name].link.tell(ExternalDrained(drain_id=drain_id))
         if drain_id == self.drain_id:
             e.said_drained = drain_id
 
@@ -399,10 +398,10 @@ class DrainMachine(DrainWorld):
         item_id = data.draw(st.sampled_from(sorted(e.pending)), label="item")
         reply = e.pending.pop(item_id)
         local = item_id.partition("/")[2]
-        self.supervisor.tell(FromExternal(name=name, message=ExternalCancelResult(item=local, ok=ok, reason="no")))
+        self.exts[name].link.tell(ExternalCancelResult(item=local, ok=ok, reason="no"))
         if ok and item_id in e.items:  # the process stopped it: it reports its work without it
             del e.items[item_id]
-            self.supervisor.tell(FromExternal(name=name, message=ExternalInFlight(items=tuple(e.items.values()))))
+            self.exts[name].link.tell(ExternalInFlight(items=tuple(e.items.values())))
         for case in self.cancels:
             if case.future is reply and reply is not None:
                 case.expect, case.code = ("cancelled", None) if ok else ("refused", "not_cancellable")
