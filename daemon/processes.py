@@ -55,17 +55,6 @@ class _Job:
     reported: bool = False
 
 
-@dataclass(eq=False)
-class _Preparing:
-    """Jobs whose logs and trees are made in one worker-thread call: those started in one
-    pass of the loop (a batch of Assigns) cross to a thread and back once, not once each."""
-
-    specs: list[JobSpec] = field(default_factory=list)
-    #: for each spec, in order: (log file, tree), or the exception that stopped it
-    results: list[tuple[IO[bytes], JobTree | None] | Exception] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
-
-
 class ProcessRunner:
     """Runs git and job processes for the actors (:class:`actors.jobs.ProcessPort`)."""
 
@@ -96,8 +85,6 @@ class ProcessRunner:
         #: the JobExited told for each job that ended, newest last (at most EXITS_KEPT)
         self._exits: collections.OrderedDict[int, JobExited] = collections.OrderedDict()
         self._closed = False
-        #: the batch of jobs being gathered for one _prepare_all call (None: none is open)
-        self._preparing: _Preparing | None = None
 
     # -- the port: called from actor threads, nothing but call_soon ----------------------
 
@@ -265,7 +252,8 @@ class ProcessRunner:
         spec = job.spec
         try:
             argv = _job_argv(spec)
-            log_file, job.tree = await self._prepared(spec)
+            # mkdir and open are filesystem calls: not in the loop that serves the socket.
+            log_file, job.tree = await trio.to_thread.run_sync(_prepare, spec, self.root, self.tracking)
             if job.tree is not None:
                 argv = job.tree.command(argv)
         except Exception as exc:  # noqa: BLE001 - becomes the reply's error
@@ -336,39 +324,6 @@ class ProcessRunner:
                 JobExited(job_id=spec.job_id, returncode=proc.returncode, timed_out=timed_out, leftovers=leftovers),
             )
 
-    async def _prepared(self, spec: JobSpec) -> tuple[IO[bytes], JobTree | None]:
-        """The job's log and tree (or the exception that stopped them).
-
-        mkdir and open are file system calls: not in the loop that serves the socket. The
-        first job of a pass opens a batch and lets the loop run once, so that every job
-        started in the same pass joins it; then one worker-thread call makes them all.
-        """
-        batch = self._preparing
-        if batch is not None:
-            index = len(batch.specs)
-            batch.specs.append(spec)
-            # shielded: the batch opens this job's log and tree, which must not be left behind
-            with trio.CancelScope(shield=True):
-                await batch.done.wait()
-        else:
-            index = 0
-            batch = self._preparing = _Preparing([spec])
-            try:
-                await trio.lowlevel.cancel_shielded_checkpoint()  # the other starts of this pass join
-            finally:
-                self._preparing = None
-            try:
-                with trio.CancelScope(shield=True):
-                    batch.results = await trio.to_thread.run_sync(_prepare_all, batch.specs, self.root, self.tracking)
-            finally:
-                if not batch.results:  # the thread could not be had: nobody's files were made
-                    batch.results = [RuntimeError("no worker thread to make its log")] * len(batch.specs)
-                batch.done.set()
-        result = batch.results[index]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     def _deadline(self, spec: JobSpec) -> float:
         return math.inf if spec.timeout is None else trio.current_time() + spec.timeout
 
@@ -398,19 +353,6 @@ def _job_argv(spec: JobSpec) -> list[str]:
     if not spec.argv:
         raise ValueError("the job has neither argv nor shell")
     return list(spec.argv)
-
-
-def _prepare_all(
-    specs: list[JobSpec], root: str | None, tracking: Tracking | None
-) -> list[tuple[IO[bytes], JobTree | None] | Exception]:
-    """:func:`_prepare` for each job (in a worker thread): its log and tree, or why not."""
-    results: list[tuple[IO[bytes], JobTree | None] | Exception] = []
-    for spec in specs:
-        try:
-            results.append(_prepare(spec, root, tracking))
-        except Exception as exc:  # noqa: BLE001 - that job's reply says it
-            results.append(exc)
-    return results
 
 
 def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:

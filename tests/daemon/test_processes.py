@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
-from daemon import processes
 from daemon.bridge import Bridge
 from daemon.git import MAX_CONFIG_FILE_BYTES
 from daemon.processes import ProcessRunner
@@ -355,35 +354,6 @@ async def test_a_workspace_that_cannot_be_made_is_reported(runner: ProcessRunner
     runner.start_job(inbox, spec_for(tmp_path, argv=("true",), workspace=str(tmp_path / "file" / "ws")))
     message = await inbox.next()
     assert message.returncode is None and message.error.startswith("cannot start:")
-
-
-async def test_jobs_started_in_one_pass_are_prepared_in_one_thread_call_and_fail_alone(
-    runner: ProcessRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch of starts crosses to a worker thread once for all their logs and trees; a job
-    whose workspace cannot be made fails alone, and the others of its batch run."""
-    batches: list[list[int]] = []
-    prepare_all = processes._prepare_all
-
-    def counted(specs: list[JobSpec], *args: Any) -> Any:
-        batches.append([spec.job_id for spec in specs])
-        return prepare_all(specs, *args)
-
-    monkeypatch.setattr(processes, "_prepare_all", counted)
-    (tmp_path / "file").write_text("")
-    inbox = Inbox()
-    runner.start_job(inbox, spec_for(tmp_path, job_id=1, argv=("true",)))
-    runner.start_job(inbox, spec_for(tmp_path, job_id=2, argv=("true",), workspace=str(tmp_path / "file" / "ws")))
-    runner.start_job(inbox, spec_for(tmp_path, job_id=3, argv=("true",)))
-    exits: dict[int, JobExited] = {}
-    while len(exits) < 3:
-        message = await inbox.next()
-        if isinstance(message, JobExited):
-            exits[message.job_id] = message
-    assert sorted(job_id for batch in batches for job_id in batch) == [1, 2, 3]
-    assert len(batches) == 1, batches
-    assert exits[1] == JobExited(job_id=1, returncode=0) and exits[3] == JobExited(job_id=3, returncode=0)
-    assert exits[2].returncode is None and exits[2].error.startswith("cannot start:")
 
 
 async def test_stop_kills_a_job_that_ignores_sigterm_after_the_grace(runner: ProcessRunner, tmp_path: Path) -> None:
