@@ -45,10 +45,48 @@ _REAP_TIMEOUT = 5.0  # after a SIGKILL, how long to wait for the kernel to let t
 EXITS_KEPT = 10_000
 
 
+class _Child:
+    """A job's main process, spawned in a worker thread (:func:`_start`) and waited for in
+    the loop through a pidfd: what the runner uses of :class:`trio.Process`. ``pidfd`` is
+    opened right after the spawn, before anything can reap it."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._pidfd: int | None = pidfd
+        self._wait_lock = trio.Lock()  # one waiter on the pidfd at a time (the run and a stop both wait)
+
+    @property
+    def returncode(self) -> int | None:
+        code = self._popen.poll()
+        if code is not None:
+            self._close_pidfd()
+        return code
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def wait(self) -> int:
+        async with self._wait_lock:
+            if self.returncode is None:
+                assert self._pidfd is not None
+                await trio.lowlevel.wait_readable(self._pidfd)
+                self._popen.wait()  # readable: it has exited, this reaps it without blocking
+                self._close_pidfd()
+        assert self._popen.returncode is not None
+        return self._popen.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self._popen.send_signal(sig)  # nothing once it is reaped: never a recycled pid
+
+
 @dataclass(eq=False)
 class _Job:
     spec: JobSpec
-    process: trio.Process | None = None
+    process: _Child | None = None
     tree: JobTree | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     stop_grace: float | None = None  # a stop asked for before the process was there
@@ -250,37 +288,13 @@ class ProcessRunner:
 
     async def _run_job_process(self, reply_to: Any, job: _Job) -> None:
         spec = job.spec
-        try:
-            argv = _job_argv(spec)
-            # mkdir and open are filesystem calls: not in the loop that serves the socket.
-            log_file, job.tree = await trio.to_thread.run_sync(_prepare, spec, self.root, self.tracking)
-            if job.tree is not None:
-                argv = job.tree.command(argv)
-        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-            error = f"cannot start: {exc}"
-            append_to_log(spec.log, error, self.root)
+        # The folders, the log, the tree and the spawn are file system calls (and a vfork):
+        # not in the loop that serves the socket, and all in one worker-thread call (trio's
+        # open_process would cross to a thread a second time for the spawn alone).
+        proc, job.tree, error = await trio.to_thread.run_sync(_start, spec, self.root, self.tracking)
+        if proc is None:
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
-        try:
-            proc = await trio.lowlevel.open_process(
-                argv,
-                cwd=spec.workspace,
-                env=_job_env(spec, job.tree),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-            error = f"cannot start: {exc}"
-            with contextlib.suppress(OSError, ValueError):
-                log_file.write(f"maintd: {error}\n".encode())
-            if job.tree is not None:
-                job.tree.close()
-            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
-            return
-        finally:
-            log_file.close()
         if job.tree is not None:
             job.tree.spawned(proc.pid)
 
@@ -353,6 +367,47 @@ def _job_argv(spec: JobSpec) -> list[str]:
     if not spec.argv:
         raise ValueError("the job has neither argv nor shell")
     return list(spec.argv)
+
+
+def _start(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[_Child | None, JobTree | None, str | None]:
+    """Make the job's workspace, log and tree and spawn its main process (in a worker thread).
+
+    ``(process, tree, None)``, or ``(None, None, error)`` when it could not be started: the
+    reason is then at the end of its log, and nothing of it is left (no tree, no open file).
+    """
+    try:
+        argv = _job_argv(spec)
+        log_file, tree = _prepare(spec, root, tracking)
+    except Exception as exc:  # noqa: BLE001 - becomes the reply's error
+        error = f"cannot start: {exc}"
+        append_to_log(spec.log, error, root)
+        return None, None, error
+    try:
+        popen = subprocess.Popen(
+            tree.command(argv) if tree is not None else argv,
+            cwd=spec.workspace,
+            env=_job_env(spec, tree),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:
+            popen.kill()  # it cannot be waited for: it must not run unseen
+            popen.wait()
+            raise
+    except Exception as exc:  # noqa: BLE001 - becomes the reply's error
+        error = f"cannot start: {exc}"
+        with contextlib.suppress(OSError, ValueError):
+            log_file.write(f"maintd: {error}\n".encode())
+        if tree is not None:
+            tree.close()
+        return None, None, error
+    finally:
+        log_file.close()
+    return _Child(popen, pidfd), tree, None
 
 
 def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:

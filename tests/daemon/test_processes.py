@@ -356,6 +356,25 @@ async def test_a_workspace_that_cannot_be_made_is_reported(runner: ProcessRunner
     assert message.returncode is None and message.error.startswith("cannot start:")
 
 
+async def test_a_job_start_crosses_to_a_worker_thread_once(
+    runner: ProcessRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its folders, log and spawn in one worker-thread call (trio's open_process took a second one)."""
+    calls: list[str] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+    spec = spec_for(tmp_path, argv=("sh", "-c", "echo started"))
+    _, exited = await run_to_end(runner, spec)
+    assert exited == JobExited(job_id=1, returncode=0)
+    assert read(spec.log) == "started\n"
+    assert len(calls) == 1, calls
+
+
 async def test_stop_kills_a_job_that_ignores_sigterm_after_the_grace(runner: ProcessRunner, tmp_path: Path) -> None:
     inbox = Inbox()
     spec = spec_for(tmp_path, shell='trap "" TERM; echo ready; sleep 30')
