@@ -22,19 +22,17 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import signal
-import subprocess
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import trio
 
 from actors.jobs import JobExited, JobSpec, JobStarted
 from daemon.bridge import Bridge
 from daemon.git import Git, killpg
+from daemon.jobstart import JobProcess, start
 from daemon.jobtree import JobTree, Tracking
-from daemon.statedir import append_to_log, open_job_log
 
 __all__ = ["ProcessRunner"]
 
@@ -45,48 +43,10 @@ _REAP_TIMEOUT = 5.0  # after a SIGKILL, how long to wait for the kernel to let t
 EXITS_KEPT = 10_000
 
 
-class _Child:
-    """A job's main process, spawned in a worker thread (:func:`_start`) and waited for in
-    the loop through a pidfd: what the runner uses of :class:`trio.Process`. ``pidfd`` is
-    opened right after the spawn, before anything can reap it."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self._pidfd: int | None = pidfd
-        self._wait_lock = trio.Lock()  # one waiter on the pidfd at a time (the run and a stop both wait)
-
-    @property
-    def returncode(self) -> int | None:
-        code = self._popen.poll()
-        if code is not None:
-            self._close_pidfd()
-        return code
-
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            trio.lowlevel.notify_closing(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-
-    async def wait(self) -> int:
-        async with self._wait_lock:
-            if self.returncode is None:
-                assert self._pidfd is not None
-                await trio.lowlevel.wait_readable(self._pidfd)
-                self._popen.wait()  # readable: it has exited, this reaps it without blocking
-                self._close_pidfd()
-        assert self._popen.returncode is not None
-        return self._popen.returncode
-
-    def send_signal(self, sig: int) -> None:
-        self._popen.send_signal(sig)  # nothing once it is reaped: never a recycled pid
-
-
 @dataclass(eq=False)
 class _Job:
     spec: JobSpec
-    process: _Child | None = None
+    process: JobProcess | None = None
     tree: JobTree | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     stop_grace: float | None = None  # a stop asked for before the process was there
@@ -291,7 +251,7 @@ class ProcessRunner:
         # The folders, the log, the tree and the spawn are file system calls (and a vfork):
         # not in the loop that serves the socket, and all in one worker-thread call (trio's
         # open_process would cross to a thread a second time for the spawn alone).
-        proc, job.tree, error = await trio.to_thread.run_sync(_start, spec, self.root, self.tracking)
+        proc, job.tree, error = await trio.to_thread.run_sync(start, spec, self.root, self.tracking)
         if proc is None:
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
@@ -359,92 +319,6 @@ class ProcessRunner:
             log.info("job %s: %s after its main process exited", job.spec.job_id, note)
             _note_in_log(job.spec.log, note)
         return killed
-
-
-def _job_argv(spec: JobSpec) -> list[str]:
-    if spec.shell is not None:
-        return ["/bin/sh", "-c", spec.shell]
-    if not spec.argv:
-        raise ValueError("the job has neither argv nor shell")
-    return list(spec.argv)
-
-
-def _start(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[_Child | None, JobTree | None, str | None]:
-    """Make the job's workspace, log and tree and spawn its main process (in a worker thread).
-
-    ``(process, tree, None)``, or ``(None, None, error)`` when it could not be started: the
-    reason is then at the end of its log, and nothing of it is left (no tree, no open file).
-    """
-    try:
-        argv = _job_argv(spec)
-        log_file, tree = _prepare(spec, root, tracking)
-    except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-        error = f"cannot start: {exc}"
-        append_to_log(spec.log, error, root)
-        return None, None, error
-    try:
-        popen = subprocess.Popen(
-            tree.command(argv) if tree is not None else argv,
-            cwd=spec.workspace,
-            env=_job_env(spec, tree),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-        )
-        try:
-            pidfd = os.pidfd_open(popen.pid)
-        except OSError:
-            popen.kill()  # it cannot be waited for: it must not run unseen
-            popen.wait()
-            raise
-    except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-        error = f"cannot start: {exc}"
-        with contextlib.suppress(OSError, ValueError):
-            log_file.write(f"maintd: {error}\n".encode())
-        if tree is not None:
-            tree.close()
-        return None, None, error
-    finally:
-        log_file.close()
-    return _Child(popen, pidfd), tree, None
-
-
-def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:
-    """The job's log and its tree (in a worker thread: file system calls)."""
-    log_file = open_job_log(spec, root)
-    if tracking is None:
-        return log_file, None
-    tree = None
-    try:
-        tree = tracking.job(spec.job_id)
-        _check_executable(_job_argv(spec)[0], spec)  # the shim would only say it in the log
-    except BaseException:
-        log_file.close()
-        if tree is not None:
-            tree.close()
-        raise
-    return log_file, tree
-
-
-def _check_executable(program: str, spec: JobSpec) -> None:
-    """FileNotFoundError, as subprocess would raise it, when ``program`` cannot be run."""
-    if os.sep in program:
-        found = os.path.join(spec.workspace, program)  # relative to the job's cwd
-    else:
-        found = shutil.which(program, path=_job_env(spec).get("PATH")) or ""
-    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
-        raise FileNotFoundError(2, "No such file or directory", program)
-
-
-def _job_env(spec: JobSpec, tree: JobTree | None = None) -> dict[str, str]:
-    base = {
-        "PATH": os.environ.get("PATH") or os.defpath,
-        "HOME": spec.workspace,
-        "LANG": os.environ.get("LANG") or "C.UTF-8",
-    }
-    # The marker last: a job's env cannot take it away.
-    return {**base, **spec.env, **(tree.env if tree is not None else {})}
 
 
 def _note_in_log(path: str, note: str) -> None:
