@@ -3,8 +3,9 @@
 Implements :class:`actors.jobs.ProcessPort`. Every port method is called from an actor's
 thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio task in the
 runner's nursery, and the answer goes back with ``reply_to.tell(message)``. Polls and
-config-repo reads are :class:`daemon.git.Git`'s; a job's workspace and log are made under
-the state directory by :mod:`daemon.statedir`, which follows no symlink there.
+config-repo reads are :class:`daemon.git.Git`'s; a job is started (its workspace and log
+under the state directory, its tree, its spawn) in one worker-thread call by
+:mod:`daemon.jobstart`.
 
 Every child runs in a session (and so a process group) of its own. A job is more than its
 group: it is every process it starts (:mod:`daemon.jobtree`), whatever they do to their
