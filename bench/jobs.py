@@ -9,7 +9,12 @@ same run. One run does:
    floor: ``trio.lowlevel.open_process`` + ``wait``, in a process of its own), and
    against the same program when it also makes each job's workspace directory and log
    file the way ``daemon/processes.py`` does (what the daemon must do besides spawning:
-   on a slow disk it is a real share). The daemon's time runs from the moment the
+   on a slow disk it is a real share), and against the same again when each job is also
+   tracked as a process tree the way the daemon tracks it (``--tracking``, the daemon's
+   ``[agents] process_tracking``: with cgroups, a cgroup made for each job, entered by the
+   child through the /bin/sh shim, watched until empty and removed), through
+   daemon/jobtree.py of the tree under test: the tracked floor, which tells what the
+   tracking costs from what maintd itself costs. The daemon's time runs from the moment the
    ``trigger`` request is sent to the run's ``finished_at`` (the scheduler's clock,
    ``time.time()`` on the same machine: no polling in the figure); the time from the
    trigger *reply* is printed too (the reply comes once the N jobs are stored and the
@@ -34,8 +39,9 @@ stop by themselves after a bounded time. Everything lives in one temporary direc
     /tmp/venv/bin/python bench/jobs.py --quick      # 200 jobs, 50 drain trials
     /tmp/venv/bin/python bench/jobs.py --agents 2 --jobs 500 --trials 30
 
-Internal roles (used by the script itself): ``jobs.py _direct JOBS WORKERS [DIR]`` runs
-the throughput floor (with DIR: workspaces and logs in it), ``jobs.py _drainfloor TRIALS
+Internal roles (used by the script itself): ``jobs.py _direct JOBS WORKERS [DIR [MODE]]``
+runs the throughput floor (with DIR: workspaces and logs in it; with MODE, a
+``process_tracking`` mode, each job tracked as the daemon tracks it), ``jobs.py _drainfloor TRIALS
 DIR`` the drain-latency floor.
 """
 
@@ -106,14 +112,25 @@ def release(fifo: str, deadline: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def direct_main(jobs: int, workers: int, files_dir: str | None) -> int:
+def direct_main(jobs: int, workers: int, files_dir: str | None = None, tracking_mode: str | None = None) -> int:
     """``jobs`` ``true`` processes, ``workers`` at a time, from trio: spawn and wait.
 
-    With ``files_dir``, each job first gets what the daemon gives it (``_open_log`` in
-    daemon/processes.py): a workspace directory (its cwd) and a log file (its stdout and
-    stderr), made the same way, in the trio thread.
+    With ``files_dir``, each job first gets what the daemon gives it (``open_job_log`` in
+    daemon/statedir.py): a workspace directory (its cwd) and a log file (its stdout and
+    stderr), made the same way, in the trio thread. With ``tracking_mode`` too, each job is
+    also a job tree as the daemon makes it (``[agents] process_tracking``, through
+    daemon/jobtree.py of the tree under test): its tree made (a cgroup), the command that
+    joins it (the shim), spawned with the tree's marker, waited for until the tree is
+    empty, and the tree let go (the cgroup removed).
     """
     import trio
+
+    tracking: Any = None
+    if tracking_mode is not None:
+        from daemon import jobtree  # the source under test comes first on PYTHONPATH
+
+        assert files_dir is not None
+        tracking = jobtree.setup(tracking_mode, files_dir)
 
     def open_files(i: int) -> tuple[str | None, Any]:
         if files_dir is None:
@@ -132,23 +149,50 @@ def direct_main(jobs: int, workers: int, files_dir: str | None) -> int:
             while left[0] > 0:
                 left[0] -= 1
                 cwd, out = open_files(left[0])
+                argv, env, tree = ["true"], None, None
+                if tracking is not None:
+                    tree = tracking.job(left[0])
+                    argv = tree.command(argv)
+                    env = {"PATH": os.environ.get("PATH") or os.defpath, **tree.env}
                 try:
                     proc = await trio.lowlevel.open_process(
-                        ["true"], stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, start_new_session=True
+                        argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env, start_new_session=True
                     )
                 finally:
                     if out is not subprocess.DEVNULL:
                         out.close()
+                if tree is not None:
+                    tree.spawned(proc.pid)
                 if await proc.wait() != 0:
                     failures[0] += 1
+                if tree is not None:
+                    tree.main_reaped()
+                    await tree.wait_empty()
+                    tree.close()
 
         with trio.fail_after(FLOOR_MAX_SECONDS):
             t0 = time.perf_counter()
+            cpu0 = time.process_time()
             async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(worker)
-            seconds = time.perf_counter() - t0
-        return {"jobs": jobs, "workers": workers, "seconds": seconds, "failures": failures[0]}
+                if tracking is not None:
+                    nursery.start_soon(tracking.run)  # the subreaper's reaping (cgroup: returns at once)
+                async with trio.open_nursery() as workers_nursery:
+                    for _ in range(workers):
+                        workers_nursery.start_soon(worker)
+                seconds = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
+                nursery.cancel_scope.cancel()
+            if tracking is not None:
+                tracking.close()
+        mechanism = tracking.describe() if tracking is not None else None
+        return {
+            "jobs": jobs,
+            "workers": workers,
+            "seconds": seconds,
+            "cpu": cpu,
+            "failures": failures[0],
+            "tracking": mechanism,
+        }
 
     print(json.dumps(trio.run(run)), flush=True)
     return 0
@@ -209,6 +253,7 @@ def write_config(path: Path, args: argparse.Namespace, fifo: str, out: str) -> N
         'log_level = "warning"',
         "[agents]",
         f"count = {args.agents}",
+        f'process_tracking = "{args.tracking}"',
         'cancel_grace = "1s"',
         "[maintenance]",
         'subsystem_restart_delay = "100ms"',
@@ -300,6 +345,7 @@ class Watcher:
 
 def daemon_round(d: Daemon, c: LineClient, args: argparse.Namespace) -> dict:
     """One bulk run: trigger, poll status until nothing is scheduled or building, read the run."""
+    cpu0 = cpu_seconds(d.proc.pid)
     t_sent = time.time()
     trig = c.request("trigger", pipeline="bulk")
     t_reply = time.time()
@@ -323,6 +369,7 @@ def daemon_round(d: Daemon, c: LineClient, args: argparse.Namespace) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"run bulk/{trig['counter']} has no finished_at: {run['state']}")
         time.sleep(0.01)
+    cpu = cpu_seconds(d.proc.pid) - cpu0
     passed = sum(j["state"] == "passed" for j in run["jobs"])
     if run["state"] != "passed" or passed != args.jobs:
         raise RuntimeError(f"bulk/{trig['counter']}: {run['state']}, {passed} of {args.jobs} jobs passed")
@@ -332,15 +379,25 @@ def daemon_round(d: Daemon, c: LineClient, args: argparse.Namespace) -> dict:
         "from_reply": end - t_reply,
         "reply_ms": (t_reply - t_sent) * 1000,
         "polls": polls,
+        "cpu": cpu,
     }
 
 
-def direct_round(args: argparse.Namespace, env: dict, files_dir: Path | None = None) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used so far, its children not counted."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def direct_round(args: argparse.Namespace, env: dict, files_dir: Path | None = None, tracked: bool = False) -> dict:
     cmd = [sys.executable, str(HERE), "_direct", str(args.jobs), str(args.agents)]
     if files_dir is not None:
         shutil.rmtree(files_dir, ignore_errors=True)
         files_dir.mkdir()
         cmd.append(str(files_dir))
+        if tracked:
+            cmd.append(args.tracking)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.round_timeout + 30, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the direct-spawn floor failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -420,21 +477,23 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     os.mkfifo(fifo)
     config = tmp / "maintd.toml"
     write_config(config, args, fifo, out)
-    res: dict[str, Any] = {"daemon_rounds": [], "direct_rounds": [], "files_rounds": []}
+    res: dict[str, Any] = {"daemon_rounds": [], "direct_rounds": [], "files_rounds": [], "tracked_rounds": []}
     d = Daemon(tmp, config, env)
     ok = False
     try:
         d.wait_ready(START_TIMEOUT)
         c = LineClient(d.sock)
         try:
-            # ABBA: direct, files, daemon, daemon, files, direct, ... so that drift hits all alike
+            # ABBA: direct, files, tracked, daemon, daemon, tracked, ... so that drift hits all alike
             for r in range(args.rounds):
-                order = ("direct", "files", "daemon") if r % 2 == 0 else ("daemon", "files", "direct")
-                for name in order:
+                order = ("direct", "files", "tracked", "daemon")
+                for name in order if r % 2 == 0 else reversed(order):
                     if name == "direct":
                         res["direct_rounds"].append(direct_round(args, env))
                     elif name == "files":
                         res["files_rounds"].append(direct_round(args, env, tmp / "direct-files"))
+                    elif name == "tracked":
+                        res["tracked_rounds"].append(direct_round(args, env, tmp / "direct-tracked", tracked=True))
                     else:
                         res["daemon_rounds"].append(daemon_round(d, c, args))
             res["mem_after_jobs"] = d.proc_status()
@@ -481,22 +540,38 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float) -> N
         f"1. throughput: {n:,} jobs `true`, {args.agents} agents / {args.agents} concurrent direct spawns, "
         f"{args.rounds} alternating round(s), median:"
     )
-    w(f"  {'':44}{'wall s':>9}{'jobs/s':>9}   rounds (s)")
+    w(f"  {'':44}{'wall s':>9}{'jobs/s':>9}{'cpu ms/job':>11}   rounds (s)")
+
+    def cpu_ms(rounds: list[dict]) -> str:
+        return f"{median([r['cpu'] for r in rounds]) / n * 1e3:>11.2f}"
+
     rounds = " ".join(f"{r['seconds']:.2f}" for r in dr)
-    w(f"  {'daemon, trigger sent -> run finished_at':44}{d_s:>9.2f}{n / d_s:>9.0f}   {rounds}")
+    w(f"  {'daemon, trigger sent -> run finished_at':44}{d_s:>9.2f}{n / d_s:>9.0f}{cpu_ms(dr)}   {rounds}")
     rounds = " ".join(f"{r['from_reply']:.2f}" for r in dr)
     w(f"  {'daemon, trigger reply -> run finished_at':44}{d_reply:>9.2f}{n / d_reply:>9.0f}   {rounds}")
     rounds = " ".join(f"{r['seconds']:.2f}" for r in fr)
-    w(f"  {'direct trio spawns (floor)':44}{f_s:>9.2f}{n / f_s:>9.0f}   {rounds}")
+    w(f"  {'direct trio spawns (floor)':44}{f_s:>9.2f}{n / f_s:>9.0f}{cpu_ms(fr)}   {rounds}")
     fi = res["files_rounds"]
     fi_s = median([r["seconds"] for r in fi])
     rounds = " ".join(f"{r['seconds']:.2f}" for r in fi)
-    w(f"  {'direct, + workspace dir and log file each':44}{fi_s:>9.2f}{n / fi_s:>9.0f}   {rounds}")
+    w(f"  {'direct, + workspace dir and log file each':44}{fi_s:>9.2f}{n / fi_s:>9.0f}{cpu_ms(fi)}   {rounds}")
+    tr = res["tracked_rounds"]
+    tr_s = median([r["seconds"] for r in tr])
+    rounds = " ".join(f"{r['seconds']:.2f}" for r in tr)
+    w(f"  {'direct, + files + job tree (tracked floor)':44}{tr_s:>9.2f}{n / tr_s:>9.0f}{cpu_ms(tr)}   {rounds}")
+    w("    (cpu ms/job: the spawning process's own CPU time, user + system, its children not counted)")
+    w(f"    (the tracked floor: each job's tree as the daemon makes it: {tr[0]['tracking']})")
     w(f"  ratio daemon/direct: {d_s / f_s:.2f}x from the trigger request, {d_reply / f_s:.2f}x from its reply")
     w(
-        f"  ratio daemon/(direct + workspace and log, as the daemon's _open_log makes them): {d_s / fi_s:.2f}x; "
+        f"  ratio daemon/(direct + workspace and log, as statedir.open_job_log makes them): {d_s / fi_s:.2f}x; "
         f"the files alone cost {(fi_s - f_s) / n * 1e3:.2f} ms a job here"
     )
+    w(
+        f"  ratio daemon/tracked floor (direct + files + the same process tracking): {d_s / tr_s:.2f}x; "
+        f"tracking costs {(tr_s - fi_s) / n * 1e3:.2f} ms a job here, maintd itself {(d_s - tr_s) / n * 1e3:.2f} ms"
+    )
+    d_cpu, tr_cpu = (median([r["cpu"] for r in rounds]) for rounds in (dr, tr))
+    w(f"  cpu daemon/tracked floor: {d_cpu / tr_cpu:.2f}x (less noisy than the wall time on a shared machine)")
     w(
         f"  the trigger reply took {median([r['reply_ms'] for r in dr]):.0f} ms (the {n:,} jobs stored and queued); "
         f"end found by {median([r['polls'] for r in dr]):.0f} status polls at {POLL_INTERVAL * 1000:.0f} ms, "
@@ -525,6 +600,7 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float) -> N
         f"  {n:,} jobs within {TARGET_RATIO:g}x of direct spawns        daemon/direct = {ratio:.2f}x "
         f"({d_reply / f_s:.2f}x from the trigger reply)   {verdict(ratio <= TARGET_RATIO)}"
     )
+    w(f"  {'':47}daemon/tracked floor = {d_s / tr_s:.2f}x   {verdict(d_s / tr_s <= TARGET_RATIO)}")
     p99 = pct(lat, 0.99)
     w(
         f"  drain latency p99 under {TARGET_DRAIN_P99_MS:g} ms               p99 = {p99:.2f} ms "
@@ -542,6 +618,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="alternating throughput rounds per side (default 2)")
     parser.add_argument("--trials", type=int, default=200, help="drain-latency trials (default 200)")
     parser.add_argument("--round-timeout", type=float, default=120.0, help="bound on one throughput round, s (default 120)")
+    parser.add_argument(
+        "--tracking",
+        choices=("auto", "cgroup", "subreaper"),
+        default="auto",
+        help="[agents] process_tracking of the daemon and of the tracked floor (default auto)",
+    )
     parser.add_argument("--source", type=Path, default=REPO, help="source tree to run maintd from (default: this checkout)")
     parser.add_argument("--quick", action="store_true", help="200 jobs, 1 round, 50 drain trials")
     args = parser.parse_args(argv)
@@ -575,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_direct":
-        sys.exit(direct_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
+        extra = sys.argv[4:6]
+        sys.exit(direct_main(int(sys.argv[2]), int(sys.argv[3]), *extra))
     if len(sys.argv) > 1 and sys.argv[1] == "_drainfloor":
         sys.exit(drain_floor_main(int(sys.argv[2]), sys.argv[3]))
     sys.exit(main())

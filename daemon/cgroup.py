@@ -17,9 +17,17 @@ The child enters its cgroup before it runs anything: it is spawned as ``/bin/sh 
 > "$0" || exit 125; exec "$@"' <cgroup.procs> <argv...>``, which writes itself into the
 cgroup and then execs the job (same pid: the main process's exit code is still the job's). A
 ``preexec_fn`` doing the same write would make CPython fork the whole daemon instead of
-using vfork/posix_spawn, in the trio thread: measured with bench/jobs.py, that cost 3
-times the throughput; the shim's exec costs the child, not the loop. (Python 3.11 has no
-``CLONE_INTO_CGROUP``.)
+using vfork/posix_spawn: measured with bench/jobs.py, that cost 3 times the throughput; the
+shim's exec costs the child, not the daemon. Spawning straight into the cgroup
+(``clone3(CLONE_INTO_CGROUP)``) would spare the child both the shim and the move, but
+neither Python 3.11's ``os``/``subprocess`` nor glibc before 2.41
+(``posix_spawnattr_setcgroup_np``) offers it; writing the pid from the daemon after the
+spawn would need the child to wait for it, which a plain exec cannot. The move is most of
+what tracking costs: on the 2-core machine of the benchmarks, ``sh -c 'exec true'`` took
+1.2 ms a spawn one at a time and the shim 4.0 ms (likely the wait of a migration for the
+write side of the kernel's cgroup_threadgroup_rwsem, which the mount option
+``favordynmods`` makes cheap: not tried there); with 4 at once, bench/jobs.py's tracked
+floor puts tracking at 0.4-0.7 ms a job.
 
 The end of a job is ``populated 0`` in ``cgroup.events``, watched with inotify (the kernel
 signals every change of the file), with a look every ``SAFETY_POLL`` seconds in case a

@@ -3,8 +3,9 @@
 Implements :class:`actors.ports.ProcessPort`. Every port method is called from an actor's
 thread and does nothing there but :meth:`Bridge.call_soon`; the work is a trio task in the
 runner's nursery, and the answer goes back with ``reply_to.tell(message)``. Polls and
-config-repo reads are :class:`daemon.git.Git`'s; a job's workspace and log are made under
-the state directory by :mod:`daemon.statedir`, which follows no symlink there.
+config-repo reads are :class:`daemon.git.Git`'s; a job is started (its workspace and log
+under the state directory, its tree, its spawn) in one worker-thread call by
+:mod:`daemon.jobstart`.
 
 Every child runs in a session (and so a process group) of its own. A job is more than its
 group: it is every process it starts (:mod:`daemon.jobtree`), whatever they do to their
@@ -22,19 +23,17 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import signal
-import subprocess
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import trio
 
 from actors.jobs import JobExited, JobSpec, JobStarted
 from daemon.bridge import Bridge
 from daemon.git import Git, killpg
+from daemon.jobstart import JobProcess, start
 from daemon.jobtree import JobTree, Tracking
-from daemon.statedir import append_to_log, open_job_log
 
 __all__ = ["ProcessRunner"]
 
@@ -48,7 +47,7 @@ EXITS_KEPT = 10_000
 @dataclass(eq=False)
 class _Job:
     spec: JobSpec
-    process: trio.Process | None = None
+    process: JobProcess | None = None
     tree: JobTree | None = None
     exited: trio.Event = field(default_factory=trio.Event)
     stop_grace: float | None = None  # a stop asked for before the process was there
@@ -250,37 +249,13 @@ class ProcessRunner:
 
     async def _run_job_process(self, reply_to: Any, job: _Job) -> None:
         spec = job.spec
-        try:
-            argv = _job_argv(spec)
-            # mkdir and open are filesystem calls: not in the loop that serves the socket.
-            log_file, job.tree = await trio.to_thread.run_sync(_prepare, spec, self.root, self.tracking)
-            if job.tree is not None:
-                argv = job.tree.command(argv)
-        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-            error = f"cannot start: {exc}"
-            append_to_log(spec.log, error, self.root)
+        # The folders, the log, the tree and the spawn are file system calls (and a vfork):
+        # not in the loop that serves the socket, and all in one worker-thread call (trio's
+        # open_process would cross to a thread a second time for the spawn alone).
+        proc, job.tree, error = await trio.to_thread.run_sync(start, spec, self.root, self.tracking)
+        if proc is None:
             self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
             return
-        try:
-            proc = await trio.lowlevel.open_process(
-                argv,
-                cwd=spec.workspace,
-                env=_job_env(spec, job.tree),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - becomes the reply's error
-            error = f"cannot start: {exc}"
-            with contextlib.suppress(OSError, ValueError):
-                log_file.write(f"maintd: {error}\n".encode())
-            if job.tree is not None:
-                job.tree.close()
-            self._exited(reply_to, job, JobExited(job_id=spec.job_id, returncode=None, error=error))
-            return
-        finally:
-            log_file.close()
         if job.tree is not None:
             job.tree.spawned(proc.pid)
 
@@ -345,51 +320,6 @@ class ProcessRunner:
             log.info("job %s: %s after its main process exited", job.spec.job_id, note)
             _note_in_log(job.spec.log, note)
         return killed
-
-
-def _job_argv(spec: JobSpec) -> list[str]:
-    if spec.shell is not None:
-        return ["/bin/sh", "-c", spec.shell]
-    if not spec.argv:
-        raise ValueError("the job has neither argv nor shell")
-    return list(spec.argv)
-
-
-def _prepare(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[IO[bytes], JobTree | None]:
-    """The job's log and its tree (in a worker thread: file system calls)."""
-    log_file = open_job_log(spec, root)
-    if tracking is None:
-        return log_file, None
-    tree = None
-    try:
-        tree = tracking.job(spec.job_id)
-        _check_executable(_job_argv(spec)[0], spec)  # the shim would only say it in the log
-    except BaseException:
-        log_file.close()
-        if tree is not None:
-            tree.close()
-        raise
-    return log_file, tree
-
-
-def _check_executable(program: str, spec: JobSpec) -> None:
-    """FileNotFoundError, as subprocess would raise it, when ``program`` cannot be run."""
-    if os.sep in program:
-        found = os.path.join(spec.workspace, program)  # relative to the job's cwd
-    else:
-        found = shutil.which(program, path=_job_env(spec).get("PATH")) or ""
-    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
-        raise FileNotFoundError(2, "No such file or directory", program)
-
-
-def _job_env(spec: JobSpec, tree: JobTree | None = None) -> dict[str, str]:
-    base = {
-        "PATH": os.environ.get("PATH") or os.defpath,
-        "HOME": spec.workspace,
-        "LANG": os.environ.get("LANG") or "C.UTF-8",
-    }
-    # The marker last: a job's env cannot take it away.
-    return {**base, **spec.env, **(tree.env if tree is not None else {})}
 
 
 def _note_in_log(path: str, note: str) -> None:

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors.jobs import FilesFetched, JobExited, JobSpec, JobStarted, PollFinished
+from daemon import jobstart
 from daemon.bridge import Bridge
 from daemon.git import MAX_CONFIG_FILE_BYTES
 from daemon.processes import ProcessRunner
@@ -354,6 +356,49 @@ async def test_a_workspace_that_cannot_be_made_is_reported(runner: ProcessRunner
     runner.start_job(inbox, spec_for(tmp_path, argv=("true",), workspace=str(tmp_path / "file" / "ws")))
     message = await inbox.next()
     assert message.returncode is None and message.error.startswith("cannot start:")
+
+
+async def test_a_job_start_crosses_to_a_worker_thread_once(
+    runner: ProcessRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its folders, log and spawn in one worker-thread call (trio's open_process took a second one)."""
+    calls: list[str] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+    spec = spec_for(tmp_path, argv=("sh", "-c", "echo started"))
+    _, exited = await run_to_end(runner, spec)
+    assert exited == JobExited(job_id=1, returncode=0)
+    assert read(spec.log) == "started\n"
+    assert len(calls) == 1, calls
+
+
+async def test_a_look_at_returncode_ends_a_wait_under_way(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A stop reads ``returncode`` while the run waits: if it finds the process gone it closes
+    the pidfd, and the run's wait ends with the exit code (not ClosedResourceError)."""
+    spec = spec_for(tmp_path, argv=("sleep", "30"))
+    proc, tree, error = jobstart.start(spec, None, None)
+    assert proc is not None and tree is None and error is None
+    codes: list[int] = []
+    done = trio.Event()
+
+    async def waiter() -> None:
+        codes.append(await proc.wait())
+        done.set()
+
+    nursery.start_soon(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    os.kill(proc.pid, signal.SIGKILL)
+    deadline = trio.current_time() + WAIT
+    while proc.returncode is None:  # no checkpoint: the waiter cannot run before the look
+        assert trio.current_time() < deadline, "the process did not end"
+    with trio.fail_after(WAIT):
+        await done.wait()
+    assert codes == [-signal.SIGKILL]
 
 
 async def test_stop_kills_a_job_that_ignores_sigterm_after_the_grace(runner: ProcessRunner, tmp_path: Path) -> None:
