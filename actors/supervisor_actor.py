@@ -20,6 +20,7 @@ from .messages import (
     Drained,
     Enable,
     ExternalLeft,
+    Forget,
     FromExternal,
     GetHistory,
     GetStatus,
@@ -162,6 +163,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 return core.disable(message)
             case RequestCancel():
                 return core.request_cancel(message)
+            case Forget():
+                return core.forget(message)
             case Register():
                 return self.register(message)
             case Unregister(name=name, reason=reason):

@@ -83,8 +83,12 @@ class RunsRequest(Request, tag="runs"):
 
 
 class LogsRequest(Request, tag="logs"):
+    """Without ``offset``: the last ``max_bytes`` of the log. With it: at most ``max_bytes``
+    from ``offset`` on (``maintctl logs --follow`` and ``--all`` page through it)."""
+
     job: Annotated[int, Meta(ge=1, le=2**62)]
     max_bytes: Annotated[int, Meta(ge=1, le=16 << 20)] = 65536
+    offset: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
 class TriggerRequest(Request, tag="trigger"):
@@ -107,6 +111,12 @@ class CancelRunRequest(Request, tag="cancel_run"):
     pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
     counter: Annotated[int, Meta(ge=1, le=2**62)]
     stage: Annotated[str, Meta(max_length=100)] | None = None
+
+
+class ForgetRequest(Request, tag="forget"):
+    """Clear a removed subsystem (and the work it abandoned) from the status."""
+
+    subsystem: Name
 
 
 class RegisterRequest(Request, tag="register"):
@@ -160,6 +170,7 @@ AnyRequest = Union[
     PipelineUnpauseRequest,
     ReloadRequest,
     CancelRunRequest,
+    ForgetRequest,
     InFlightMessage,
     IntakePausedMessage,
     DrainedMessage,

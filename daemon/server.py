@@ -30,6 +30,7 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
+    Forget,
     FromExternal,
     GetHistory,
     Register,
@@ -307,6 +308,11 @@ class ControlServer:
                     # This cancel ends here: the next one of the item is sent, not refused.
                     self.supervisor.tell(CancelTimedOut(item_id=item, reply=reply))
                     raise
+            case p.ForgetRequest():
+                peer.require_admin("forget", self.config.admin_group)
+                result = await self.ask(Forget(name=request.subsystem, by=peer.user, peer=peer.detail))
+                log.info("%s cleared the removed subsystem %s", peer.user, request.subsystem)
+                return result
             case p.RegisterRequest():
                 return await self.register(conn, request)
             case p.InFlightMessage() | p.IntakePausedMessage() | p.DrainedMessage() | p.CancelResultMessage():
