@@ -51,18 +51,6 @@ class Changes:
         now = time.time() if now is None else now
         clean = render.clean(status)
         out = []
-        m = clean["maintenance"]
-        state = m["state"] if m["enabled"] else "off"
-        if state != self.state:
-            out.append(f"maintenance mode {state}" if state != "off" else "maintenance mode off; waiting for it to be on")
-            self.state = state
-        subsystems = {s["name"]: s["state"] for s in clean["subsystems"]}
-        for name, sub_state in subsystems.items():
-            if self.subsystems.get(name) != sub_state and (name in self.subsystems or sub_state != "running"):
-                out.append(f"{name} {sub_state}")
-        for name in self.subsystems.keys() - subsystems.keys():
-            out.append(f"{name} removed")
-        self.subsystems = subsystems
         items = blocking(status)
         for item_id, item in self.items.items():
             if item_id not in items:
@@ -71,6 +59,18 @@ class Changes:
             if item_id not in self.items:
                 out.append(self.still(item, now))
         self.items = items
+        subsystems = {s["name"]: s["state"] for s in clean["subsystems"]}
+        for name, sub_state in subsystems.items():
+            if self.subsystems.get(name) != sub_state and (name in self.subsystems or sub_state != "running"):
+                out.append(f"{name} {sub_state}")
+        for name in self.subsystems.keys() - subsystems.keys():
+            out.append(f"{name} removed")
+        self.subsystems = subsystems
+        m = clean["maintenance"]
+        state = m["state"] if m["enabled"] else "off"
+        if state != self.state:
+            out.append(f"maintenance mode {state}" if state != "off" else "maintenance mode off; waiting for it to be on")
+            self.state = state
         return out
 
     def still(self, item: dict[str, Any], now: float) -> str:
