@@ -66,9 +66,9 @@ def test_a_deadline_of_zero_says_why() -> None:
 
 
 def test_maintd_http_banana_is_a_usage_error(tmp_path: Path) -> None:
+    socket, state = str(tmp_path / "s.sock"), str(tmp_path / "st")
     done = subprocess.run(
-        [sys.executable, "-m", "daemon", "--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path / "st")]
-        + ["--http", "banana"],
+        [sys.executable, "-m", "daemon", "--socket", socket, "--state-dir", state, "--http", "banana"],
         cwd=ROOT,
         capture_output=True,
         text=True,
