@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT, Daemon, wait_for
-from tests.e2e.test_drain import register, status
+from tests.e2e.test_drain import register
 
 EVIL = "\x1b]0;pwned\x07\r\u202e"
 RAW = ("\x1b", "\x07", "\r", "\u202e")
@@ -39,7 +39,7 @@ def text_of(data: bytes) -> str:
 def test_maintctl_and_the_log_show_escapes_not_raw_control_characters(daemon: Daemon, tmp_path: Path) -> None:
     job = {"id": f"job{EVIL}1", "kind": "building_job", "description": f"build {EVIL} txt", "cancellable": True}
     sub = register(daemon, "evil", [job])
-    wait_for(lambda: status(daemon)["running_systems"]["building_jobs"], 10, "the evil item")
+    wait_for(lambda: daemon.status()["running_systems"]["building_jobs"], 10, "the evil item")
     watched = tmp_path / "watch.out"
     with watched.open("wb") as sink:
         watch = subprocess.Popen(
