@@ -309,6 +309,10 @@ def test_a_log_replaced_behind_the_daemons_back_is_refused_forbidden(
     assert refused.returncode == 1, refused
     assert f"forbidden: job {job_id}'s log is refused: {why}" in refused.stderr, refused.stderr
     assert "TOP-SECRET" not in refused.stdout
+    for args in (["--all"], ["--follow"]):  # read by offset, through the same checks
+        refused = d.maintctl("logs", *args, job_id, timeout=15)
+        assert refused.returncode == 1 and f"log is refused: {why}" in refused.stderr, refused
+        assert "TOP-SECRET" not in refused.stdout
     assert d.maintctl("status").returncode == 0  # and the daemon serves on
 
 
