@@ -119,6 +119,16 @@ class ForgetRequest(Request, tag="forget"):
     subsystem: Name
 
 
+class WindowRequest(Request, tag="window"):
+    """A step of ``maintctl window`` for the audit log: the command it runs in a drained
+    window (``command_started``), and how that ended (``command_ended``, its exit code)."""
+
+    step: Literal["command_started", "command_ended"]
+    command: Text
+    exit_code: Annotated[int, Meta(ge=-255, le=255)] | None = None
+    drain_id: Annotated[str, Meta(max_length=100)] | None = None
+
+
 class RegisterRequest(Request, tag="register"):
     name: Name
 
@@ -171,6 +181,7 @@ AnyRequest = Union[
     ReloadRequest,
     CancelRunRequest,
     ForgetRequest,
+    WindowRequest,
     InFlightMessage,
     IntakePausedMessage,
     DrainedMessage,

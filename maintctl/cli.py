@@ -164,6 +164,17 @@ def _cancel_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", help="cancel only this stage's jobs")
 
 
+def _window(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why (shown in status and the history)")
+    p.add_argument("--deadline", type=deadline, metavar="WHEN", help="as for enable: 30m, 1h30m, 02:00 or 2026-12-01T02:00Z")
+    p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    p.add_argument("--timeout", type=moment, metavar="WHEN", help="give up (exit 4, maintenance left on) if not drained by then")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print each change while it drains")
+    p.add_argument(
+        "argv", nargs="+", metavar="COMMAND", help="after --: what to run once it is safe to restart, and its arguments"
+    )
+
+
 def _forget(p: argparse.ArgumentParser) -> None:
     p.add_argument("subsystem", help="the removed subsystem's name, as `maintctl status` shows it")
 
@@ -187,6 +198,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "reload": ("re-read the config file's pipelines (refused during maintenance)", None),
     "cancel-run": ("cancel a run's (or a stage's) building and scheduled jobs", _cancel_run),
     "forget": ("clear a removed subsystem and its abandoned work from the status", _forget),
+    "window": ("enable, wait, run COMMAND, then disable if it succeeded (else leave maintenance on)", _window),
 }
 
 
@@ -359,17 +371,12 @@ def cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
-#: ``wait`` repeats what still blocks after this long without a change.
-REMIND_SECONDS = 60.0
-
-
 def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     """Until it is safe to restart (0) or the timeout (4), saying each change on the way
     (:mod:`maintctl.progress`); across restarts of maintd."""
     from .follow import Subscription
-    from .progress import Changes
+    from .progress import wait_until_safe
 
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     talk = not as_json and not args.quiet
 
     def say(line: str) -> None:
@@ -377,43 +384,19 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             print(render.terminal(line), flush=True)
 
     watch = Subscription(client, say=say)
-    changes = Changes()
     try:
-        status = watch.start()
-        safe = status["maintenance"]["safe_to_restart"]
-        said = time.monotonic()
-        while not safe:
-            if talk:
-                lines = changes.lines(status)
-                if not lines and time.monotonic() - said >= REMIND_SECONDS:
-                    lines = changes.reminder()
-                for line in lines:
-                    say(line)
-                said = time.monotonic() if lines else said
-            wake = time.monotonic() + REMIND_SECONDS if talk else None
-            message = watch.next(wake if deadline is None or (wake is not None and wake < deadline) else deadline)
-            if message is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    status = watch.status() or status
-                    items = render.remaining(status)
-                    out(
-                        status,
-                        as_json,
-                        "Not safe to restart: the timeout passed.\n"
-                        + render.progress(status)
-                        + ("\n" + "\n".join(render.items_table(items)) if items else ""),
-                    )
-                    return EXIT_NOT_SAFE
-                continue  # time for a reminder
-            if message["type"] == "snapshot":
-                status = message["status"]
-                safe = status["maintenance"]["safe_to_restart"]
-                continue
-            # Each event carries the maintenance state as of that event: it decides.
-            safe = message["maintenance"]["safe_to_restart"]
-            if talk and not safe:
-                status = watch.status() or status
-        out((watch.status() or status) if as_json else status, as_json, "Safe to restart.")
+        safe, status = wait_until_safe(watch, args.timeout, say if talk else None)
+        if not safe:
+            items = render.remaining(status)
+            out(
+                status,
+                as_json,
+                "Not safe to restart: the timeout passed.\n"
+                + render.progress(status)
+                + ("\n" + "\n".join(render.items_table(items)) if items else ""),
+            )
+            return EXIT_NOT_SAFE
+        out(status, as_json, "Safe to restart.")
     finally:
         watch.close()
     return EXIT_OK
@@ -501,6 +484,15 @@ def follow_log(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             time.sleep(FOLLOW_POLL)
 
 
+def cmd_window(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    from . import window
+
+    if args.cancel_at_deadline and args.deadline is None:
+        print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
+        return EXIT_USAGE
+    return window.run(client, args, as_json)
+
+
 def cmd_forget(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     result = client.request("forget", subsystem=args.subsystem)
     out(result, as_json, f"cleared {result['subsystem']} and its {result['abandoned_cleared']} abandoned item(s) from the status")
@@ -547,6 +539,7 @@ COMMANDS = {
     "wait": cmd_wait,
     "history": cmd_history,
     "forget": cmd_forget,
+    "window": cmd_window,
 }
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ from . import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    from .follow import Subscription
+
+#: ``wait`` repeats what still blocks after this long without a change.
+REMIND_SECONDS = 60.0
 
 #: What an item of a kind is doing, in words.
 DOING = {"building_job": "building", "material_update": "updating", "pending_write": "waiting to be written"}
@@ -81,3 +87,37 @@ class Changes:
         """Every item still blocking, with how long it has run (for a wait that has said nothing for a while)."""
         now = time.time() if now is None else now
         return [self.still(item, now) for item in self.items.values()]
+
+
+def wait_until_safe(watch: Subscription, timeout: float | None, say: Callable[[str], None] | None) -> tuple[bool, dict[str, Any]]:
+    """``(True, status)`` once it is safe to restart, ``(False, status)`` when ``timeout``
+    (seconds) passes first. ``say`` (None: quiet) gets each change as a line, and what still
+    blocks after :data:`REMIND_SECONDS` without one. ``watch`` is started here."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    changes = Changes()
+    status = watch.start()
+    safe = status["maintenance"]["safe_to_restart"]
+    said = time.monotonic()
+    while not safe:
+        if say is not None:
+            lines = changes.lines(status)
+            if not lines and time.monotonic() - said >= REMIND_SECONDS:
+                lines = changes.reminder()
+            for line in lines:
+                say(line)
+            said = time.monotonic() if lines else said
+        wake = None if say is None else time.monotonic() + REMIND_SECONDS
+        message = watch.next(wake if deadline is None or (wake is not None and wake < deadline) else deadline)
+        if message is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False, watch.status() or status
+            continue  # time for a reminder
+        if message["type"] == "snapshot":
+            status = message["status"]
+            safe = status["maintenance"]["safe_to_restart"]
+            continue
+        # Each event carries the maintenance state as of that event: it decides.
+        safe = message["maintenance"]["safe_to_restart"]
+        if not safe and say is not None:
+            status = watch.status() or status
+    return True, watch.status() or status

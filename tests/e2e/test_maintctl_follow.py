@@ -3,6 +3,7 @@ go on across a restart of maintd, ``logs --follow`` and ``--all``, and ``forget`
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -218,3 +219,48 @@ def test_a_removed_subsystems_work_is_shown_abandoned_and_forget_clears_it(make_
     history = d.client().request("history")["result"]["entries"]
     (entry,) = [e for e in history if e["action"] == "forget"]
     assert entry["item"] == "batch" and "1 abandoned item(s) cleared" in entry["detail"] and "pid " in entry["detail"]
+
+
+def test_window_runs_the_command_once_drained_then_disables(world: World, tmp_path: Path) -> None:
+    d = world.start()
+    world.wait_status(lambda s: world.building(s) == ["unit"], "a job to build")
+    seen = tmp_path / "seen.json"
+    check = f'"{sys.executable}" -m maintctl --json status > "{seen}"'
+    window = Running(d.socket, "window", "--reason", "backup", "--", "sh", "-c", f"{check}; echo backed up")
+    try:
+        window.expect("build/1/test/unit still building (")
+        assert not seen.exists()  # not run while a job builds
+        world.finish("unit")
+        window.expect("backed up")
+        assert window.finish() == 0
+        assert "maintenance mode: off" in window.seen[-1]
+    finally:
+        window.stop()
+    assert json.loads(seen.read_text())["maintenance"]["safe_to_restart"] is True  # what the command saw
+    assert world.status()["maintenance"]["enabled"] is False
+    history = world.ctl_json("history")["entries"]
+    steps = [(e["action"], e.get("item"), (e.get("detail") or "").split(";")[0]) for e in history]
+    steps = [step for step in steps if step[0] in ("enable", "disable", "window")]
+    command = f"sh -c '{check}; echo backed up'"
+    assert steps == [
+        ("enable", None, "pid " + steps[0][2].partition("pid ")[2]),
+        ("window", command, "command started"),
+        ("window", command, "command ended, exit code 0"),
+        ("disable", None, steps[3][2]),
+    ]
+    ended = history[[e["action"] for e in history].index("window") + 1]
+    assert "drain-" in ended["detail"] and "pid " in ended["detail"]
+
+
+def test_window_leaves_maintenance_on_when_the_command_fails(daemon: Daemon) -> None:
+    done = daemon.maintctl("window", "--reason", "upgrade", "--", "sh", "-c", "echo trying; exit 3")
+    assert done.returncode == 3, done
+    assert "trying" in done.stdout
+    assert "failed (exit code 3): maintenance mode stays ON" in done.stderr
+    m = daemon.status()["maintenance"]
+    assert m["enabled"] and m["reason"] == "upgrade"
+    missing = daemon.maintctl("disable"), daemon.maintctl("window", "--reason", "r", "--", "/nonexistent/cmd")
+    assert missing[1].returncode == 127 and "command not found" in missing[1].stderr
+    history = daemon.client().request("history")["result"]["entries"]
+    ended = [e["detail"].split(";")[0] for e in history if e["action"] == "window" and "ended" in e["detail"]]
+    assert ended == ["command ended, exit code 3", "command ended, exit code 127"]
