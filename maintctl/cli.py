@@ -328,7 +328,11 @@ def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def cmd_inflight(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     result = client.request("inflight")
     items = result["items"]
-    out(result, as_json, "\n".join(render.items_table(items)) if items else "nothing in flight")
+    text = "\n".join(render.items_table(items)) if items else "nothing in flight"
+    if result.get("abandoned"):
+        text += "\n\nAbandoned by removed subsystems (`maintctl forget SUBSYSTEM` clears them):\n"
+        text += "\n".join(render.items_table(result["abandoned"], abandoned=True))
+    out(result, as_json, text)
     return EXIT_OK
 
 

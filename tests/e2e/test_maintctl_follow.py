@@ -210,10 +210,15 @@ def test_a_removed_subsystems_work_is_shown_abandoned_and_forget_clears_it(make_
     row = next(line for line in shown.splitlines() if "batch/7" in line)
     assert "[abandoned]" in row and "cancellable" not in row
     assert "maintctl forget" in shown
+    listed = d.maintctl("inflight").stdout
+    assert "nothing in flight" in listed and "Abandoned by removed subsystems" in listed
+    row = next(line for line in listed.splitlines() if "batch/7" in line)
+    assert "[abandoned]" in row and "cancellable" not in row
     forgot = d.maintctl("forget", "batch")
     assert forgot.returncode == 0, forgot
     assert "cleared batch and its 1 abandoned item(s)" in forgot.stdout
     assert d.status()["removed"] == []
+    assert "batch/7" not in d.maintctl("inflight").stdout
     again = d.maintctl("forget", "batch")
     assert again.returncode == 1 and "not_found" in again.stderr
     history = d.client().request("history")["result"]["entries"]
