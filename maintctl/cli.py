@@ -104,6 +104,19 @@ def log_bytes(text: str) -> int:
     return int(text)
 
 
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: a whole number from ``low`` to ``high`` (what the daemon takes), else exit 2."""
+
+    def read(text: str) -> int:
+        import argparse
+
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number from {low} to {high}")
+        return int(text)
+
+    return read
+
+
 def _enable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", help="why (shown in status and the history)")
     p.add_argument(
@@ -143,11 +156,11 @@ def _trigger(p: argparse.ArgumentParser) -> None:
 
 def _runs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", help="only this pipeline's runs")
-    p.add_argument("--limit", type=int, default=10, help="show at most this many runs, newest first (default: 10)")
+    p.add_argument("--limit", type=whole(1, 1000), default=10, help="show at most this many runs, newest first (default: 10)")
 
 
 def _logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", type=int, help="the job's id, as `maintctl runs` shows it")
+    p.add_argument("job", type=whole(1, 2**62), help="the job's id, as `maintctl runs` shows it")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--bytes", type=log_bytes, default=65536, help="show at most this many bytes from the end (default: 65536)")
     size.add_argument("--all", action="store_true", help="show the whole log")

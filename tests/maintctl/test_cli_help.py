@@ -49,6 +49,9 @@ def maintctl(*args: str, socket: str = "/nonexistent/maintd.sock") -> subprocess
     [
         ["logs", "--bytes", "0", "1"],
         ["logs", "--bytes", "-5", "1"],
+        ["logs", "0"],
+        ["runs", "--limit", "0"],
+        ["runs", "--limit", "1001"],
         ["enable", "--deadline", "0"],
         ["enable", "--deadline", "0s"],
     ],
