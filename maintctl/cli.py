@@ -37,12 +37,17 @@ exit codes:
   1  maintd refused the request (the message says why: conflict, forbidden, not_found, ...)
   2  bad arguments
   3  maintd is not running or cannot be reached
-  4  wait: the timeout passed before it was safe to restart
+  4  wait, window: the timeout passed before it was safe to restart
+  window: otherwise the command's own exit code (maintenance stays on if it is not 0)
 
 a maintenance window:
   maintctl enable --reason "upgrade to 2.0" --deadline 30m
   maintctl wait --timeout 45m && systemctl restart my-job-server
   maintctl disable
+or in one step:
+  maintctl window --reason "upgrade to 2.0" --deadline 30m -- systemctl restart my-job-server
+
+times are shown in the local time zone with its name; --utc shows them in UTC
 """
 
 
