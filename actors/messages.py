@@ -109,6 +109,14 @@ class Disable(Msg):
     if_drain_id: str | None = None
 
 
+class Forget(Msg):
+    """Clear the removed subsystem ``name`` (and the work it abandoned) from the status."""
+
+    name: str
+    by: str
+    peer: str | None = None
+
+
 class RequestCancel(Msg):
     """Ask answers once the cancel is dispatched; ``reply`` gets the subsystem's answer."""
 

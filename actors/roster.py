@@ -11,11 +11,13 @@ grace ends.
 from __future__ import annotations
 
 import collections
+from typing import Any
 
-from .errors import Conflict, StillLeaving
+from .errors import Conflict, NotFound, StillLeaving
 from .maintenance import SYSTEM
 from .messages import (
     ExternalGone,
+    Forget,
     PauseIntake,
     ReconnectGraceEnded,
 )
@@ -36,7 +38,7 @@ class Roster:
     drain_id: str | None
     reconnect_grace: float
     removed: collections.deque[RemovedSubsystem]
-    # And its recompute(), record(), audit_after() and publish().
+    # And its recompute(), record(), audit(), audit_after() and publish().
 
     def add_subsystem(self, name: str, spawn: Spawn, *, external: bool, by: str = SYSTEM) -> SubsystemView:
         known = self.views.get(name)
@@ -164,3 +166,21 @@ class Roster:
             items=abandoned,
             message=f"{name} removed ({reason}); {len(abandoned)} item(s) abandoned",
         )
+
+    def forget(self, msg: Forget) -> dict[str, Any]:
+        """An admin clears a removed subsystem from the status: its abandoned work is nobody's
+        to finish or cancel any more. Audited before it takes effect; NotFound when no removed
+        subsystem has that name."""
+        gone = [r for r in self.removed if r.name == msg.name]
+        if not gone:
+            raise NotFound(f"no removed subsystem {msg.name!r} (`maintctl status` lists them under Removed subsystems)")
+        count = sum(len(r.abandoned) for r in gone)
+        detail = "; ".join(part for part in (f"{count} abandoned item(s) cleared", msg.peer) if part)
+        self.audit("forget", msg.by, self.clock.now(), target=msg.name, detail=detail)
+        kept = [r for r in self.removed if r.name != msg.name]
+        self.removed.clear()
+        self.removed.extend(kept)
+        self.record("forget", by=msg.by, item=msg.name)
+        message = f"{msg.by} cleared {msg.name} ({count} abandoned item(s))"
+        self.publish("subsystem_forgotten", subsystem=msg.name, message=message)
+        return {"subsystem": msg.name, "abandoned_cleared": count}

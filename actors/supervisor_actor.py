@@ -21,6 +21,7 @@ from .messages import (
     Enable,
     ExternalLeft,
     ForExternal,
+    Forget,
     GetHistory,
     GetStatus,
     InFlightReport,
@@ -171,6 +172,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 return core.disable(message)
             case RequestCancel():
                 return core.request_cancel(message)
+            case Forget():
+                return core.forget(message)
             case Register():
                 return self.register(message)
             case Unregister(name=name, reason=reason):

@@ -78,11 +78,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start with maintenance mode on (updated_by is 'maintd'), to check a migrated server before it builds",
     )
     parser.add_argument(
-        "--http", metavar="HOST:PORT|off", help="serve /metrics and the status page here (overrides [http]); off: not at all"
+        "--http",
+        type=http_option,
+        metavar="HOST:PORT|off",
+        help="serve /metrics and the status page here (overrides [http]); off: not at all",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
     parser.add_argument("--version", action="version", version=f"maintd {VERSION}")
     return parser.parse_args(argv)
+
+
+def http_option(text: str) -> str:
+    """``--http``: ``off`` or a ``HOST:PORT`` the server can listen on; anything else is a usage error (exit 2)."""
+    if text == "off":
+        return text
+    from .http import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (e.g. 127.0.0.1:9187, [::1]:9187, or off)") from None
+    return text
 
 
 #: Bits always cleared from the mode of what maintd and its jobs create, whatever umask it was

@@ -132,9 +132,13 @@ class StatusHub:
         return self._status_json
 
     def inflight_json(self) -> bytes:
+        """``items``: the work in flight; ``abandoned``: what removed subsystems left (nobody's to
+        finish or cancel; ``forget`` clears it), each with its subsystem's name."""
         if self._inflight_json is None:
             items: list[Any] = []
+            abandoned: list[Any] = []
             if self.status is not None:
                 items = list(self.status.running_systems.items())
-            self._inflight_json = msgspec.json.encode({"items": items})
+                abandoned = [item for removed in self.status.removed for item in removed.abandoned]
+            self._inflight_json = msgspec.json.encode({"items": items, "abandoned": abandoned})
         return self._inflight_json

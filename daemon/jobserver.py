@@ -7,6 +7,7 @@ asking its current actor (downward), never by waiting on it in the loop.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from actors.budget import ACTOR_ANSWER, STORE_WAIT
 from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
 from actors.errors import MaintdError, NotFound
+from actors.jobs import TERMINAL
 from actors.materials import MaterialsCore
 from actors.messages import GetInfo
 from actors.peers import Peers
@@ -143,9 +145,13 @@ class JobServerRequests:
             case p.AgentsRequest():
                 return {"agents": await self.ask("agents", GetInfo())}
             case p.RunsRequest(pipeline=pipeline, limit=limit):
-                return {"runs": await self.stored(lambda s: s.recent_runs(limit=limit, pipeline=pipeline))}
-            case p.LogsRequest(job=job_id, max_bytes=max_bytes):
-                return await self.logs(job_id, max_bytes)
+                runs = await self.stored(lambda s: s.recent_runs(limit=limit, pipeline=pipeline))
+                # no runs, and not configured either: a name mistyped, not a pipeline yet to run
+                if pipeline is not None and not runs and pipeline not in await self.pipeline_names():
+                    raise NotFound(f"no pipeline {pipeline!r} (`maintctl pipelines` lists them)")
+                return {"runs": runs}
+            case p.LogsRequest(job=job_id, max_bytes=max_bytes, offset=offset):
+                return await self.logs(job_id, max_bytes, offset)
             case p.TriggerRequest(pipeline=pipeline):
                 peer.require_admin("trigger", admin_group)
                 # the scheduler audits it after its checks and before the run starts
@@ -165,6 +171,9 @@ class JobServerRequests:
                 cancel = CancelRun(pipeline=pipeline, counter=counter, stage=stage, by=peer.user, peer=peer.detail)
                 return await self.ask("scheduler", cancel)
         return NotImplemented
+
+    async def pipeline_names(self) -> set[str]:
+        return {info.name for info in await self.ask("config", GetInfo())}
 
     async def history(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The audit log, oldest first, in the shape of the supervisor's history entries."""
@@ -207,28 +216,41 @@ class JobServerRequests:
             why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
             raise MaintdError(f"the configuration was not reloaded: {why}", code="unavailable") from None
 
-    async def logs(self, job_id: int, max_bytes: int) -> Any:
+    async def logs(self, job_id: int, max_bytes: int, offset: int | None = None) -> Any:
+        """The last ``max_bytes`` of job ``job_id``'s log, or (``offset`` given) at most
+        ``max_bytes`` from ``offset`` on, read through :func:`~daemon.statedir.open_log` (never
+        through a symlink, a FIFO or a hard link). ``next_offset`` is where the next read
+        starts: a character cut by ``max_bytes`` is left for it, whole. ``ended``: the job had
+        ended before the log was read, so nothing more will be written to it."""
         row = await self.stored(lambda s: s.job(job_id))
         if row is None:
             raise NotFound(f"no job {job_id}")
 
-        def tail() -> tuple[bytes, int]:
+        def read() -> tuple[bytes, int, int]:
             try:
                 fd = open_log(self.state_dirs, row.log_path)
             except FileNotFoundError:
-                return b"", 0  # not started yet
+                return b"", 0, 0  # not started yet
             except LogRefused as why:
                 raise MaintdError(f"job {job_id}'s log is refused: {why}", code="forbidden") from None
             with os.fdopen(fd, "rb") as f:
                 size = f.seek(0, 2)
-                f.seek(max(size - max_bytes, 0))
-                return f.read(max_bytes), size
+                start = max(size - max_bytes, 0) if offset is None else min(offset, size)
+                f.seek(start)
+                return f.read(max_bytes), size, start
 
-        data, size = await trio.to_thread.run_sync(tail)
+        data, size, start = await trio.to_thread.run_sync(read)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        cut = offset is not None and start + len(data) < size  # more follows: keep a split character whole
+        text = decoder.decode(data, final=not cut)
+        kept = len(decoder.getstate()[0]) if cut else 0
         return {
             "job": job_id,
             "state": row.state,
+            "ended": row.state in TERMINAL,
             "size": size,
-            "truncated": size > len(data),
-            "text": data.decode(errors="replace"),
+            "offset": start,
+            "next_offset": start + len(data) - kept,
+            "truncated": start > 0 or start + len(data) < size,  # not the whole log
+            "text": text,
         }

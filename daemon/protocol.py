@@ -86,8 +86,12 @@ class RunsRequest(Request, tag="runs"):
 
 
 class LogsRequest(Request, tag="logs"):
+    """Without ``offset``: the last ``max_bytes`` of the log. With it: at most ``max_bytes``
+    from ``offset`` on (``maintctl logs --follow`` and ``--all`` page through it)."""
+
     job: Annotated[int, Meta(ge=1, le=2**62)]
     max_bytes: Annotated[int, Meta(ge=1, le=16 << 20)] = 65536
+    offset: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
 class TriggerRequest(Request, tag="trigger"):
@@ -110,6 +114,22 @@ class CancelRunRequest(Request, tag="cancel_run"):
     pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
     counter: Annotated[int, Meta(ge=1, le=2**62)]
     stage: Annotated[str, Meta(max_length=100)] | None = None
+
+
+class ForgetRequest(Request, tag="forget"):
+    """Clear a removed subsystem (and the work it abandoned) from the status."""
+
+    subsystem: Name
+
+
+class WindowRequest(Request, tag="window"):
+    """A step of ``maintctl window`` for the audit log: the command it runs in a drained
+    window (``command_started``), and how that ended (``command_ended``, its exit code)."""
+
+    step: Literal["command_started", "command_ended"]
+    command: Text
+    exit_code: Annotated[int, Meta(ge=-255, le=255)] | None = None
+    drain_id: Annotated[str, Meta(max_length=100)] | None = None
 
 
 class RegisterRequest(Request, tag="register"):
@@ -163,6 +183,8 @@ AnyRequest = Union[
     PipelineUnpauseRequest,
     ReloadRequest,
     CancelRunRequest,
+    ForgetRequest,
+    WindowRequest,
     InFlightMessage,
     IntakePausedMessage,
     DrainedMessage,

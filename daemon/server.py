@@ -31,6 +31,7 @@ from actors.messages import (
     ExternalDrained,
     ExternalInFlight,
     ExternalIntakePaused,
+    Forget,
     GetHistory,
     Register,
     RequestCancel,
@@ -339,6 +340,14 @@ class ControlServer:
                     # This cancel ends here: the next one of the item is sent, not refused.
                     self.supervisor.tell(CancelTimedOut(item_id=item, reply=reply))
                     raise
+            case p.ForgetRequest():
+                peer.require_admin("forget", self.config.admin_group)
+                result = await self.ask(Forget(name=request.subsystem, by=peer.user, peer=peer.detail))
+                log.info("%s cleared the removed subsystem %s", peer.user, request.subsystem)
+                return result
+            case p.WindowRequest():
+                peer.require_admin("window", self.config.admin_group)
+                return await self.window_step(peer, request)
             case p.RegisterRequest():
                 return await self.register(conn, request)
             case p.InFlightMessage() | p.IntakePausedMessage() | p.DrainedMessage() | p.CancelResultMessage():
@@ -364,6 +373,17 @@ class ControlServer:
                 await self.jobs.stored(lambda s: s.audit("forbidden", peer.user, now, target=action, detail=detail))
             except (MaintdError, trio.TooSlowError) as exc:
                 log.error("could not record the refused %s in the audit log: %s", action, exc)
+
+    async def window_step(self, peer: Peer, request: p.WindowRequest) -> Any:
+        """Audit a step of ``maintctl window`` (the command run in a drained window, how it ended)."""
+        step = request.step.replace("_", " ") + ("" if request.exit_code is None else f", exit code {request.exit_code}")
+        detail = f"{step}; {request.drain_id or 'no drain'}; {peer.detail}"
+        log.info("%s: window: %s: %s", peer.user, request.command, detail)
+        if self.jobs is None:  # no store: the log line above is the record
+            return {"audited": False}
+        now = time.time()
+        await self.jobs.stored(lambda s: s.audit("window", peer.user, now, target=request.command, detail=detail))
+        return {"audited": True}
 
     async def ask(self, message: Any) -> Any:
         return await self.bridge.ask(self.supervisor, message, ASK_TIMEOUT)

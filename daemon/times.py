@@ -2,7 +2,8 @@
 
 The status, its events and items carry seconds since the epoch (floats); each edge formats
 them here: the GoCD API and the control socket's history (:func:`iso`), the status page
-(:func:`utc`), ``maintctl`` (:func:`local`, :func:`iso`, :func:`seconds_until`). Nothing
+(:func:`utc`), ``maintctl`` (:func:`human`, :func:`span`, :func:`seconds_until`: local time with
+its zone, or UTC under ``--utc``). Nothing
 parses a time back out of text. ``maintctl`` loads this module on its way to its first
 byte: :mod:`datetime` is imported only when a time is formatted.
 """
@@ -67,3 +68,38 @@ def seconds_until(ts: float | None, now: float | None = None) -> float | None:
         return max(0.0, ts - (time.time() if now is None else now))
     except TypeError:  # not a number: nothing to count down to
         return None
+
+
+def human(ts: float | None, in_utc: bool = False) -> str:
+    """``2026-11-29 04:35:42 CET``: in the local time zone with its name, or ``2026-11-29
+    03:35:42 UTC`` when ``in_utc``; ``-`` for none. A time out of range comes back as its number."""
+    if ts is None:
+        return "-"
+    if in_utc:
+        return utc(ts)
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return str(ts)
+
+
+def span(seconds: float | None) -> str:
+    """A length of time as people say it: ``45s``, ``4m12s``, ``2h05m``, ``3d4h``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    try:
+        whole = max(0, int(seconds))
+    except (OverflowError, ValueError, TypeError):
+        return str(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

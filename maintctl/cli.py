@@ -37,12 +37,17 @@ exit codes:
   1  maintd refused the request (the message says why: conflict, forbidden, not_found, ...)
   2  bad arguments
   3  maintd is not running or cannot be reached
-  4  wait: the timeout passed before it was safe to restart
+  4  wait, window: the timeout passed before it was safe to restart
+  window: otherwise the command's own exit code (maintenance stays on if it is not 0)
 
 a maintenance window:
   maintctl enable --reason "upgrade to 2.0" --deadline 30m
   maintctl wait --timeout 45m && systemctl restart my-job-server
   maintctl disable
+or in one step:
+  maintctl window --reason "upgrade to 2.0" --deadline 30m -- systemctl restart my-job-server
+
+times are shown in the local time zone with its name; --utc shows them in UTC
 """
 
 
@@ -52,73 +57,151 @@ MAX_DURATION_DAYS = 366
 
 
 def duration(text: str) -> float:
-    """A duration argument in seconds, from zero to :data:`MAX_DURATION_DAYS` days.
+    """A duration argument in seconds (``30m``, ``1h30m``), from zero to :data:`MAX_DURATION_DAYS` days.
 
-    ``parse_duration`` takes any run of digits, so ``100000000d`` (or 400 digits, which
-    make ``inf``) would reach a socket timeout and raise OverflowError, or go to the
-    daemon as JSON ``null``: refused here as a usage error (exit 2) that gives the bound.
+    Any run of digits is a number, so ``100000000d`` (or 400 digits, which make ``inf``)
+    would reach a socket timeout and raise OverflowError, or go to the daemon as JSON
+    ``null``: refused here as a usage error (exit 2) that gives the bound.
     """
     import argparse
 
-    from actors.definitions import parse_duration  # msgspec: only for --deadline and --timeout
+    from .when import BadTime
+    from .when import duration as parse
 
     try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
+        return parse(text)
+    except BadTime as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 <= seconds <= MAX_DURATION_DAYS * 86400:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"{text.strip()!r} is too long: at most {MAX_DURATION_DAYS}d")
+
+
+def moment(text: str) -> float:
+    """Seconds from now to a duration (``30m``) or a time (``02:00``, ``2026-12-01T02:00Z``)."""
+    import argparse
+
+    from .when import BadTime, seconds_to
+
+    try:
+        return seconds_to(text)
+    except BadTime as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def deadline(text: str) -> float:
+    """A drain deadline: as :func:`moment`, but never now (``0`` would be overdue at once)."""
+    import argparse
+
+    seconds = moment(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()!r}: a deadline of zero would make the drain overdue at once; give a duration (30m) or a time (02:00)"
+        )
     return seconds
+
+
+def log_bytes(text: str) -> int:
+    """``logs --bytes``: a whole number from 1 to 16 MiB (what the daemon sends at most)."""
+    import argparse
+
+    if not text.strip().isdigit() or not 1 <= int(text) <= 16 << 20:
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()!r} is not a number of bytes from 1 to {16 << 20} (use --all for the whole log)"
+        )
+    return int(text)
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: a whole number from ``low`` to ``high`` (what the daemon takes), else exit 2."""
+
+    def read(text: str) -> int:
+        import argparse
+
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number from {low} to {high}")
+        return int(text)
+
+    return read
 
 
 def _enable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", help="why (shown in status and the history)")
-    p.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
+    p.add_argument(
+        "--deadline",
+        type=deadline,
+        metavar="WHEN",
+        help="30m, 1h30m, 02:00 (the next) or 2026-12-01T02:00Z: mark the drain overdue then",
+    )
     p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
     p.add_argument("--ttl", type=duration, metavar="DURATION", help="e.g. 4h: raise an alert if still on then")
     p.add_argument("--if-version", type=int, metavar="N", help="refuse (conflict) unless the version is still N")
 
 
 def _reason(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reason")
+    p.add_argument("--reason", help="why (kept in the history)")
 
 
 def _disable(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reason")
+    p.add_argument("--reason", help="why (kept in the history)")
     p.add_argument("--if-drain-id", metavar="ID", help="refuse (conflict) unless drain ID is still the one on")
 
 
 def _cancel(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="+", metavar="ITEM", help="item id as `maintctl inflight` shows it")
-    p.add_argument("--reason")
+    p.add_argument("--reason", help="why (kept in the history)")
 
 
 def _wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=duration, metavar="DURATION", help="give up after this long (default: wait forever)")
+    p.add_argument(
+        "--timeout", type=moment, metavar="WHEN", help="give up after this long (45m) or at this time (02:30); default: never"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the last line, not each change")
+
+
+def _watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--until", type=moment, metavar="WHEN", help="stop after this long (2h) or at this time (06:00); default: Ctrl-C"
+    )
 
 
 def _trigger(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pipeline")
+    p.add_argument("pipeline", help="the pipeline's name, as `maintctl pipelines` shows it")
 
 
 def _runs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--pipeline", help="only this pipeline's runs")
+    p.add_argument("--limit", type=whole(1, 1000), default=10, help="show at most this many runs, newest first (default: 10)")
 
 
 def _logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", type=int)
-    p.add_argument("--bytes", type=int, default=65536, help="show at most this many bytes from the end")
+    p.add_argument("job", type=whole(1, 2**62), help="the job's id, as `maintctl runs` shows it")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--bytes", type=log_bytes, default=65536, help="show at most this many bytes from the end (default: 65536)")
+    size.add_argument("--all", action="store_true", help="show the whole log")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing what the job writes until it ends (Ctrl-C stops)")
 
 
 def _pipeline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("pause", "unpause"))
-    p.add_argument("pipeline")
+    p.add_argument("action", choices=("pause", "unpause"), help="pause: no new runs; unpause: runs again")
+    p.add_argument("pipeline", help="the pipeline's name")
 
 
 def _cancel_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="PIPELINE/COUNTER")
-    p.add_argument("--stage")
+    p.add_argument("run", metavar="PIPELINE/COUNTER", help="the run, e.g. build/12")
+    p.add_argument("--stage", help="cancel only this stage's jobs")
+
+
+def _window(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why (shown in status and the history)")
+    p.add_argument("--deadline", type=deadline, metavar="WHEN", help="as for enable: 30m, 1h30m, 02:00 or 2026-12-01T02:00Z")
+    p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    p.add_argument("--timeout", type=moment, metavar="WHEN", help="give up (exit 4, maintenance left on) if not drained by then")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print each change while it drains")
+    p.add_argument(
+        "argv", nargs="+", metavar="COMMAND", help="after --: what to run once it is safe to restart, and its arguments"
+    )
+
+
+def _forget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("subsystem", help="the removed subsystem's name, as `maintctl status` shows it")
 
 
 #: Each command: its help line and what adds its own arguments (None: only --socket and --json).
@@ -128,7 +211,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "disable": ("turn maintenance mode off; every subsystem resumes", _disable),
     "inflight": ("list the work in flight", None),
     "cancel": ("cancel in-flight items (never a material update)", _cancel),
-    "watch": ("print every state and in-flight change as it happens", None),
+    "watch": ("print every state and in-flight change as it happens, across restarts of maintd", _watch),
     "wait": ("wait until it is safe to restart (exit 0), or the timeout (exit 4)", _wait),
     "history": ("who turned maintenance on and off, and what was cancelled", None),
     "pipelines": ("the configured pipelines (config file and config repos)", None),
@@ -139,6 +222,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "pipeline": ("pause or unpause a pipeline (refused during maintenance)", _pipeline),
     "reload": ("re-read the config file's pipelines (refused during maintenance)", None),
     "cancel-run": ("cancel a run's (or a stage's) building and scheduled jobs", _cancel_run),
+    "forget": ("clear a removed subsystem and its abandoned work from the status", _forget),
+    "window": ("enable, wait, run COMMAND, then disable if it succeeded (else leave maintenance on)", _window),
 }
 
 
@@ -159,6 +244,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--socket", default=argparse.SUPPRESS, help="control socket (default: $MAINTD_SOCKET or the daemon's default)"
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the daemon's JSON result as it is")
+    common.add_argument(
+        "--utc", action="store_true", default=argparse.SUPPRESS, help="show times in UTC (default: local time with its zone)"
+    )
     parser = argparse.ArgumentParser(
         prog="maintctl",
         description="Control maintd's maintenance mode.",
@@ -169,7 +257,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_, add_arguments) in SUBCOMMANDS.items():
         if name in named or not named:
-            command = sub.add_parser(name, parents=[common], help=help_)
+            command = sub.add_parser(name, parents=[common], help=help_, description=help_[0].upper() + help_[1:] + ".")
             if add_arguments is not None:
                 add_arguments(command)
     return parser
@@ -180,8 +268,8 @@ PLAIN = frozenset(name for name, (_help, add_arguments) in SUBCOMMANDS.items() i
 
 
 def parse_plain(argv: list[str]) -> SimpleNamespace | None:
-    """``argv`` read without argparse when it is one of :data:`PLAIN` with at most ``--json``
-    and one ``--socket PATH`` (or ``--socket=PATH``), in any order; None for anything else.
+    """``argv`` read without argparse when it is one of :data:`PLAIN` with at most ``--json``,
+    ``--utc`` and one ``--socket PATH`` (or ``--socket=PATH``), in any order; None for anything else.
 
     Importing argparse and building its parser is a quarter of what ``maintctl status``
     costs. What this reads, argparse reads the same way (tests/maintctl/test_lean_start.py
@@ -192,8 +280,8 @@ def parse_plain(argv: list[str]) -> SimpleNamespace | None:
     command, fields = None, {}
     words = iter(argv)
     for word in words:
-        if word == "--json":
-            fields["json"] = True
+        if word in ("--json", "--utc"):
+            fields[word[2:]] = True
         elif word == "--socket" or word.startswith("--socket="):
             value = word[len("--socket=") :] if word.startswith("--socket=") else next(words, None)
             if value is None or value.startswith("-") or "socket" in fields:
@@ -217,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print("maintctl: --ttl must be more than zero", file=sys.stderr)
         return EXIT_USAGE
     path = str(getattr(args, "socket", None) or default_socket())
+    render.UTC = getattr(args, "utc", False)
     as_json = getattr(args, "json", False)
     try:
         with Client(path) as client:
@@ -269,7 +358,11 @@ def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def cmd_inflight(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     result = client.request("inflight")
     items = result["items"]
-    out(result, as_json, "\n".join(render.items_table(items)) if items else "nothing in flight")
+    text = "\n".join(render.items_table(items)) if items else "nothing in flight"
+    if result.get("abandoned"):
+        text += "\n\nAbandoned by removed subsystems (`maintctl forget SUBSYSTEM` clears them):\n"
+        text += "\n".join(render.items_table(result["abandoned"], abandoned=True))
+    out(result, as_json, text)
     return EXIT_OK
 
 
@@ -294,32 +387,40 @@ def cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    snapshot = client.request("watch")
-    out(snapshot, as_json, render.status(snapshot) + "\n")
-    while True:
-        message = client.read(timeout=None)
-        if message is not None and message.get("type") == "event":
-            out(message, as_json, render.event(message))
+    """Every change as it happens; across restarts of maintd, until Ctrl-C or ``--until``."""
+    from .follow import Subscription
+
+    until = None if args.until is None else time.monotonic() + args.until
+    watch = Subscription(client, say=lambda note: print(note, file=sys.stderr if as_json else sys.stdout, flush=True))
+    try:
+        snapshot = watch.start()
+        out(snapshot, as_json, render.status(snapshot) + "\n")
+        while (message := watch.next(until)) is not None:
+            if message["type"] == "snapshot":
+                out(message["status"], as_json, render.status(message["status"]) + "\n")
+            else:
+                out(message, as_json, render.event(message))
+    finally:
+        watch.close()
+    return EXIT_OK
 
 
 def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    tty = sys.stderr.isatty() and not as_json
-    status = client.request("watch")
-    safe = status["maintenance"]["safe_to_restart"]
-    shown = ""
-    while not safe:
-        if tty:
-            line = render.progress(status)
-            if line != shown:
-                sys.stderr.write("\r\x1b[K" + line)
-                sys.stderr.flush()
-                shown = line
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            if tty:
-                sys.stderr.write("\n")
-            status = client.request("status")
+    """Until it is safe to restart (0) or the timeout (4), saying each change on the way
+    (:mod:`maintctl.progress`); across restarts of maintd."""
+    from .follow import Subscription
+    from .progress import wait_until_safe
+
+    talk = not as_json and not args.quiet
+
+    def say(line: str) -> None:
+        if talk:
+            print(render.terminal(line), flush=True)
+
+    watch = Subscription(client, say=say)
+    try:
+        safe, status = wait_until_safe(watch, args.timeout, say if talk else None)
+        if not safe:
             items = render.remaining(status)
             out(
                 status,
@@ -329,15 +430,9 @@ def cmd_wait(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 + ("\n" + "\n".join(render.items_table(items)) if items else ""),
             )
             return EXIT_NOT_SAFE
-        message = client.events.pop(0) if client.events else client.read(timeout=left)
-        if message is not None and message.get("type") == "event":
-            # Each event carries the maintenance state as of that event: it decides.
-            safe = message["maintenance"]["safe_to_restart"]
-            if tty and not safe:
-                status = client.request("status")
-    if tty and shown:
-        sys.stderr.write("\n")
-    out(status if not as_json else client.request("status"), as_json, "Safe to restart.")
+        out(status, as_json, "Safe to restart.")
+    finally:
+        watch.close()
     return EXIT_OK
 
 
@@ -349,7 +444,7 @@ def cmd_history(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         states = f" ({e['from_state']} -> {e['to_state']})" if e.get("to_state") else ""
         why = f": {e['reason']}" if e.get("reason") else ""
         why += f" ({e['detail']})" if e.get("detail") else ""
-        lines.append(f"{render.iso(e['at'])}  {e['by']:<12} {what}{states}{why}")
+        lines.append(f"{render.when(e['at'])}  {e['by']:<12} {what}{states}{why}")
     out(result, as_json, "\n".join(lines) or "no history yet")
     return EXIT_OK
 
@@ -378,15 +473,63 @@ def cmd_agents(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
+#: How often ``logs --follow`` asks for more (supervisorctl tail -f polls too).
+FOLLOW_POLL = 0.25
+#: What one ``logs`` request brings at most (the daemon's bound).
+LOG_CHUNK = 16 << 20
+
+
 def cmd_logs(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    result = client.request("logs", job=args.job, max_bytes=args.bytes)
-    if as_json:
-        out(result, True, "")
+    if not (args.all or args.follow):
+        result = client.request("logs", job=args.job, max_bytes=args.bytes)
+        if as_json:
+            out(result, True, "")
+        else:
+            if result["truncated"]:
+                print(f"[... showing the last {len(result['text'].encode())} of {result['size']} bytes; --all shows it all]")
+            sys.stdout.write(render.escape(result["text"], keep="\n\t"))
+            sys.stdout.flush()
+        return EXIT_OK
+    return follow_log(client, args, as_json)
+
+
+def follow_log(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """``--all``: the whole log, page by page from its start; ``--follow``: the tail (or, with
+    ``--all``, the whole), then what the job writes, until it has ended and all is shown."""
+    if args.all:
+        offset = 0
     else:
-        if result["truncated"]:
-            print(f"[... showing the last {len(result['text'].encode())} of {result['size']} bytes]")
-        sys.stdout.write(render.escape(result["text"], keep="\n\t"))
-        sys.stdout.flush()
+        offset = client.request("logs", job=args.job, max_bytes=1)["size"]
+        offset = max(offset - args.bytes, 0)
+    while True:
+        result = client.request("logs", job=args.job, max_bytes=LOG_CHUNK, offset=offset)
+        if as_json:
+            out(result, True, "")
+        else:
+            sys.stdout.write(render.escape(result["text"], keep="\n\t"))
+            sys.stdout.flush()
+        whole = result["next_offset"] >= result["size"]
+        offset = result["next_offset"]
+        if whole and (not args.follow or result["ended"]):
+            if args.follow and not as_json:
+                print(f"[job {args.job} {result['state']}]", file=sys.stderr)
+            return EXIT_OK
+        if whole:
+            time.sleep(FOLLOW_POLL)
+
+
+def cmd_window(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    from . import window
+
+    if args.cancel_at_deadline and args.deadline is None:
+        print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
+        return EXIT_USAGE
+    return window.run(client, args, as_json)
+
+
+def cmd_forget(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request("forget", subsystem=args.subsystem)
+    out(result, as_json, f"cleared {result['subsystem']} and its {result['abandoned_cleared']} abandoned item(s) from the status")
     return EXIT_OK
 
 
@@ -429,6 +572,8 @@ COMMANDS = {
     "watch": cmd_watch,
     "wait": cmd_wait,
     "history": cmd_history,
+    "forget": cmd_forget,
+    "window": cmd_window,
 }
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the terminal, move its cursor or reorder what it shows.
 from __future__ import annotations
 
 from daemon.escape import escape
-from daemon.times import iso, local, seconds_until
+from daemon.times import human, seconds_until, span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing itself costs a few ms of maintctl's start-up
@@ -40,24 +40,31 @@ def terminal(text: str) -> str:
     return escape(text, keep="\n")
 
 
+#: ``maintctl --utc``: every time in UTC instead of the local time zone (set once, by main).
+UTC = False
+
+
 def when(ts: float | None) -> str:
-    """An item's or a run's time, in the local time zone."""
-    return local(ts)
+    """Every time maintctl shows people: local time with its zone (``2026-11-29 04:35:42 CET``),
+    or UTC under ``--utc``."""
+    return human(ts, UTC)
 
 
 def maintenance_line(m: dict[str, Any]) -> str:
     m = clean(m)
     if not m["enabled"]:
-        by = f" (last turned off by {m['updated_by']} at {iso(m['updated_on'])})" if m.get("updated_by") else ""
+        by = f" (last turned off by {m['updated_by']} at {when(m['updated_on'])})" if m.get("updated_by") else ""
         return f"Maintenance mode: off{by}; version {m.get('version', 0)}"
-    text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {iso(m['updated_on'])}"
+    text = f"Maintenance mode: ON, {m['state']}; turned on by {m['updated_by']} at {when(m['updated_on'])}"
     text += f"\n  drain: {m['drain_id']}, version {m.get('version', 0)}"
     if m.get("ttl_end"):
-        text += f"\n  ttl: until {iso(m['ttl_end'])}" + (" (EXPIRED: still on)" if m.get("ttl_expired") else "")
+        text += f"\n  ttl: until {when(m['ttl_end'])}" + (" (EXPIRED: still on)" if m.get("ttl_expired") else "")
     if m.get("reason"):
         text += f"\n  reason: {m['reason']}"
     if m.get("deadline"):
-        text += f"\n  deadline: {iso(m['deadline'])}" + (" (OVERDUE)" if m.get("overdue") else "")
+        left = seconds_until(m["deadline"])
+        soon = f" (in {span(left)})" if left and m.get("state") == "draining" else ""
+        text += f"\n  deadline: {when(m['deadline'])}" + (" (OVERDUE)" if m.get("overdue") else soon)
         if m.get("on_deadline") == "cancel":
             text += ", cancellable work is cancelled at the deadline"
     return text
@@ -69,7 +76,8 @@ def ttl_warning(m: dict[str, Any]) -> list[str]:
     if not m.get("ttl_expired"):
         return []
     return [
-        f"WARNING: maintenance mode is past its TTL ({iso(m['ttl_end'])}) and still on: `maintctl disable` once the work is done",
+        f"WARNING: maintenance mode is past its TTL ({when(m['ttl_end'])}) and still on: "
+        "`maintctl disable` once the work is done",
         "",
     ]
 
@@ -83,12 +91,14 @@ def safe_line(m: dict[str, Any]) -> str:
     return "Safe to restart: no (still draining)"
 
 
-def items_table(items: list[dict[str, Any]]) -> list[str]:
+def items_table(items: list[dict[str, Any]], abandoned: bool = False) -> list[str]:
+    """One row an item. ``abandoned``: the work of a removed subsystem, which nobody can cancel
+    any more (``maintctl forget`` clears it from the status)."""
     items = clean(items)
     rows = []
     for item in items:
-        flags = []
-        if item.get("cancellable") and item.get("kind") != "material_update":
+        flags = ["abandoned"] if abandoned else []
+        if item.get("cancellable") and item.get("kind") != "material_update" and not abandoned:
             flags.append("cancellable")
         if not item.get("blocks_restart", True):
             flags.append("does not block restart")
@@ -103,7 +113,7 @@ def store_line(store: dict[str, Any] | None) -> list[str]:
     if not store or store.get("state") != "degraded":
         return []
     return [
-        f"Store: DEGRADED, {store['pending_writes']} result(s) waiting to be written since {iso(store['since'])}"
+        f"Store: DEGRADED, {store['pending_writes']} result(s) waiting to be written since {when(store['since'])}"
         f" (kept in memory and retried; not safe to restart until written): {store['last_error']}"
     ]
 
@@ -141,8 +151,9 @@ def status(result: dict[str, Any]) -> str:
     if removed:
         lines += ["", "Removed subsystems:"]
         for r in removed:
-            lines.append(f"  {r['name']} at {iso(r['at'])} ({r['reason']}), {len(r['abandoned'])} item(s) abandoned")
-            lines += ["  " + row for row in items_table(r["abandoned"])]
+            lines.append(f"  {r['name']} at {when(r['at'])} ({r['reason']}), {len(r['abandoned'])} item(s) abandoned")
+            lines += ["  " + row for row in items_table(r["abandoned"], abandoned=True)]
+        lines.append("  (`maintctl forget SUBSYSTEM` clears a removed subsystem from the status)")
     return "\n".join(lines)
 
 
@@ -151,9 +162,9 @@ def event(e: dict[str, Any]) -> str:
     m = e["maintenance"]
     safe = "safe to restart" if m["safe_to_restart"] else m["state"]
     where = f" {e['subsystem']}" if e.get("subsystem") else ""
-    text = f"{iso(e['at'])} {e['event']}{where}: {e.get('message') or ''} [{safe}]"
+    text = f"{when(e['at'])} {e['event']}{where}: {e.get('message') or ''} [{safe}]"
     if e.get("items"):
-        text += "\n" + "\n".join(items_table(e["items"]))
+        text += "\n" + "\n".join(items_table(e["items"], abandoned=e["event"] == "subsystem_removed"))
     return text
 
 

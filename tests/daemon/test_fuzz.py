@@ -64,7 +64,7 @@ READ_ONLY = ("status", "inflight", "history", "ping", "pipelines", "agents", "ru
 AUDITED = {
     "enable": "enable", "disable": "disable", "cancel": "cancel_requested", "trigger": "trigger",
     "cancel_run": "cancel_run", "pipeline_pause": "pipeline_pause", "pipeline_unpause": "pipeline_unpause",
-    "reload": "config_reload", "register": "register",
+    "reload": "config_reload", "register": "register", "window": "window", "forget": "forget",
 }  # fmt: skip
 
 REQUESTS: dict[str, mi.StructType] = {cls.__struct_config__.tag: mi.type_info(cls) for cls in p.AnyRequest.__args__}  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ ATTEMPTS = (
     "reload",
     "cancel-run build/1",
     "cancel build/1/test/meddler",
+    "forget batch",
 )
 
 
@@ -58,7 +59,7 @@ def test_a_job_running_maintctl_is_refused_and_the_audit_log_names_the_process(w
     history = world.ctl_json("history")["entries"]
     refused = [e for e in history if e["action"] == "forbidden"]
     assert sorted(e["item"] for e in refused) == sorted(
-        ["enable", "disable", "trigger", "pipeline_pause", "reload", "cancel_run", "cancel"]
+        ["enable", "disable", "trigger", "pipeline_pause", "reload", "cancel_run", "cancel", "forget"]
     )
     enable = next(e for e in refused if e["item"] == "enable")
     assert "pid " in enable["detail"] and "-m maintctl --socket" in enable["detail"] and "enable --reason from-a-job" in enable[

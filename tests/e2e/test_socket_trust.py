@@ -183,3 +183,41 @@ def test_maintctl_trusts_its_own_daemon(daemon: Daemon) -> None:
     waited = maintctl(daemon.socket, "wait", "--timeout", "10s")  # nothing runs: drained at once
     assert waited.returncode == 0, waited
     assert waited.stdout == "Safe to restart.\n"
+
+
+@as_root
+def test_a_wait_that_reconnects_refuses_a_daemon_of_another_user_in_its_place(
+    tmp_path: Path, fake_daemon: Any, shared_tmp: Path
+) -> None:
+    """``wait`` reconnects after maintd goes away (issue 13); what answers then is checked as at
+    the start: another user's fake in a re-made folder is refused (exit 3), never believed safe."""
+    d = Daemon(tmp_path / "d")
+    folder = shared_tmp / f"maintd-{os.geteuid()}"
+    d.cmd[d.cmd.index(str(d.socket))] = str(folder / "control.sock")
+    d.socket = folder / "control.sock"
+    d.start()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "maintctl", "--socket", str(d.socket), "wait"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        assert "maintenance mode off" in waiting.stdout.readline()  # subscribed to the real daemon
+        assert d.proc is not None
+        d.proc.kill()
+        d.proc.wait()
+        shutil.rmtree(folder)
+        fake_daemon(folder)  # nobody makes the folder again and serves "safe to restart"
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:  # it believed the fake, or still retries: the test fails, nothing is left
+            waiting.kill()
+            waiting.wait()
+        d.stop()
+    assert waiting.returncode == 3, (out, err)
+    assert "Safe to restart" not in out
+    assert f"refusing to trust {d.socket}: it is served by user nobody" in err
+    assert "Traceback" not in err

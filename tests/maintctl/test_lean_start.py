@@ -125,7 +125,10 @@ def test_a_non_json_reply_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 WORDS = st.sampled_from(
-    [*sorted(PLAIN), "enable", "cancel", "--json", "--socket", "--socket=", "--socket=/s", "/s", "-x", "--sock", "--", "-h"]
+    [
+        *sorted(PLAIN),
+        *("enable", "cancel", "--json", "--utc", "--socket", "--socket=", "--socket=/s", "/s", "-x", "--sock", "--", "-h"),
+    ]
 )
 
 
