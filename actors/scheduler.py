@@ -175,7 +175,7 @@ class SchedulerCore(SubsystemCore):
                         run.pending.discard(job.id)
                         run.results[job.id] = JobState.CANCELLED
                         continue
-                    self.queue.append(self.spec(run, job.stage_index, job_def, job.id, job.log_path))
+                    self.queue.append(self.spec(run, job.stage_index, job_def, job.id, job.log_path, job.scheduled_at))
             asked = [j.cancelled_by for j in jobs if j.id in run.pending]
             if asked and None not in asked:
                 # CancelRun asks every job of the stage that has not ended (and records it):
@@ -259,7 +259,9 @@ class SchedulerCore(SubsystemCore):
             # nothing was obtained yet, so nothing is kept: the next timer or revision triggers it
             log.error("%s trigger of %s skipped: %s", how, pipeline_name, exc.message)
 
-    def spec(self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str) -> JobSpec:
+    def spec(
+        self, run: Run, stage_index: int, job_def: Any, job_id: int, log_path: str, scheduled_at: float | None = None
+    ) -> JobSpec:
         stage = run.pipeline.stages[stage_index]
         env = {
             "GO_PIPELINE_NAME": run.pipeline.name,
@@ -285,6 +287,7 @@ class SchedulerCore(SubsystemCore):
             log=log_path,
             agent="",
             timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
+            scheduled_at=scheduled_at,
         )
 
     def queue_stage(self, run: Run, index: int) -> None:
@@ -301,7 +304,7 @@ class SchedulerCore(SubsystemCore):
             run.pending = set()
             run.results = {}
             for job_def, job_id, (_, log_path) in zip(stage.jobs, job_ids, logs, strict=True):
-                spec = self.spec(run, index, job_def, job_id, log_path)
+                spec = self.spec(run, index, job_def, job_id, log_path, now)
                 run.pending.add(job_id)
                 self.run_of_job[job_id] = run.run_id
                 self.queue.append(spec)
@@ -395,7 +398,7 @@ class SchedulerCore(SubsystemCore):
             self.record_job_state(job_id, JobState.CANCELLED, cancelled_by="maintd", detail="job no longer in the configuration")
             self.finished(job_id, JobState.CANCELLED)
             return None
-        return self.spec(run, row.stage_index, job_def, job_id, row.log_path)
+        return self.spec(run, row.stage_index, job_def, job_id, row.log_path, row.scheduled_at)
 
     def finished(self, job_id: int, state: JobState) -> None:
         self.handed.pop(job_id, None)

@@ -25,6 +25,7 @@ import signal
 import stat
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
 from actors.types import InFlightItem
 
-from . import auth, fds, jobtree, lock, logs, paths
+from . import auth, fds, jobtree, lock, logs, paths, tokens
 from . import config as config_mod
 from .bridge import Bridge, TrioTimers, WallClock
+from .gocd_api import GocdApi
 from .http import HttpError, serve_http
 from .hub import StatusHub
 from .jobserver import JobServerRequests, build_subsystems
@@ -74,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: Path
     start_in_maintenance: bool
     http: str | None
+    #: the tokens of GoCD's API over HTTP (daemon/tokens.py), replaced on reload
+    token_holder: Any
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines:
             print(f"maintd: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        holder = tokens.TokenHolder(tokens.Tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else None)
+    except tokens.TokenError as exc:
+        print(f"maintd: {config_mod.one_line(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
+    if cfg.http.tokens_file and (loose := tokens.loose_mode(cfg.http.tokens_file)):
+        log.warning("%s", loose)
     if problem := auth.admin_group_problem(cfg.control.admin_group):
         log.warning("%s", problem)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
@@ -152,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=state_dir,
         start_in_maintenance=args.start_in_maintenance or cfg.maintenance.start_in_maintenance,
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
+        token_holder=holder,
     )
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     return trio.run(run, settings)
@@ -257,11 +269,13 @@ async def run(settings: Settings) -> int:
                 if not listening.activated:
                     socket_path = listening.path  # systemd's socket file is systemd's to remove
                 jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
+                jobs.tokens = settings.token_holder  # a reload reads the tokens file again
                 server = ControlServer(bridge, supervisor, hub, cfg, jobs, on_reject=metrics.rejected)
                 await nursery.start(server.serve, listening.listener)
                 if settings.http is not None:
                     try:
-                        await nursery.start(serve_http, settings.http, hub, metrics)
+                        api = GocdApi(settings.token_holder, server, cfg.http.public_url)
+                        await nursery.start(partial(serve_http, settings.http, hub, metrics, api=api))
                     except HttpError as exc:
                         log.error("%s", exc)
                         return EXIT_FAILURE

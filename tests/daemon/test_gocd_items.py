@@ -52,11 +52,16 @@ def test_a_material_update_shows_its_material_whatever_its_name_and_url(config_r
     (entry,) = running(item)["material_update_in_progress"]
     assert entry == {
         "type": "git",
-        "attributes": {
-            "name": "my repo: (old)",
+        "attributes": {  # GoCD's git material fields (MaintenanceModeInfoRepresenterTest), then maintd's own
             "url": "ssh://git@git.example:2222/srv/app (v1).git",
-            "branch": "release-1.0",
+            "destination": None,
+            "filter": None,
+            "invert_filter": False,
+            "name": "my repo: (old)",
             "auto_update": True,
+            "branch": "release-1.0",
+            "submodule_folder": None,
+            "shallow_clone": False,
             "config_repo": config_repo,
         },
         "mdu_start_time": "2027-01-15T08:00:00Z",  # FakeClock's now
