@@ -106,11 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     cancel_run = sub.add_parser("cancel-run", parents=[common], help="cancel a run's (or a stage's) building and scheduled jobs")
     cancel_run.add_argument("run", metavar="PIPELINE/COUNTER")
     cancel_run.add_argument("--stage")
+    token = sub.add_parser(
+        "token",
+        help="bearer tokens of GoCD's maintenance API over HTTP ([http] tokens_file; no daemon needed)",
+        description="Manage the tokens file that [http] tokens_file names. `maintctl reload` (or SIGHUP) makes "
+        "the daemon read it again.",
+    )
+    token.add_argument("action", choices=("add", "list", "remove"), help="add prints the new token once")
+    token.add_argument("name", nargs="?", metavar="NAME", help="the token's name (its updated_by, in the audit log)")
+    token.add_argument("--read-only", action="store_true", help="add: a token that may read /info only (role read)")
+    where = token.add_mutually_exclusive_group()
+    where.add_argument("--tokens-file", metavar="PATH", help="the tokens file")
+    where.add_argument("--config", metavar="PATH", help="the daemon's config file: its [http] tokens_file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return cmd_token(args)
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
         return EXIT_USAGE
@@ -304,6 +318,52 @@ def cmd_cancel_run(client: Client, args: argparse.Namespace, as_json: bool) -> i
         return EXIT_USAGE
     result = client.request("cancel_run", pipeline=pipeline, counter=int(counter), stage=args.stage)
     out(result, as_json, f"cancelling {result['cancelled_jobs']} job(s) of {pipeline}/{counter}")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """add / list / remove in the tokens file; needs no daemon. Imports kept here: the other
+    commands never load scrypt or the config."""
+    from pathlib import Path
+
+    from daemon import tokens
+
+    if args.action in ("add", "remove") and not args.name:
+        print(f"maintctl: token {args.action} needs a NAME", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.tokens_file
+    if path is None and args.config is not None:
+        from daemon import config as config_mod
+
+        try:
+            path = config_mod.load(Path(args.config)).http.tokens_file
+        except config_mod.ConfigError as exc:
+            print(f"maintctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if path is None:
+            print(f"maintctl: {args.config} has no [http] tokens_file", file=sys.stderr)
+            return EXIT_USAGE
+    if path is None:
+        print("maintctl: say which tokens file: --tokens-file PATH or --config PATH", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.action == "add":
+            secret = tokens.add_token(Path(path), args.name, "read" if args.read_only else "admin")
+            print(secret)
+            print(
+                f"maintctl: token {args.name} added to {path}; it is shown this once. "
+                "`maintctl reload` (or SIGHUP) makes the daemon read it.",
+                file=sys.stderr,
+            )
+        elif args.action == "remove":
+            tokens.remove_token(Path(path), args.name)
+            print(f"token {args.name} removed from {path}; `maintctl reload` makes the daemon forget it")
+        else:
+            for entry in tokens.list_tokens(Path(path)):
+                print(f"{entry.name}\t{entry.role}")
+    except tokens.TokenError as exc:
+        print(render.terminal(f"maintctl: {exc}"), file=sys.stderr)
+        return EXIT_REFUSED
     return EXIT_OK
 
 
