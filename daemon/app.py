@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ from . import auth, fds, jobtree, lock, logs, paths, tokens
 from . import config as config_mod
 from .bridge import Bridge, TrioTimers, WallClock
 from .gocd_api import GocdApi
-from .http import HttpError, serve_http
+from .http import HttpError, parse_listen, serve_http
 from .hub import StatusHub
 from .jobserver import JobServerRequests, build_subsystems
 from .listener import ListenerError, open_control_listener
@@ -165,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
         token_holder=holder,
     )
+    if holder.tokens is not None and settings.http is not None and not _loopback_listen(settings.http):
+        log.warning(
+            "GoCD's API takes tokens on %s, not a loopback address: never without TLS in front (README: GoCD's "
+            "maintenance API over HTTP)",
+            settings.http,
+        )
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     return trio.run(run, settings)
 
@@ -434,6 +441,17 @@ async def _watch_signals(signals: Any, stop: Stop, on_hup: Any = None) -> None:
                 on_hup()
             continue
         stop.by_signal(signal.Signals(signum).name)
+
+
+def _loopback_listen(listen: str) -> bool:
+    try:
+        host = parse_listen(listen)[0]
+    except ValueError:
+        return True  # serve_http says what is wrong with it
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _remove_socket(path: Path) -> None:

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from daemon import gocd_api
-from tests.conftest import ROOT, Daemon
+from tests.conftest import ROOT, Daemon, wait_for
 
 CONFIG = '[http]\ntokens_file = "tokens"\n'
 GOCD = "/go/api/admin/maintenance_mode"
@@ -200,8 +200,6 @@ def test_reload_reads_the_tokens_file_again(make_daemon: Any) -> None:
     def later_known() -> bool:
         return call(d, "GET", f"{GOCD}/info", late.replace("late.", "later.")).status_code == 200
 
-    from tests.conftest import wait_for
-
     wait_for(later_known, 15, "SIGHUP to read the tokens file")
     assert call(d, "GET", f"{GOCD}/info", late).status_code == 401
 
@@ -235,3 +233,11 @@ def test_a_bad_tokens_file_stops_the_start_with_one_line(tmp_path: Path, content
     assert r.returncode == 2
     assert r.stderr.startswith(f"maintd: {tokens}") and expected in r.stderr, r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_tokens_on_a_non_loopback_address_are_warned_about(make_daemon: Any) -> None:
+    d = make_daemon(config=CONFIG, start=False)
+    add_token(d, "ci")
+    d.cmd[d.cmd.index("--http") + 1] = "0.0.0.0:0"
+    d.start()
+    wait_for(lambda: "not a loopback address: never without TLS in front" in d.log_text(), 10, "the warning")
