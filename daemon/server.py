@@ -348,7 +348,8 @@ class ControlServer:
     async def forbidden(self, conn: Connection, action: str) -> None:
         peer = conn.peer
         why = f"a job's process: {peer.job}" if peer.job else "not an admin"
-        log.warning("refused %s from %s (uid %s, %s; %s): forbidden", action, peer.user, peer.uid, peer.detail, why)
+        who = f"uid {peer.uid}, {peer.detail}" if peer.uid is not None else peer.detail
+        log.warning("refused %s from %s (%s; %s): forbidden", action, peer.user, who, why)
         if self.jobs is not None:
             detail = f"uid {peer.uid}; {peer.detail}; {why}" if peer.uid is not None else f"{peer.detail}; {why}"
             try:
