@@ -301,4 +301,5 @@ def restored_item(subsystem: str, row: Any, now: float) -> InFlightItem:
         stage=row.stage,
         job=row.name,
         agent=row.agent,
+        scheduled_at=row.scheduled_at,
     )

@@ -121,4 +121,4 @@ class HandOut:
             self.record_job_state(job_id, JobState.CANCELLED, cancelled_by="maintd", detail="job no longer in the configuration")
             self.finished(job_id, JobState.CANCELLED)
             return None
-        return job_spec(run, row.stage_index, job_def, job_id, row.log_path, self.work_root)
+        return job_spec(run, row.stage_index, job_def, job_id, row.log_path, self.work_root, row.scheduled_at)

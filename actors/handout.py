@@ -85,5 +85,6 @@ def job_item(subsystem: str, spec: JobSpec, kind: str, now: float, **extra: Any)
         counter=spec.pipeline_counter,
         stage=spec.stage,
         job=spec.job,
+        scheduled_at=spec.scheduled_at,
         **extra,
     )

@@ -45,6 +45,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     log: str
     agent: str
     timeout: float | None = None
+    #: when the job was scheduled (its row's ``scheduled_at``)
+    scheduled_at: float | None = None
 
 
 class PollFinished(msgspec.Struct, frozen=True, kw_only=True):

@@ -59,7 +59,15 @@ class Run:
         self.results: dict[int, JobState] = {}
 
 
-def job_spec(run: Run, stage_index: int, job_def: JobDef, job_id: int, log_path: str, work_root: str) -> JobSpec:
+def job_spec(
+    run: Run,
+    stage_index: int,
+    job_def: JobDef,
+    job_id: int,
+    log_path: str,
+    work_root: str,
+    scheduled_at: float | None = None,
+) -> JobSpec:
     """What the shell needs to run one job of ``run``: its command, GoCD's environment, its workspace and log."""
     stage = run.pipeline.stages[stage_index]
     env = {
@@ -86,4 +94,5 @@ def job_spec(run: Run, stage_index: int, job_def: JobDef, job_id: int, log_path:
         log=log_path,
         agent="",
         timeout=parse_duration(job_def.timeout) if job_def.timeout else None,
+        scheduled_at=scheduled_at,
     )

@@ -137,7 +137,8 @@ class SchedulerCore(HandOut, SubsystemCore):
                         run.pending.discard(job.id)
                         run.results[job.id] = JobState.CANCELLED
                         continue
-                    self.queue.append(job_spec(run, job.stage_index, job_def, job.id, job.log_path, self.work_root))
+                    spec = job_spec(run, job.stage_index, job_def, job.id, job.log_path, self.work_root, job.scheduled_at)
+                    self.queue.append(spec)
             asked = [j.cancelled_by for j in jobs if j.id in run.pending]
             if asked and None not in asked:
                 # CancelRun asks every job of the stage that has not ended (and records it):
@@ -235,7 +236,7 @@ class SchedulerCore(HandOut, SubsystemCore):
             run.pending = set()
             run.results = {}
             for job_def, job_id, (_, log_path) in zip(stage.jobs, job_ids, logs, strict=True):
-                spec = job_spec(run, index, job_def, job_id, log_path, self.work_root)
+                spec = job_spec(run, index, job_def, job_id, log_path, self.work_root, now)
                 run.pending.add(job_id)
                 self.run_of_job[job_id] = run.run_id
                 self.queue.append(spec)

@@ -88,6 +88,8 @@ class InFlightItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     #: the pipeline run's counter (``PIPELINE/COUNTER/STAGE/JOB``)
     counter: int | None = None
     material: MaterialRef | None = None
+    #: a job's: when it was scheduled (GoCD's ``scheduled_date``); ``started_at`` is when it started
+    scheduled_at: float | None = None
 
     @property
     def local_id(self) -> str:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import os
 import signal
 import stat
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pykka
@@ -29,10 +32,11 @@ from actors.status import Event, Status
 from actors.store_actor import StoreActor, SyncStore
 from actors.supervisor_actor import SupervisorActor
 
-from . import auth, fds, jobtree, lock, logs, paths
+from . import auth, fds, jobtree, lock, logs, paths, tokens
 from . import config as config_mod
 from .bridge import Bridge, TrioTimers, WallClock
-from .http import HttpError, serve_http
+from .gocd_api import GocdApi
+from .http import HttpError, parse_listen, serve_http
 from .hub import StatusHub
 from .jobserver import JobServerRequests, build_subsystems
 from .listener import ListenerError, open_control_listener
@@ -57,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: Path
     start_in_maintenance: bool
     http: str | None
+    #: the tokens of GoCD's API over HTTP (daemon/tokens.py), replaced on reload
+    token_holder: Any
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines:
             print(f"maintd: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        holder = tokens.TokenHolder(tokens.Tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else None)
+    except tokens.TokenError as exc:
+        print(f"maintd: {config_mod.one_line(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
@@ -149,10 +160,19 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=state_dir,
         start_in_maintenance=args.start_in_maintenance or cfg.maintenance.start_in_maintenance,
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
+        token_holder=holder,
     )
+    if holder.tokens is not None and settings.http is not None and not _loopback_listen(settings.http):
+        log.warning(
+            "GoCD's API takes tokens on %s, not a loopback address: never without TLS in front (README: GoCD's "
+            "maintenance API over HTTP)",
+            settings.http,
+        )
     signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     if problem := auth.admin_group_problem(cfg.control.admin_group):  # (not before a start-up failure's one line)
         log.warning("%s", problem)
+    if cfg.http.tokens_file and (loose := tokens.loose_mode(cfg.http.tokens_file)):
+        log.warning("%s", loose)
     return trio.run(run, settings)
 
 
@@ -260,11 +280,13 @@ async def run(settings: Settings) -> int:
                 if not listening.activated:
                     socket_path = listening.path  # systemd's socket file is systemd's to remove
                 jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
+                jobs.tokens = settings.token_holder  # a reload reads the tokens file again
                 server = ControlServer(bridge, supervisor, hub, cfg, jobs, on_reject=metrics.rejected)
                 await nursery.start(server.serve, listening.listener)
                 if settings.http is not None:
                     try:
-                        await nursery.start(serve_http, settings.http, hub, metrics)
+                        api = GocdApi(settings.token_holder, server, cfg.http.public_url)
+                        await nursery.start(partial(serve_http, settings.http, hub, metrics, api=api))
                     except HttpError as exc:
                         log.error("%s", exc)
                         return EXIT_FAILURE
@@ -307,6 +329,17 @@ async def _reload(jobs: JobServerRequests) -> None:
         log.warning("reload by SIGHUP refused: %s", config_mod.one_line(f"{type(exc).__name__}: {exc}"))
     else:
         log.info("configuration reloaded: %s pipeline(s)", result["pipelines"])
+
+
+def _loopback_listen(listen: str) -> bool:
+    try:
+        host = parse_listen(listen)[0]
+    except ValueError:
+        return True  # serve_http says what is wrong with it
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _remove_socket(path: Path) -> None:

@@ -60,7 +60,7 @@ class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The read-only HTTP server (``/metrics``, the status page, GoCD's info API); loopback by default."""
+    """The HTTP server (``/metrics``, the status page, GoCD's maintenance API); loopback by default."""
 
     enabled: bool = True
     listen: Annotated[
@@ -70,6 +70,16 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             description='HOST:PORT such as "127.0.0.1:9187" or "[::1]:9187"',
         ),
     ] = "127.0.0.1:9187"
+    #: GoCD's maintenance API (``/go/api/admin/maintenance_mode/*``) is on when this names a
+    #: tokens file (daemon/tokens.py; ``maintctl token add``); a relative path is relative to
+    #: the config file's folder. Read at start and on reload.
+    tokens_file: str | None = None
+    #: How clients reach this server (``https://ci.example.com``, behind a TLS proxy): the base
+    #: of the API's absolute links; unset, they are made from the request's Host header.
+    public_url: (
+        Annotated[str, Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?\Z", description='a URL such as "https://ci.example.com"')]
+        | None
+    ) = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -152,6 +162,9 @@ def resolve_urls(config: Config, base: Path) -> Config:
             return m
         return msgspec.structs.replace(m, url=str((base / m.url).resolve()))
 
+    tokens = config.http.tokens_file
+    if tokens is not None and not Path(tokens).is_absolute():
+        config = msgspec.structs.replace(config, http=msgspec.structs.replace(config.http, tokens_file=str(base / tokens)))
     return msgspec.structs.replace(
         config,
         materials=[resolve(m) for m in config.materials],

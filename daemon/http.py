@@ -1,14 +1,18 @@
-"""The read-only HTTP side of the daemon: ``/metrics``, the status page and GoCD's info API.
+"""The HTTP side of the daemon: ``/metrics``, the status page and GoCD's maintenance API.
 
 Served inside the daemon's trio loop by hypercorn's HTTP/1.1 connection handler, with a small
 ASGI app; no HTTP is parsed here. Connections are accepted by :func:`daemon.fds.serve_listener`,
 at most :func:`daemon.fds.http_connection_cap` at a time, so that a flood of them cannot take
-the descriptors the control socket and the jobs need. GET and HEAD only (anything else is 405). Routes:
+the descriptors the control socket and the jobs need. GET and HEAD only (anything else is 405),
+but for GoCD's enable and disable (POST, with a token; :mod:`daemon.gocd_api`); while in
+maintenance any other request that would change something is 503 with GoCD's message. Routes:
 
 - ``/metrics``: the Prometheus exposition (text, or OpenMetrics when asked for), generated
   in a worker thread so that a slow scrape never stalls the control socket.
 - ``/``: the status page, server-rendered, refreshed every 5 s by the browser.
-- ``/api/maintenance_mode/info``: GoCD's ``GET /go/api/admin/maintenance_mode/info`` shape.
+- ``/go/api/admin/maintenance_mode/info`` (and maintd's older ``/api/maintenance_mode/info``),
+  ``/go/api/admin/maintenance_mode/enable`` and ``.../disable``: GoCD's API, from
+  :mod:`daemon.gocd_api` (a bearer token when ``[http] tokens_file`` is set).
 
 Every page and the JSON are built from the newest :class:`~actors.status.Status` the hub
 holds (frozen structs, read in the loop). When the server listens on a loopback address
@@ -42,9 +46,11 @@ from prometheus_client.exposition import choose_encoder
 from actors.status import Status
 
 from . import fds
-from .gocd_api import INFO_PATH, gocd_info
+from .gocd_api import API_PREFIX, DISABLE_PATH, ENABLE_PATH, IN_MAINTENANCE, INFO_PATHS, GocdApi
+from .gocd_api import message as api_message
 from .metrics import Metrics
 from .status_page import render_error_page, render_status_page
+from .tokens import TokenHolder
 
 log = logging.getLogger("maintd.http")
 
@@ -61,6 +67,10 @@ HTML_HEADERS = [
     (b"content-type", b"text/html; charset=utf-8"),
     (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
 ]
+
+
+#: GoCD's API before the first status: JSON, like its other answers.
+STARTING = api_message(503, "maintd is starting", (b"retry-after", b"1"))
 
 
 class HttpError(Exception):
@@ -122,8 +132,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class App:
     """A plain ASGI app over the hub's newest status and the metrics registry."""
 
-    def __init__(self, hub: StatusSource, metrics: Metrics, *, check_host: bool = False, clock: Any = None) -> None:
+    def __init__(
+        self, hub: StatusSource, metrics: Metrics, *, check_host: bool = False, clock: Any = None, api: GocdApi | None = None
+    ) -> None:
         self.hub = hub
+        self.api = api or GocdApi(TokenHolder(None))
         self.metrics = metrics
         self.check_host = check_host
         self.clock = clock or time.time
@@ -148,43 +161,53 @@ class App:
         if self.check_host and not _is_loopback(_host_of(headers.get("host", ""))):
             await self.respond(send, 421, self.error_html(421, "Misdirected Request: use a loopback address"), HTML_HEADERS, head)
             return
+        path = scope["path"]
+        status = self.hub.status
         if method not in ("GET", "HEAD"):
+            if path in (ENABLE_PATH, DISABLE_PATH) and method == "POST":
+                answer = await self.api.change(scope, headers) if status is not None else STARTING
+                await self.respond(send, *answer, head)
+                return
+            if status is not None and status.maintenance.enabled and not path.startswith(API_PREFIX):
+                # GoCD's ModeAwareFilter: while in maintenance, what would change something waits;
+                # its JSON to a client that speaks JSON, else the page (ServerUnavailabilityResponse)
+                if "json" in headers.get("accept", "") or "json" in headers.get("content-type", ""):
+                    body, kind = msgspec.json.encode({"message": IN_MAINTENANCE}), [(b"content-type", b"application/json")]
+                else:
+                    body, kind = self.error_html(503, IN_MAINTENANCE), HTML_HEADERS
+                await self.respond(send, 503, body, kind, head)
+                return
             extra = [(b"allow", b"GET, HEAD")]
             await self.respond(
                 send, 405, self.error_html(405, "Method Not Allowed: this server is read-only"), [*HTML_HEADERS, *extra], head
             )
             return
-        path = scope["path"]
-        status = self.hub.status
         if path == "/metrics":
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             body = await trio.to_thread.run_sync(encoder, self.metrics.registry, limiter=self.exposition_limiter)
             await self.respond(send, 200, body, [(b"content-type", content_type.encode())], head)
-        elif path not in ("/", INFO_PATH):
+        elif path in INFO_PATHS:
+            answer = await self.api.info(scope, headers, status) if status is not None else STARTING
+            await self.respond(send, *answer, head)
+        elif path in (ENABLE_PATH, DISABLE_PATH):
+            await self.respond(send, *api_message(405, "use POST", (b"allow", b"POST")), head)
+        elif path != "/":
             await self.respond(send, 404, self.error_html(404, "Not Found"), HTML_HEADERS, head)
         elif status is None:
             await self.respond(
                 send, 503, self.error_html(503, "maintd is starting"), [*HTML_HEADERS, (b"retry-after", b"1")], head
             )
-        elif path == "/":
+        else:
             page = render_status_page(status, version=self.metrics.version, now=self.clock())
             await self.respond(send, 200, page.encode(), HTML_HEADERS, head)
-        else:
-            body = msgspec.json.encode(gocd_info(status))
-            await self.respond(send, 200, body, [(b"content-type", b"application/json")], head)
 
     def error_html(self, code: int, message: str) -> bytes:
         return render_error_page(code, message, self.hub.status, version=self.metrics.version, now=self.clock()).encode()
 
     @staticmethod
     async def respond(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]], head: bool) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": code,
-                "headers": [*headers, *SECURITY_HEADERS, (b"content-length", str(len(body)).encode())],
-            }
-        )
+        length = [] if code == 204 else [(b"content-length", str(len(body)).encode())]  # RFC 9110: none on a 204
+        await send({"type": "http.response.start", "status": code, "headers": [*headers, *SECURITY_HEADERS, *length]})
         await send({"type": "http.response.body", "body": b"" if head else body})
 
 
@@ -203,6 +226,7 @@ async def serve_http(
     hub: StatusSource,
     metrics: Metrics,
     *,
+    api: GocdApi | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``task_status.started((host, port))`` with the port really bound.
@@ -224,7 +248,7 @@ async def serve_http(
     config.include_server_header = False
     config.alpn_protocols = ["http/1.1"]
     config.keep_alive_timeout = 30  # Prometheus scrapes every 15-60 s over one connection; an idle one goes after this
-    app = wrap_app(App(hub, metrics, check_host=_is_loopback(host)), config.wsgi_max_body_size, "asgi")
+    app = wrap_app(App(hub, metrics, check_host=_is_loopback(host), api=api), config.wsgi_max_body_size, "asgi")
     # hypercorn's own serve() accepts without bound (and logs a traceback per EMFILE): the
     # accept loop is ours, capped; each connection is still hypercorn's (its TCPServer).
     context = WorkerContext(None)

@@ -34,6 +34,7 @@ from . import config as config_mod
 from . import protocol as p
 from .bridge import Bridge
 from .statedir import LogRefused, open_log
+from .tokens import TokenError, TokenHolder, Tokens
 
 if TYPE_CHECKING:
     import pykka
@@ -126,6 +127,8 @@ class JobServerRequests:
         self.config_path = config_path
         #: the state directory as given and resolved: job log paths start with one of them
         self.state_dirs = tuple(dict.fromkeys((state_dir, state_dir.absolute(), state_dir.resolve())))
+        #: GoCD's API tokens (daemon/tokens.py): read again by a reload, replaced once it applied
+        self.tokens = TokenHolder()
 
     async def ask(self, subsystem: str, message: Any) -> Any:
         ref = self.peers.current(subsystem)
@@ -201,9 +204,16 @@ class JobServerRequests:
         except Exception as exc:  # noqa: BLE001 - load turns what a file provokes into ConfigError; anything else too
             why = config_mod.one_line(f"{type(exc).__name__}: {exc}")
             raise MaintdError(f"the configuration was not reloaded: {self.config_path}: {why}", code="bad_config") from None
+        try:
+            path = cfg.http.tokens_file
+            tokens = await trio.to_thread.run_sync(Tokens.load, path) if path else None
+        except TokenError as exc:
+            raise MaintdError(f"the configuration was not reloaded: {config_mod.one_line(str(exc))}", code="bad_config") from None
         apply = ApplyConfig(pipelines=tuple(cfg.pipelines), materials=frozenset(m.name for m in cfg.materials), by=by, peer=peer)
         try:
-            return await self.ask("config", apply)
+            result = await self.ask("config", apply)
+            self.tokens.tokens = tokens
+            return result
         except MaintdError as exc:
             raise MaintdError(f"the configuration was not reloaded: {exc.message}", code=exc.code) from None
         except trio.TooSlowError:

@@ -172,6 +172,15 @@ class ConnectionLink:
         self.bridge.call_soon(self.conn.route_to, actor)
 
 
+class Caller:
+    """Who asked, for a request that did not come on a connection (see ControlServer.on_behalf)."""
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+
+
 class ControlServer:
     def __init__(
         self,
@@ -362,12 +371,28 @@ class ControlServer:
                 return result
         raise BadRequest(f"unhandled request type {request.__struct_config__.tag}")
 
+    async def on_behalf(self, peer: Any, request: p.EnableRequest | p.DisableRequest) -> Any:
+        """An enable or disable that came another way (GoCD's API over HTTP, daemon/gocd_api.py),
+        ``peer`` saying who asked (a daemon.tokens.TokenPeer): checked, carried out, audited and
+        refused (a refusal audited too) exactly as the socket's. Raises MaintdError."""
+        caller = Caller(peer)
+        try:
+            return await self.handle_request(caller, request)  # type: ignore[arg-type]
+        except MaintdError as exc:
+            self.on_reject(exc.code)
+            if exc.code == "forbidden":
+                await self.forbidden(caller, request.__struct_config__.tag)  # type: ignore[arg-type]
+            raise
+        except pykka.ActorDeadError:
+            raise MaintdError("maintd is shutting down", code="unavailable") from None
+
     async def forbidden(self, conn: Connection, action: str) -> None:
         peer = conn.peer
         why = f"a job's process: {peer.job}" if peer.job else "not an admin"
-        log.warning("refused %s from %s (uid %s, %s; %s): forbidden", action, peer.user, peer.uid, peer.detail, why)
+        who = f"uid {peer.uid}, {peer.detail}" if peer.uid is not None else peer.detail
+        log.warning("refused %s from %s (%s; %s): forbidden", action, peer.user, who, why)
         if self.jobs is not None:
-            detail = f"uid {peer.uid}; {peer.detail}; {why}"
+            detail = f"uid {peer.uid}; {peer.detail}; {why}" if peer.uid is not None else f"{peer.detail}; {why}"
             try:
                 now = time.time()
                 await self.jobs.stored(lambda s: s.audit("forbidden", peer.user, now, target=action, detail=detail))

@@ -204,6 +204,19 @@ def _forget(p: argparse.ArgumentParser) -> None:
     p.add_argument("subsystem", help="the removed subsystem's name, as `maintctl status` shows it")
 
 
+def _token(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Manage the tokens file that [http] tokens_file names (no daemon needed). `maintctl reload` "
+        "(or SIGHUP) makes the daemon read it again."
+    )
+    p.add_argument("action", choices=("add", "list", "remove"), help="add prints the new token once")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the token's name (its updated_by, in the audit log)")
+    p.add_argument("--read-only", action="store_true", help="add: a token that may read /info only (role read)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--tokens-file", metavar="PATH", help="the tokens file")
+    where.add_argument("--config", metavar="PATH", help="the daemon's config file: its [http] tokens_file")
+
+
 #: Each command: its help line and what adds its own arguments (None: only --socket and --json).
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
     "status": ("maintenance state, subsystems and what is running", None),
@@ -224,13 +237,14 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "cancel-run": ("cancel a run's (or a stage's) building and scheduled jobs", _cancel_run),
     "forget": ("clear a removed subsystem and its abandoned work from the status", _forget),
     "window": ("enable, wait, run COMMAND, then disable if it succeeded (else leave maintenance on)", _window),
+    "token": ("bearer tokens of GoCD's maintenance API over HTTP ([http] tokens_file; no daemon needed)", _token),
 }
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv``, with the sub-parsers of only the commands named in it.
 
-    Each sub-parser is a whole ArgumentParser: building all sixteen is a fifth of what
+    Each sub-parser is a whole ArgumentParser: building all of them is a fifth of what
     ``maintctl status`` costs. Every word of ``argv`` that names a command gets its
     sub-parser (the value of --socket may name one too, so all such words do); help, or
     no command named, builds them all, so that the list of commands and the "invalid
@@ -298,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = parse_plain(argv) or build_parser(argv).parse_args(argv)
+    if args.command == "token":
+        return cmd_token(args)
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
         return EXIT_USAGE
@@ -552,6 +568,52 @@ def cmd_cancel_run(client: Client, args: argparse.Namespace, as_json: bool) -> i
         return EXIT_USAGE
     result = client.request("cancel_run", pipeline=pipeline, counter=int(counter), stage=args.stage)
     out(result, as_json, f"cancelling {result['cancelled_jobs']} job(s) of {pipeline}/{counter}")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """add / list / remove in the tokens file; needs no daemon. Imports kept here: the other
+    commands never load scrypt or the config."""
+    from pathlib import Path
+
+    from daemon import tokens
+
+    if args.action in ("add", "remove") and not args.name:
+        print(f"maintctl: token {args.action} needs a NAME", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.tokens_file
+    if path is None and args.config is not None:
+        from daemon import config as config_mod
+
+        try:
+            path = config_mod.load(Path(args.config)).http.tokens_file
+        except config_mod.ConfigError as exc:
+            print(f"maintctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if path is None:
+            print(f"maintctl: {args.config} has no [http] tokens_file", file=sys.stderr)
+            return EXIT_USAGE
+    if path is None:
+        print("maintctl: say which tokens file: --tokens-file PATH or --config PATH", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.action == "add":
+            secret = tokens.add_token(Path(path), args.name, "read" if args.read_only else "admin")
+            print(secret)
+            print(
+                f"maintctl: token {args.name} added to {path}; it is shown this once. "
+                "`maintctl reload` (or SIGHUP) makes the daemon read it.",
+                file=sys.stderr,
+            )
+        elif args.action == "remove":
+            tokens.remove_token(Path(path), args.name)
+            print(f"token {args.name} removed from {path}; `maintctl reload` makes the daemon forget it")
+        else:
+            for entry in tokens.list_tokens(Path(path)):
+                print(f"{entry.name}\t{entry.role}")
+    except tokens.TokenError as exc:
+        print(render.terminal(f"maintctl: {exc}"), file=sys.stderr)
+        return EXIT_REFUSED
     return EXIT_OK
 
 

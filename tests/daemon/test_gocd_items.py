@@ -52,11 +52,16 @@ def test_a_material_update_shows_its_material_whatever_its_name_and_url(config_r
     (entry,) = running(item)["material_update_in_progress"]
     assert entry == {
         "type": "git",
-        "attributes": {
-            "name": "my repo: (old)",
+        "attributes": {  # GoCD's git material fields (MaintenanceModeInfoRepresenterTest), then maintd's own
             "url": "ssh://git@git.example:2222/srv/app (v1).git",
-            "branch": "release-1.0",
+            "destination": None,
+            "filter": None,
+            "invert_filter": False,
+            "name": "my repo: (old)",
             "auto_update": True,
+            "branch": "release-1.0",
+            "submodule_folder": None,
+            "shallow_clone": False,
             "config_repo": config_repo,
         },
         "mdu_start_time": "2027-01-15T08:00:00Z",  # FakeClock's now
@@ -130,3 +135,38 @@ def test_running_systems_groups_and_items_cover_every_group() -> None:
         "scheduled_jobs",
     ]
     assert sorted(i.id for i in rs.items()) == sorted(i.id for i in items)
+
+
+def test_a_building_job_shows_when_it_was_scheduled_not_when_it_started() -> None:
+    # GoCD's running job: scheduled_date is JobInstance.getScheduledDate() (ServerMaintenanceModeControllerV1
+    # copies job.getScheduledDate()), the time the job was scheduled; the agent started it 10 minutes later.
+    item = job_item("agents", spec(agent="agent-1", scheduled_at=T0 - 600), BUILDING_JOB, T0, agent="agent-1")
+    assert (item.scheduled_at, item.started_at) == (T0 - 600, T0)
+    (entry,) = running(item)["building_jobs"]
+    assert entry["scheduled_date"] == "2026-11-29T03:25:39Z"
+    row = JobRow(
+        id=41, run_id=3, pipeline="build.v2-x", pipeline_counter=12, stage="unit-test.1", stage_counter=1, stage_index=0,
+        name="py3.12-linux", state="building", agent="agent-2", scheduled_at=T0 - 600, started_at=T0, finished_at=None,
+        returncode=None, cancelled_by=None, log_path="l",
+    )  # fmt: skip
+    (entry,) = running(restored_item("agents", row, T0 + 60))["building_jobs"]
+    assert entry["scheduled_date"] == "2026-11-29T03:25:39Z"
+
+
+def test_the_scheduler_gives_its_jobs_the_time_they_were_scheduled() -> None:
+    from actors.definitions import PipelineDef
+    from actors.scheduler import SchedulerCore, Trigger
+
+    w = World()
+    pipeline = msgspec.convert(
+        {"name": "build", "materials": [], "stages": [{"name": "test", "jobs": [{"name": "unit", "command": ["true"]}]}]},
+        PipelineDef,
+    )
+    core = SchedulerCore(
+        "scheduler", w.sent.append, pipelines=[pipeline], store=w.store, peers=w.peers, timers=w.timers,
+        clock=w.clock, work_root="/tmp/w",
+    )  # fmt: skip
+    scheduled_at = w.clock.now()
+    core.handle(Trigger(pipeline="build", by="t"))
+    specs = [*core.queue, *(s for s in core.handed.values() if s is not None)]
+    assert specs and all(s.scheduled_at == scheduled_at for s in specs)

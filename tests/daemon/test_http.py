@@ -260,13 +260,13 @@ async def test_info_out_of_maintenance(server: Server) -> None:
     assert set(info) == {"_links", "is_maintenance_mode", "metadata"}
     assert info["is_maintenance_mode"] is False
     assert info["metadata"] == {"updated_by": None, "updated_on": None}
-    assert info["_links"]["self"]["href"] == "/api/maintenance_mode/info"
+    assert info["_links"]["self"]["href"] == f"{server.url}/api/maintenance_mode/info"  # absolute, as GoCD's
     assert info["_links"]["doc"]["href"].startswith("https://api.gocd.org/")
 
     await publish(server.hub, status(maintenance("normal", updated_by="root", updated_on=T0 + 1461.0)))
     info = (await get(server, "/api/maintenance_mode/info")).json()
     assert "attributes" not in info
-    assert info["metadata"] == {"updated_by": "root", "updated_on": "2026-11-29T04:00:00.000Z"}
+    assert info["metadata"] == {"updated_by": "root", "updated_on": "2026-11-29T04:00:00Z"}  # GoCD's: to the second
 
 
 async def test_info_in_maintenance(server: Server) -> None:
@@ -274,7 +274,7 @@ async def test_info_in_maintenance(server: Server) -> None:
     info = (await get(server, "/api/maintenance_mode/info")).json()
     assert set(info) == {"_links", "is_maintenance_mode", "metadata", "attributes"}
     assert info["is_maintenance_mode"] is True
-    assert info["metadata"] == {"updated_by": "root", "updated_on": "2026-11-29T03:35:42.926Z"}
+    assert info["metadata"] == {"updated_by": "root", "updated_on": "2026-11-29T03:35:42Z"}
     attrs = info["attributes"]
     assert attrs["has_running_systems"] is True
     rs = attrs["running_systems"]
@@ -284,10 +284,15 @@ async def test_info_in_maintenance(server: Server) -> None:
     assert app == {
         "type": "git",
         "attributes": {
-            "name": "app",
             "url": "https://git.example.com/app.git",
-            "branch": "main",
+            "destination": None,
+            "filter": None,
+            "invert_filter": False,
+            "name": "app",
             "auto_update": True,
+            "branch": "main",
+            "submodule_folder": None,
+            "shallow_clone": False,
             "config_repo": False,
         },
         "mdu_start_time": "2026-11-29T03:35:39Z",
