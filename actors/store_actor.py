@@ -14,6 +14,7 @@ from typing import Any
 import pykka
 
 from .budget import STORE_WAIT
+from .eta import RECENT, Durations
 from .future import CallbackFuture
 from .store import Store, StoreError
 
@@ -143,6 +144,12 @@ class StoreActor(pykka.ThreadingActor):
         if len(self._pending) >= GROUP_MAX or self.actor_inbox.empty():
             self._flush()
         return None
+
+    def recent_durations(self, limit_per_key: int = RECENT) -> Durations:
+        """:meth:`Store.recent_durations`, for the trio shell's ETA (a read: nothing to commit first
+        but the open group, so that a job's result sent before the ask is in it)."""
+        self._flush()
+        return self._open().recent_durations(limit_per_key)
 
     def _run(self, call: StoreCall) -> tuple[bool, Any]:
         try:

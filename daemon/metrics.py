@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,10 +30,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    Metric,
     gc_collector,
     platform_collector,
     process_collector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from actors.status import Event, Status
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, MaintenanceState, SubsystemState
@@ -47,6 +52,29 @@ POLL_RESULTS = ("ok", "error", "timeout")
 REJECT_REASONS = ("maintenance_mode", "forbidden", "bad_request", "unknown_type", "too_large")
 #: A drain takes seconds (nothing in flight) to hours (a long build): 1 s to 4 h.
 DRAIN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, float("inf"))
+
+
+class _DrainEta(Collector):
+    def __init__(self, seconds_left: Callable[[], tuple[float, float] | None]) -> None:
+        self.seconds_left = seconds_left
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["quantile"])
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            left = self.seconds_left()
+        except Exception:
+            log.exception("the drain's ETA could not be computed")
+            left = None
+        family = GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["quantile"])
+        for quantile, value in zip(("0.5", "0.9"), left or (math.nan, math.nan), strict=True):
+            family.add_metric([quantile], value)
+        yield family
+
+
+DRAIN_ETA = "maintd_drain_eta_seconds"
+DRAIN_ETA_HELP = "Seconds from now until the drain is expected to end (p50, p90 of history); 0 drained, NaN unknown"
 
 
 def daemon_registry() -> CollectorRegistry:
@@ -220,6 +248,13 @@ class Metrics:
         self._shown_state.pop(subsystem, None)
         with contextlib.suppress(KeyError):
             self.subsystem_state.remove(subsystem)
+
+    def drain_eta(self, seconds_left: Callable[[], tuple[float, float] | None]) -> None:
+        """Add ``maintd_drain_eta_seconds{quantile="0.5"|"0.9"}``: seconds from now until the
+        drain is expected to end, computed at each scrape by ``seconds_left`` (it depends on
+        the time): 0 once drained; NaN when there is no estimate (maintenance off, or an
+        item without history), as a Prometheus summary shows a quantile it has no data for."""
+        self.registry.register(_DrainEta(seconds_left))
 
     # -- counters (any thread) -------------------------------------------------------------
 

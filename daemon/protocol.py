@@ -60,6 +60,14 @@ class EnableRequest(Request, tag="enable"):
     on_deadline: Literal["wait", "cancel"] = "wait"
 
 
+class PreviewRequest(Request, tag="preview"):
+    """What a deadline would do to the work that blocks a restart now; changes nothing.
+    Without ``deadline_seconds``: the running drain's deadline; without ``cancel_at_deadline``: its choice."""
+
+    deadline_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
+    cancel_at_deadline: bool | None = None
+
+
 class DisableRequest(Request, tag="disable"):
     reason: Text | None = None
 
@@ -148,6 +156,7 @@ AnyRequest = Union[
     WatchRequest,
     PingRequest,
     EnableRequest,
+    PreviewRequest,
     DisableRequest,
     CancelRequest,
     RegisterRequest,

@@ -30,7 +30,7 @@ exit codes:
   1  maintd refused the request (the message says why: conflict, forbidden, not_found, ...)
   2  bad arguments
   3  maintd is not running or cannot be reached
-  4  wait: the timeout passed before it was safe to restart
+  4  not safe to restart (wait: the timeout passed before it was; why: something holds it)
 
 a maintenance window:
   maintctl enable --reason "upgrade to 2.0" --deadline 30m
@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("--reason", help="why (shown in status and the history)")
     enable.add_argument("--deadline", type=duration, metavar="DURATION", help="e.g. 30m: mark the drain overdue after this")
     enable.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
+    enable.add_argument(
+        "--dry-run", action="store_true", help="change nothing: print what the deadline would do (needs --deadline)"
+    )
+    preview = sub.add_parser(
+        "deadline-preview", parents=[common], help="what the running drain's deadline (or --deadline) would do, from the ETAs"
+    )
+    preview.add_argument("--deadline", type=duration, metavar="DURATION", help="from now (default: the drain's own deadline)")
+    preview.add_argument(
+        "--cancel-at-deadline", action="store_true", default=None, help="as if it cancelled (default: the drain's own choice)"
+    )
+    sub.add_parser("why", parents=[common], help="what holds back safe to restart, and how to cancel it (exit 4: not safe)")
     disable = sub.add_parser("disable", parents=[common], help="turn maintenance mode off; every subsystem resumes")
     disable.add_argument("--reason")
     sub.add_parser("inflight", parents=[common], help="list the work in flight")
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enable" and args.cancel_at_deadline and args.deadline is None:
         print("maintctl: --cancel-at-deadline needs --deadline", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "enable" and args.dry_run and args.deadline is None:
+        print("maintctl: --dry-run previews a deadline: give --deadline (`maintctl status` shows the ETA)", file=sys.stderr)
+        return EXIT_USAGE
     path = str(getattr(args, "socket", None) or default_socket())
     as_json = getattr(args, "json", False)
     try:
@@ -142,6 +156,8 @@ def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.dry_run:
+        return preview(client, args.deadline, args.cancel_at_deadline, as_json, dry_run=True)
     result = client.request(
         "enable",
         reason=args.reason,
@@ -153,6 +169,34 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         text += "\n`maintctl wait` returns once it is safe to restart."
     out(result, as_json, text)
     return EXIT_OK
+
+
+def preview(client: Client, deadline: float | None, cancel: bool | None, as_json: bool, *, dry_run: bool) -> int:
+    """``enable --dry-run`` and ``deadline-preview``: a read; nothing changes."""
+    from . import foresight
+
+    result = client.request("preview", deadline_seconds=deadline, cancel_at_deadline=cancel)
+    enabled = True
+    text = ""
+    if dry_run:
+        m = client.request("status")["maintenance"]
+        enabled = m["enabled"]
+        if enabled:
+            text = f"Maintenance mode is already on ({m['state']}): enable would be refused (conflict).\n"
+    out(result, as_json, text + foresight.preview(result, dry_run=dry_run, enabled=enabled))
+    return EXIT_OK
+
+
+def cmd_deadline_preview(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    return preview(client, args.deadline, args.cancel_at_deadline, as_json, dry_run=False)
+
+
+def cmd_why(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    from . import foresight
+
+    held = foresight.holding(client.request("status"))
+    out(held, as_json, foresight.why(held))
+    return EXIT_OK if held["safe_to_restart"] else EXIT_NOT_SAFE
 
 
 def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -324,6 +368,8 @@ COMMANDS = {
     "watch": cmd_watch,
     "wait": cmd_wait,
     "history": cmd_history,
+    "deadline-preview": cmd_deadline_preview,
+    "why": cmd_why,
 }
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any
 from daemon.logs import escape
 from daemon.times import iso, local, seconds_until
 
+from . import foresight
+
 GROUP_TITLES = {
     "material_update_in_progress": "Material updates in progress (cannot be cancelled)",
     "building_jobs": "Building jobs",
@@ -67,7 +69,8 @@ def safe_line(m: dict[str, Any]) -> str:
     return "Safe to restart: no (still draining)"
 
 
-def items_table(items: list[dict[str, Any]]) -> list[str]:
+def items_table(items: list[dict[str, Any]], etas: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """One row an item; with ``etas`` (by item id, escaped already), each ETA in words after it."""
     items = clean(items)
     rows = []
     for item in items:
@@ -77,6 +80,8 @@ def items_table(items: list[dict[str, Any]]) -> list[str]:
         if not item.get("blocks_restart", True):
             flags.append("does not block restart")
         extra = f" [{', '.join(flags)}]" if flags else ""
+        if etas and (note := foresight.item_note(etas.get(item["id"]))):
+            extra += f" ({note})"
         rows.append(
             f"  {item['id']:<32} {item['kind']:<16} since {when(item.get('started_at'))}  {item.get('description', '')}{extra}"
         )
@@ -106,6 +111,9 @@ def status(result: dict[str, Any]) -> str:
     result = clean(result)
     m = result["maintenance"]
     lines = [maintenance_line(m), safe_line(m), *store_line(result.get("store"))]
+    if not m["safe_to_restart"] and (eta := foresight.drain_line(result.get("eta"), enabled=m["enabled"])):
+        lines.append(eta[0].upper() + eta[1:])
+    etas = foresight.etas_by_item(result)
     if result.get("job_tracking"):
         lines.append(f"Job tracking: {result['job_tracking']}")
     lines.append("")
@@ -120,7 +128,7 @@ def status(result: dict[str, Any]) -> str:
         lines.append("  no subsystems registered")
     for _group, title, items in running_groups(result):
         if items:
-            lines += ["", f"{title}:", *items_table(items)]
+            lines += ["", f"{title}:", *items_table(items, etas)]
     removed = result.get("removed") or []
     if removed:
         lines += ["", "Removed subsystems:"]
@@ -164,6 +172,8 @@ def progress(result: dict[str, Any]) -> str:
     text = f"{m['state']}: {len(blocking)} item(s) still running"
     if waiting:
         text += f"; waiting for {', '.join(waiting)}"
+    if eta := foresight.drain_line(result.get("eta")):
+        text += f"; {eta}"
     return text
 
 
