@@ -59,7 +59,7 @@ class _DrainEta(Collector):
         self.seconds_left = seconds_left
 
     def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["quantile"])
+        yield GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["estimate"])
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -67,9 +67,9 @@ class _DrainEta(Collector):
         except Exception:
             log.exception("the drain's ETA could not be computed")
             left = None
-        family = GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["quantile"])
-        for quantile, value in zip(("0.5", "0.9"), left or (math.nan, math.nan), strict=True):
-            family.add_metric([quantile], value)
+        family = GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["estimate"])
+        for estimate, value in zip(("p50", "p90"), left or (math.nan, math.nan), strict=True):
+            family.add_metric([estimate], value)
         yield family
 
 
@@ -250,10 +250,13 @@ class Metrics:
             self.subsystem_state.remove(subsystem)
 
     def drain_eta(self, seconds_left: Callable[[], tuple[float, float] | None]) -> None:
-        """Add ``maintd_drain_eta_seconds{quantile="0.5"|"0.9"}``: seconds from now until the
+        """Add ``maintd_drain_eta_seconds{estimate="p50"|"p90"}``: seconds from now until the
         drain is expected to end, computed at each scrape by ``seconds_left`` (it depends on
         the time): 0 once drained; NaN when there is no estimate (maintenance off, or an
-        item without history), as a Prometheus summary shows a quantile it has no data for."""
+        item without history), as a Prometheus summary shows a quantile it has no data for.
+
+        The label is not ``quantile``: Prometheus reserves that for summaries (``promtool
+        check metrics`` refuses it on a gauge), and this is a gauge of two estimates."""
         self.registry.register(_DrainEta(seconds_left))
 
     # -- counters (any thread) -------------------------------------------------------------

@@ -218,12 +218,12 @@ def test_the_drain_eta_metric_is_seconds_from_now_and_nan_when_unknown(store: St
         lines = [line for line in text.splitlines() if line.startswith("maintd_drain_eta_seconds{")]
         return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines}
 
-    assert values() == {"0.5": 240.0, "0.9": 400.0}
+    assert values() == {"p50": 240.0, "p90": 400.0}
     current[0] = status_of(job("job-3", "deploy", pipeline="release"))
-    assert all(math.isnan(v) for v in values().values()) and set(values()) == {"0.5", "0.9"}
+    assert all(math.isnan(v) for v in values().values()) and set(values()) == {"p50", "p90"}
     current[0] = msgspec.structs.replace(
         status_of(), maintenance=msgspec.structs.replace(status_of().maintenance, state="drained", safe_to_restart=True)
     )
-    assert values() == {"0.5": 0.0, "0.9": 0.0}
+    assert values() == {"p50": 0.0, "p90": 0.0}
     current[0] = status_of(job("job-1", "unit"), enabled=False)
     assert all(math.isnan(v) for v in values().values())
