@@ -177,7 +177,8 @@ async def run(settings: Settings) -> int:
         if notifier.address is None or (last_described and last_described[0] is status):
             return
         last_described[:] = [status]
-        eta = hub.foresight.eta(status) if hub.foresight is not None else None
+        draining = status.maintenance.enabled and not status.maintenance.safe_to_restart
+        eta = hub.foresight.eta(status) if hub.foresight is not None and draining else None  # describe shows it only then
         notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status, eta))
 
     # Before the store marks the jobs that were building interrupted, and before anyone can
