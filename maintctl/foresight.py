@@ -13,6 +13,8 @@ from typing import Any
 from daemon.times import hhmm, local, span
 
 MDU = "material_update"
+#: A subsystem in these states has no process to cancel its items (actors.types.SubsystemState).
+UNREACHABLE = ("disconnected", "failed")
 
 #: How a deadline preview titles each verdict (actors/eta.py's constants), in the order shown.
 VERDICTS = (
@@ -79,15 +81,21 @@ def cancel_command(item: dict[str, Any]) -> str | None:
     return f"maintctl cancel {shlex.quote(item['id'])}"
 
 
-def _item_lines(item: dict[str, Any], e: dict[str, Any] | None, now: float) -> list[str]:
+def _item_lines(
+    item: dict[str, Any], e: dict[str, Any] | None, now: float, command: str | None = "", state: str = ""
+) -> list[str]:
+    """An item, its ETA and how to cancel it (``command``: as :func:`cancel_command` says unless given)."""
     started = item.get("started_at")
     since = f"since {local(started)} ({span(now - started)})" if isinstance(started, int | float) else ""
     lines = [f"  {item['id']}  {item['kind']}  {since}  {item.get('description', '')}".rstrip()]
     if note := item_note(e):
         lines.append(f"    ETA: {note}")
-    command = cancel_command(item)
+    command = cancel_command(item) if command == "" else command
     if command:
         lines.append(f"    cancel: {command}")
+    elif state in UNREACHABLE or state == "removed":
+        after = "it is restarting; try again shortly" if state == "failed" else "it can be once it registers again"
+        lines.append(f"    cannot be cancelled now: its subsystem is {state} ({after})")
     elif item.get("kind") == MDU:
         lines.append("    cannot be cancelled: material updates are never cancelled (a partial clone can corrupt the repository)")
     else:
@@ -138,6 +146,8 @@ def holding(result: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     subsystems = []
     for s in result["subsystems"]:
         items = by_subsystem.pop(s["name"], [])
+        if s["state"] in UNREACHABLE:  # its process is gone: nothing to send a cancel to
+            items = [{**entry, "cancel": None} for entry in items]
         if items or (m["enabled"] and s["state"] != "drained"):
             asked = s.get("pause_asked_at")
             subsystems.append(
@@ -150,6 +160,7 @@ def holding(result: dict[str, Any], now: float | None = None) -> dict[str, Any]:
                 }
             )
     for name, items in by_subsystem.items():  # items of a subsystem already removed
+        items = [{**entry, "cancel": None} for entry in items]
         subsystems.append({"name": name, "state": "removed", "silent_for": None, "pause_asked_at": None, "items": items})
     return {
         "safe_to_restart": m["safe_to_restart"],
@@ -178,5 +189,5 @@ def why(held: dict[str, Any], now: float | None = None) -> str:
             head += f": has not acknowledged the pause, silent for {span(s['silent_for'])} (asked at {hhmm(s['pause_asked_at'])})"
         lines += ["", head]
         for entry in s["items"]:
-            lines += _item_lines(entry["item"], entry["eta"], now)
+            lines += _item_lines(entry["item"], entry["eta"], now, entry["cancel"], s["state"])
     return "\n".join(lines)

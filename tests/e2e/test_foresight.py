@@ -115,3 +115,20 @@ def test_why_dry_run_and_deadline_preview_tell_the_truth_and_change_nothing(make
     why = d.maintctl("why")
     assert why.returncode == 0, why
     assert why.stdout.strip() == f"nothing: safe to restart since {hhmm(status['maintenance']['since'])}"
+
+
+def test_why_gives_no_cancel_command_for_the_work_of_a_subsystem_whose_process_went_away(make_daemon: Any) -> None:
+    d = make_daemon()
+    batch = register(d, "batch")
+    batch.send(type="in_flight", items=[{"id": "b1", "kind": "batch", "description": "nightly", "cancellable": True}])
+    d.wait_status(lambda s: len(s["running_systems"]["other"]) == 1, "the item")
+    assert d.maintctl("enable").returncode == 0
+    assert "cancel: maintctl cancel batch/b1" in d.maintctl("why").stdout
+    batch.close()  # its work keeps blocking for [control] reconnect_grace (10 s by default)
+    d.wait_status(lambda s: {x["name"]: x["state"] for x in s["subsystems"]}["batch"] == "disconnected", "disconnected")
+    why = d.maintctl("why")
+    assert why.returncode == 4
+    assert "cannot be cancelled now: its subsystem is disconnected (it can be once it registers again)" in why.stdout
+    assert "maintctl cancel" not in why.stdout
+    held = json.loads(d.maintctl("why", "--json").stdout)
+    assert [(s["name"], [i["cancel"] for i in s["items"]]) for s in held["subsystems"]] == [("batch", [None])]
