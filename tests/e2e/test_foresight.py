@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from daemon.times import hhmm
 from tests.conftest import Line
 
@@ -132,3 +134,39 @@ def test_why_gives_no_cancel_command_for_the_work_of_a_subsystem_whose_process_w
     assert "maintctl cancel" not in why.stdout
     held = json.loads(d.maintctl("why", "--json").stdout)
     assert [(s["name"], [i["cancel"] for i in s["items"]]) for s in held["subsystems"]] == [("batch", [None])]
+
+
+def test_a_building_jobs_eta_comes_from_its_finished_runs_in_the_store(make_daemon: Any, tmp_path: Any) -> None:
+    release = tmp_path / "release"
+    release.touch()
+    d = make_daemon(
+        config=(
+            '[agents]\ncount = 1\n[[pipelines]]\nname = "quick"\n[[pipelines.stages]]\nname = "test"\n'
+            '[[pipelines.stages.jobs]]\nname = "unit"\n'
+            f"shell = 'sleep 2; while [ ! -e \"{release}\" ]; do sleep 0.02; done'\n"
+        )
+    )
+
+    def jobs() -> list[dict[str, Any]]:
+        runs = json.loads(d.maintctl("runs", "--json").stdout)["runs"]
+        return [j for r in runs for j in r["jobs"]]
+
+    for n in (1, 2):  # two runs that pass: the history
+        assert d.maintctl("trigger", "quick").returncode == 0
+        d.wait_status(lambda s, n=n: not s["running_systems"]["building_jobs"] and len(jobs()) == n, f"run {n} to pass")
+    done = [j for j in jobs() if j["state"] == "passed"]
+    took = sorted(j["finished_at"] - j["started_at"] for j in done)
+    assert len(took) == 2
+    release.unlink()
+    assert d.maintctl("trigger", "quick").returncode == 0
+    status = d.wait_status(
+        lambda s: (s.get("eta") or {}).get("items") and s["eta"]["items"][0]["basis"] == "job", "the third run's ETA"
+    )
+    (item,) = status["running_systems"]["building_jobs"]
+    (eta,) = status["eta"]["items"]
+    p50, p90 = item["started_at"] + (took[0] + took[1]) / 2, item["started_at"] + took[0] + 0.9 * (took[1] - took[0])
+    # each run took 2 s and a bit, so the third is not overdue yet: both are its start plus history's
+    assert (eta["item_id"], eta["samples"], eta["overdue"]) == (item["id"], 2, False)
+    assert (eta["p50"], eta["p90"]) == (pytest.approx(p50), pytest.approx(p90))
+    assert status["eta"]["p50"] == eta["p50"] and status["eta"]["unknown"] == []
+    release.touch()
