@@ -18,6 +18,7 @@ after the p90). The table goes into docs/eta.md.
 
     .venv/bin/python bench/eta_calibration.py                  # 300 drains a scenario, seed 14
     .venv/bin/python bench/eta_calibration.py --drains 1000 --seed 1
+    .venv/bin/python bench/eta_calibration.py --time-items 10000   # also: one drain_eta over 10,000 items
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import math
 import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,11 +115,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drains", type=int, default=300, help="simulated drains per scenario (default 300)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--max-items", type=int, default=6, help="most building jobs in one drain (default 6)")
+    parser.add_argument("--time-items", type=int, metavar="N", help="also time one drain_eta over N building jobs")
     args = parser.parse_args(argv)
     results = {name: calibrate(draw, args.drains, args.seed, args.max_items) for name, draw in SCENARIOS.items()}
     print(f"drain ETA calibration: {args.drains} drains a scenario, 1-{args.max_items} jobs each, seed {args.seed}\n")
     print(table(results))
+    if args.time_items:
+        print(
+            f"\none drain_eta over {args.time_items} items (half without history of their own): {time_eta(args.time_items):.1f} ms"
+        )
     return 0
+
+
+def time_eta(n: int, keys: int = 500) -> float:
+    """Milliseconds for one :func:`drain_eta` over ``n`` building jobs of ``keys`` job keys (50
+    pipelines), half of them new jobs that fall back to their stage's history: the best of 3."""
+    rng = random.Random(1)
+    history = {(f"p{k % 50}", "s", f"j{k}"): tuple(rng.uniform(10, 100) for _ in range(RECENT)) for k in range(keys)}
+    items = [
+        InFlightItem(
+            id=f"agents/{i}",
+            subsystem="agents",
+            kind=BUILDING_JOB,
+            description="",
+            started_at=NOW,
+            cancellable=True,
+            pipeline=f"p{i % 50}",
+            stage="s",
+            job=f"j{i % keys}" if i % 2 else f"new{i}",
+        )
+        for i in range(n)
+    ]
+    durations = Durations(jobs=history)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        drain_eta(items, durations, NOW)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
 
 
 if __name__ == "__main__":
