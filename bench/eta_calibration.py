@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"drain ETA calibration: {args.drains} drains a scenario, 1-{args.max_items} jobs each, seed {args.seed}\n")
     print(table(results))
     if args.time_items:
-        print(
-            f"\none drain_eta over {args.time_items} items (half without history of their own): {time_eta(args.time_items):.1f} ms"
-        )
+        took = time_eta(args.time_items)
+        print(f"\none drain_eta over {args.time_items} items (half without history of their own): {took:.1f} ms")
     return 0
 
 
