@@ -7,6 +7,7 @@ repository); ``poll_timeout`` bounds it instead, so one hung remote cannot hold 
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import msgspec
 
 from .definitions import MaterialDef, parse_duration
+from .eta import RECENT
 from .jobs import FilesFetched, PollFinished
 from .ports import Clock, JobStore, PeerTable, ProcessPort, Timers
 from .store import StoreError
@@ -68,6 +70,7 @@ class MaterialsCore(SubsystemCore):
         store: JobStore,
         peers: PeerTable,
         on_poll: Callable[[str], None] | None = None,
+        on_durations: Callable[[str, tuple[float, ...]], None] | None = None,
     ) -> None:
         # Polls that were running when an earlier actor failed are still running in the shell;
         # their answers come to this actor, so their items are kept.
@@ -81,6 +84,11 @@ class MaterialsCore(SubsystemCore):
         self.peers = peers
         self.me = peers.ref(name)
         self.on_poll = on_poll or (lambda result: None)
+        #: material name -> how long its recent material updates took (seconds, newest first),
+        #: for the drain's ETA; in memory only: empty after a restart of the daemon or this actor
+        self.durations: dict[str, collections.deque[float]] = {}
+        #: told (material name, its recent durations) after each material update ends
+        self.on_durations = on_durations or (lambda name, durations: None)
         #: config repo key -> the files last sent to the config guard (sent again when it asks)
         self.sent: dict[str, ConfigRepoFiles] = {}
         #: config repos whose files this actor has not sent yet: fetched on the next poll even if
@@ -148,12 +156,15 @@ class MaterialsCore(SubsystemCore):
             log.info("%s has a new revision %s", key, result.revision[:12])
             self.peers.tell("scheduler", MaterialChanged(material=key, revision=result.revision))
         if not fetching:
-            self.remove(item_id)
+            self.ended(item_id, material.name)
             self.rearm(key)
 
     def fetched(self, msg: FilesFetched) -> None:
         key = msg.key
-        self.remove(qualify(self.name, key))
+        if key in self.defs:
+            self.ended(qualify(self.name, key), self.defs[key][0].name)
+        else:
+            self.remove(qualify(self.name, key))
         # An error with files means some files were skipped (too big, not UTF-8).
         if msg.error:
             log.warning("pipeline files of %s at %s: %s", key, msg.revision[:12], msg.error)
@@ -166,6 +177,16 @@ class MaterialsCore(SubsystemCore):
             self.sent[key] = files
             self.peers.tell("config", files)
         self.rearm(key)
+
+    def ended(self, item_id: str, material: str) -> None:
+        """A material update ended: remove its item, and keep how long it took (this actor's clock)."""
+        item = self.items.get(item_id)
+        self.remove(item_id)
+        if item is None:
+            return
+        recent = self.durations.setdefault(material, collections.deque(maxlen=RECENT))
+        recent.appendleft(max(0.0, self.clock.now() - item.started_at))
+        self.on_durations(material, tuple(recent))
 
     def record(self, key: str, revision: str) -> bool:
         """Record a polled revision; True if it is new. A store that refuses the write (a full

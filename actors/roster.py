@@ -53,6 +53,7 @@ class Roster:
         self.views[name] = view
         if self.drain_id is not None:
             view.tell(PauseIntake(drain_id=self.drain_id))
+            view.pause_asked_at = self.clock.now()
         self.recompute()
         self.publish("subsystem_registered", subsystem=name, message=f"{name} registered by {by}")
         return view
@@ -112,6 +113,7 @@ class Roster:
         self.start_view(view)
         if self.drain_id is not None:
             view.tell(PauseIntake(drain_id=self.drain_id))
+            view.pause_asked_at = self.clock.now()
         self.recompute()
         self.publish(
             "subsystem_registered",

@@ -23,7 +23,7 @@ from .status import (
     StoreInfo,
     SubsystemInfo,
 )
-from .types import InFlightItem, MaintenanceState, OnDeadline
+from .types import InFlightItem, MaintenanceState, OnDeadline, SubsystemState
 
 if TYPE_CHECKING:
     from .view import SubsystemView
@@ -45,6 +45,7 @@ class Snapshots:
     version: int
     ttl_end: float | None
     ttl_expired: bool
+    state_since: float | None
     removed: collections.deque[RemovedSubsystem]
     defer_status: bool
     status_pending: bool
@@ -72,6 +73,7 @@ class Snapshots:
             version=self.version,
             ttl_end=self.ttl_end,
             ttl_expired=self.ttl_expired,
+            since=self.state_since,
         )
 
     def status(self) -> Status:
@@ -88,6 +90,7 @@ class Snapshots:
                     failures=view.failures,
                     last_error=view.last_error,
                     reconnect_by=view.reconnect_by,
+                    pause_asked_at=self.silent_since(view),
                 )
                 for view in views
             ),
@@ -95,6 +98,12 @@ class Snapshots:
             removed=tuple(self.removed),
             store=self._store_info,
         )
+
+    def silent_since(self, view: SubsystemView) -> float | None:
+        """During a drain, for a subsystem that has not acknowledged its pause: when it was asked."""
+        if self.drain_id is None or self.state_of(view) not in (SubsystemState.PAUSING, SubsystemState.UNKNOWN):
+            return None
+        return view.pause_asked_at
 
     def running_systems(self) -> RunningSystems:
         """Every view's items by group; the same object while no view's items changed.

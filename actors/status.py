@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .eta import DrainEta
 from .types import InFlightItem
 
 
@@ -34,6 +35,8 @@ class MaintenanceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     #: ``enable --ttl``: when maintenance should be over; past it ``ttl_expired`` (it stays on).
     ttl_end: float | None = None
     ttl_expired: bool = False
+    #: when the state last changed (for ``drained``: since when it is safe to restart)
+    since: float | None = None
 
 
 class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -48,6 +51,8 @@ class SubsystemInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_error: str | None = None
     #: While an external's earlier work still blocks after its process went away: until when.
     reconnect_by: float | None = None
+    #: During a drain, while it has not acknowledged its pause (``pausing``/``unknown``): when it was asked.
+    pause_asked_at: float | None = None
 
 
 class RunningSystems(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -107,6 +112,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     store: StoreInfo = StoreInfo()
     #: how the daemon finds a job's processes (set by the shell, not the supervisor)
     job_tracking: str | None = None
+    #: when the drain is expected to end, from history (set by the shell: :mod:`daemon.foresight`)
+    eta: DrainEta | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="event"):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from .budget import SQLITE_BUSY
 from .errors import MaintdError
+from .eta import RECENT, Durations
 from .jobs import TERMINAL, JobState
 from .schema import (
     CANCEL_DETAIL,
@@ -427,6 +428,25 @@ class Store:
         with self._read(f"the events of job {job_id}") as db:
             rows = db.execute("SELECT job_id, at, state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
             return [JobEvent(job_id=r["job_id"], at=r["at"], state=r["state"], detail=r["detail"]) for r in rows]
+
+    def recent_durations(self, limit_per_key: int = RECENT) -> Durations:
+        """How long the newest ``limit_per_key`` passed or failed runs of each job took (seconds,
+        newest first), by (pipeline, stage, job): the history the drain's ETA is read from.
+        Material updates' durations are not stored (the materials subsystem keeps them)."""
+        jobs: dict[tuple[str, str, str], list[float]] = {}
+        with self._read("the recent job durations") as db:
+            rows = db.execute(
+                "SELECT pipeline, stage, name, finished_at - started_at AS took FROM ("
+                " SELECT pipeline, stage, name, started_at, finished_at, ROW_NUMBER() OVER ("
+                "  PARTITION BY pipeline, stage, name ORDER BY finished_at DESC, id DESC) AS n"
+                " FROM jobs WHERE state IN ('passed', 'failed') AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+                " AND finished_at >= started_at)"
+                " WHERE n <= ? ORDER BY pipeline, stage, name, n",
+                (limit_per_key,),
+            )
+            for r in rows:
+                jobs.setdefault((r["pipeline"], r["stage"], r["name"]), []).append(float(r["took"]))
+        return Durations(jobs={key: tuple(took) for key, took in jobs.items()})
 
     def audit_entries(self, limit: int = 100) -> list[AuditRow]:
         """The newest ``limit`` entries, oldest first (newest last)."""

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import pykka
 
 from .budget import STORE_WAIT
+from .eta import RECENT, Durations
 from .future import CallbackFuture
 from .jobs import JobState
 from .schema import AuditRow, JobEvent, JobRow, MaintenanceRow, RunRow
@@ -281,6 +282,9 @@ class SyncStore:
 
     def paused_pipelines(self) -> list[str]:
         return self._call(lambda s: s.paused_pipelines(), "paused_pipelines")
+
+    def recent_durations(self, limit_per_key: int = RECENT) -> Durations:
+        return self._call(lambda s: s.recent_durations(limit_per_key), "recent_durations")
 
     def save_maintenance(self, row: MaintenanceRow, reason: str | None = None, detail: str | None = None) -> int:
         return self._call(lambda s: s.save_maintenance(row, reason, detail), "save_maintenance")

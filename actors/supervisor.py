@@ -118,6 +118,8 @@ class SupervisorCore(Roster, Snapshots):
         self.views: dict[str, SubsystemView] = {}
         self.drain_id: str | None = None
         self.toggled: Transition | None = None
+        #: when the maintenance state last changed (status: ``maintenance.since``)
+        self.state_since: float | None = None
         self.deadline: float | None = None
         self.on_deadline: OnDeadline | None = None
         self.deadline_passed = False
@@ -193,6 +195,7 @@ class SupervisorCore(Roster, Snapshots):
         for view in self.views.values():
             view.paused_for = view.drained_for = None
             view.tell(PauseIntake(drain_id=self.drain_id))
+            view.pause_asked_at = now
         self.recompute(publish_transition=False)
         self.publish("state_changed", message=f"{msg.by} turned on maintenance mode")
         return self.maintenance_info()
@@ -306,6 +309,7 @@ class SupervisorCore(Roster, Snapshots):
         self.start_view(view)
         if self.drain_id is not None:
             view.tell(PauseIntake(drain_id=self.drain_id))
+            view.pause_asked_at = self.clock.now()
         self.recompute()
         self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} restarted")
 
@@ -416,6 +420,7 @@ class SupervisorCore(Roster, Snapshots):
             log.error("could not record %s by %s in the audit log: %s", action, by, exc.message)
 
     def record_transition(self, t: Transition) -> None:
+        self.state_since = t.at
         self.record(
             t.event.value,
             by=t.by,

@@ -41,6 +41,8 @@ class SubsystemView:
         self.blocking_count = 0
         self.paused_for: str | None = None
         self.drained_for: str | None = None
+        #: when it was last sent a PauseIntake (how long a subsystem that has not answered has been silent)
+        self.pause_asked_at: float | None = None
         self.leaving: str | None = None
         #: its writes that wait for the store (WritesPending), None when none
         self.writes: WritesPending | None = None

@@ -35,6 +35,7 @@ from actors.supervisor_actor import SupervisorActor
 from . import auth, fds, jobtree, lock, logs, paths, tokens
 from . import config as config_mod
 from .bridge import Bridge, TrioTimers, WallClock
+from .foresight import Foresight
 from .gocd_api import GocdApi
 from .http import HttpError, parse_listen, serve_http
 from .hub import StatusHub
@@ -195,7 +196,9 @@ async def run(settings: Settings) -> int:
         if notifier.address is None or (last_described and last_described[0] is status):
             return
         last_described[:] = [status]
-        notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status))
+        draining = status.maintenance.enabled and not status.maintenance.safe_to_restart
+        eta = hub.foresight.eta(status) if hub.foresight is not None and draining else None  # describe shows it only then
+        notifier.status(("stopping, " if stop.requested.is_set() else "") + describe(status, eta))
 
     # Before the store marks the jobs that were building interrupted, and before anyone can
     # ask: what a dead daemon's jobs left running is killed and seen gone.
@@ -241,6 +244,10 @@ async def run(settings: Settings) -> int:
                 peers = Peers()
                 clock = WallClock()
                 sync_store = SyncStore(store_proxy)
+                foresight = Foresight(bridge, store_proxy)
+                hub.foresight = foresight
+                metrics.drain_eta(lambda: foresight.seconds_left(hub.status))
+                await nursery.start(foresight.run)
                 builtins = build_subsystems(
                     cfg,
                     peers=peers,
@@ -249,8 +256,9 @@ async def run(settings: Settings) -> int:
                     timers=timers,
                     clock=clock,
                     work_root=settings.state_dir,
-                    on_job=metrics.job_finished,
+                    on_job=lambda result: (metrics.job_finished(result), foresight.job_finished(result)),
                     on_poll=metrics.material_polled,
+                    on_poll_durations=foresight.material_durations,
                 )
                 supervisor = SupervisorActor.start(
                     clock=clock,
@@ -281,7 +289,7 @@ async def run(settings: Settings) -> int:
                     socket_path = listening.path  # systemd's socket file is systemd's to remove
                 jobs = JobServerRequests(bridge, peers, store_proxy, settings.config_path, settings.state_dir)
                 jobs.tokens = settings.token_holder  # a reload reads the tokens file again
-                server = ControlServer(bridge, supervisor, hub, cfg, jobs, on_reject=metrics.rejected)
+                server = ControlServer(bridge, supervisor, hub, cfg, jobs, on_reject=metrics.rejected, foresight=foresight)
                 await nursery.start(server.serve, listening.listener)
                 if settings.http is not None:
                     try:

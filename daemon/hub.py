@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import trio
@@ -20,6 +20,9 @@ import trio
 from actors.status import Event, Status
 
 from .bridge import Bridge
+
+if TYPE_CHECKING:
+    from .foresight import Foresight
 
 log = logging.getLogger("maintd.hub")
 
@@ -55,6 +58,9 @@ class StatusHub:
         self._waiting: dict[Watcher, Callable[[bytes], tuple[bytes, ...]]] = {}
         #: one line on how jobs' processes are tracked, added to every status sent
         self.job_tracking: str | None = None
+        #: computes the drain's ETA added to every status sent (None: no ``eta``)
+        self.foresight: Foresight | None = None
+        self._eta_key: tuple[int, int] | None = None
 
     # -- the port (any thread) -------------------------------------------------------------
 
@@ -119,15 +125,25 @@ class StatusHub:
         self._waiting.pop(watcher, None)
 
     def status_json(self) -> bytes:
+        """The newest status, encoded once; its ``eta`` is computed again at most once a second
+        (it depends on the time: an item passes its p90) and when the durations change."""
+        eta = None
+        if self.foresight is not None:
+            now = self.foresight.clock()
+            key = (self.foresight.version, int(now))
+            if key != self._eta_key:
+                self._eta_key, self._status_json = key, None
         if self._status_json is None:
             status = self.status
             assert status is not None
             if status.running_systems is not self._running:
                 self._running = status.running_systems
                 self._running_raw = msgspec.Raw(self._encoder.encode(status.running_systems))
+            if self.foresight is not None:
+                eta = self.foresight.eta(status, now)
             # The same shape, with the running systems already encoded.
             self._status_json = self._encoder.encode(
-                msgspec.structs.replace(status, running_systems=self._running_raw, job_tracking=self.job_tracking)
+                msgspec.structs.replace(status, running_systems=self._running_raw, job_tracking=self.job_tracking, eta=eta)
             )
         return self._status_json
 

@@ -59,6 +59,7 @@ def build_subsystems(
     work_root: Path,
     on_job: Callable[[str], None] | None = None,
     on_poll: Callable[[str], None] | None = None,
+    on_poll_durations: Callable[[str, tuple[float, ...]], None] | None = None,
 ) -> tuple[tuple[str, Callable[..., Any]], ...]:
     """(name, make_core) pairs for the supervisor, in drain order."""
     material_names = {m.name for m in cfg.materials}
@@ -76,6 +77,7 @@ def build_subsystems(
             store=store,
             peers=peers,
             on_poll=on_poll,
+            on_durations=on_poll_durations,
         )
 
     def scheduler(name: str, emit: Any, items: Any) -> SchedulerCore:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,12 +31,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    Metric,
     gc_collector,
     platform_collector,
     process_collector,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from actors.status import Event, Status
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB, MaintenanceState, SubsystemState
@@ -69,6 +71,29 @@ class MaintdRegistry(CollectorRegistry):
             if metric.type in ("counter", "histogram", "summary", "gaugehistogram"):
                 metric.samples = [s for s in metric.samples if not s.name.endswith(("_created", "_gcreated"))]
             yield metric
+
+
+class _DrainEta(Collector):
+    def __init__(self, seconds_left: Callable[[], tuple[float, float] | None]) -> None:
+        self.seconds_left = seconds_left
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["estimate"])
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            left = self.seconds_left()
+        except Exception:
+            log.exception("the drain's ETA could not be computed")
+            left = None
+        family = GaugeMetricFamily(DRAIN_ETA, DRAIN_ETA_HELP, labels=["estimate"])
+        for estimate, value in zip(("p50", "p90"), left or (math.nan, math.nan), strict=True):
+            family.add_metric([estimate], value)
+        yield family
+
+
+DRAIN_ETA = "maintd_drain_eta_seconds"
+DRAIN_ETA_HELP = "Seconds from now until the drain is expected to end (p50, p90 of history); 0 drained, NaN unknown"
 
 
 def daemon_registry() -> CollectorRegistry:
@@ -348,6 +373,16 @@ class Metrics:
                 self.in_flight.remove(subsystem, kind)
         self._shown_state.pop(subsystem, None)
         self.subsystem_state.remove(subsystem)
+
+    def drain_eta(self, seconds_left: Callable[[], tuple[float, float] | None]) -> None:
+        """Add ``maintd_drain_eta_seconds{estimate="p50"|"p90"}``: seconds from now until the
+        drain is expected to end, computed at each scrape by ``seconds_left`` (it depends on
+        the time): 0 once drained; NaN when there is no estimate (maintenance off, or an
+        item without history), as a Prometheus summary shows a quantile it has no data for.
+
+        The label is not ``quantile``: Prometheus reserves that for summaries (``promtool
+        check metrics`` refuses it on a gauge), and this is a gauge of two estimates."""
+        self.registry.register(_DrainEta(seconds_left))
 
     # -- counters (any thread) -------------------------------------------------------------
 

@@ -18,8 +18,11 @@ from collections.abc import MutableMapping
 
 import trio
 
+from actors.eta import DrainEta
 from actors.status import Status
 from actors.types import BUILDING_JOB, MATERIAL_UPDATE, SCHEDULED_JOB
+
+from .times import hhmm
 
 log = logging.getLogger("maintd.notify")
 
@@ -136,9 +139,12 @@ _GROUP_WORDS = {
 }
 
 
-def describe(status: Status) -> str:
+def describe(status: Status, eta: DrainEta | None = None) -> str:
     """The drain's progress in words, e.g. ``draining: waiting for agents (2 building jobs);
-    materials, scheduler, config drained``."""
+    materials, scheduler, config drained; expected drained by 02:14 (p90 02:19)``.
+
+    The ETA is given as clock times, which stay true while nothing changes (systemd is
+    told only on a change)."""
     m = status.maintenance
     rs = status.running_systems
     if not m.enabled:
@@ -165,4 +171,9 @@ def describe(status: Status) -> str:
         text += "; " + ", ".join(drained) + " drained"
     if m.overdue:
         text += "; past the deadline"
+    if eta is not None and eta.items:
+        if eta.p50 is not None and eta.p90 is not None:
+            text += f"; expected drained by {hhmm(eta.p50)} (p90 {hhmm(eta.p90)})"
+        else:
+            text += f"; no estimate ({len(eta.unknown)} item(s) without history)"
     return text

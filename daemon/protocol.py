@@ -62,6 +62,14 @@ class EnableRequest(Request, tag="enable"):
     if_version: Annotated[int, Meta(ge=0, le=2**62)] | None = None
 
 
+class PreviewRequest(Request, tag="preview"):
+    """What a deadline would do to the work that blocks a restart now; changes nothing.
+    Without ``deadline_seconds``: the running drain's deadline; without ``cancel_at_deadline``: its choice."""
+
+    deadline_seconds: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
+    cancel_at_deadline: bool | None = None
+
+
 class DisableRequest(Request, tag="disable"):
     reason: Text | None = None
     if_drain_id: Annotated[str, Meta(max_length=100)] | None = None
@@ -171,6 +179,7 @@ AnyRequest = Union[
     WatchRequest,
     PingRequest,
     EnableRequest,
+    PreviewRequest,
     DisableRequest,
     CancelRequest,
     RegisterRequest,

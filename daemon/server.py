@@ -190,7 +190,9 @@ class ControlServer:
         config: Config,
         jobs: Any = None,
         on_reject: Callable[[str], object] | None = None,
+        foresight: Any = None,
     ) -> None:
+        self.foresight = foresight  # daemon.foresight.Foresight: answers `preview`
         self.jobs = jobs
         self.on_reject = on_reject or (lambda code: False)
         self.bridge = bridge
@@ -302,6 +304,8 @@ class ControlServer:
                 return self.hub.inflight_json()
             case p.PingRequest():
                 return {"pong": True}
+            case p.PreviewRequest() if self.foresight is not None:
+                return self.foresight.preview(self.hub.status, request.deadline_seconds, request.cancel_at_deadline)
             case p.WatchRequest():
                 # Reply and subscription in one step, so that no event comes before the snapshot.
                 self.hub.subscribe(conn, lambda status: p.ok_reply_raw(request.id, status))

@@ -103,3 +103,25 @@ def span(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def about(seconds: float) -> str:
+    """A duration, rounded for people: ``40 s``, ``6 min``, ``2 h 5 min``."""
+    if seconds < 60:
+        return f"{max(0, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
+
+
+def hhmm(ts: float | None) -> str:
+    """``02:14`` in the local time zone (an ETA, "safe since"), ``-`` for none."""
+    if ts is None:
+        return "-"
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%H:%M")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return str(ts)

@@ -37,7 +37,7 @@ exit codes:
   1  maintd refused the request (the message says why: conflict, forbidden, not_found, ...)
   2  bad arguments
   3  maintd is not running or cannot be reached
-  4  wait, window: the timeout passed before it was safe to restart
+  4  not safe to restart (wait, window: the timeout passed before it was; why: something holds it)
   window: otherwise the command's own exit code (maintenance stays on if it is not 0)
 
 a maintenance window:
@@ -133,6 +133,16 @@ def _enable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cancel-at-deadline", action="store_true", help="at the deadline, cancel every cancellable item")
     p.add_argument("--ttl", type=duration, metavar="DURATION", help="e.g. 4h: raise an alert if still on then")
     p.add_argument("--if-version", type=int, metavar="N", help="refuse (conflict) unless the version is still N")
+    p.add_argument("--dry-run", action="store_true", help="change nothing: print what the deadline would do (needs --deadline)")
+
+
+def _deadline_preview(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--deadline", type=deadline, metavar="WHEN", help="30m, 02:00, ... from now (default: the drain's own deadline)"
+    )
+    p.add_argument(
+        "--cancel-at-deadline", action="store_true", default=None, help="as if it cancelled (default: the drain's own choice)"
+    )
 
 
 def _reason(p: argparse.ArgumentParser) -> None:
@@ -237,6 +247,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "cancel-run": ("cancel a run's (or a stage's) building and scheduled jobs", _cancel_run),
     "forget": ("clear a removed subsystem and its abandoned work from the status", _forget),
     "window": ("enable, wait, run COMMAND, then disable if it succeeded (else leave maintenance on)", _window),
+    "deadline-preview": ("what the running drain's deadline (or --deadline) would do, from the ETAs", _deadline_preview),
+    "why": ("what holds back safe to restart, and how to cancel it (exit 4: not safe)", None),
     "token": ("bearer tokens of GoCD's maintenance API over HTTP ([http] tokens_file; no daemon needed)", _token),
 }
 
@@ -320,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enable" and args.ttl == 0:
         print("maintctl: --ttl must be more than zero", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "enable" and args.dry_run and args.deadline is None:
+        print("maintctl: --dry-run previews a deadline: give --deadline (`maintctl status` shows the ETA)", file=sys.stderr)
+        return EXIT_USAGE
     path = str(getattr(args, "socket", None) or default_socket())
     render.UTC = getattr(args, "utc", False)
     as_json = getattr(args, "json", False)
@@ -350,6 +365,8 @@ def cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.dry_run:
+        return preview(client, args.deadline, args.cancel_at_deadline, as_json, dry_run=True)
     result = client.request(
         "enable",
         reason=args.reason,
@@ -363,6 +380,34 @@ def cmd_enable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         text += "\n`maintctl wait` returns once it is safe to restart."
     out(result, as_json, text)
     return EXIT_OK
+
+
+def preview(client: Client, deadline: float | None, cancel: bool | None, as_json: bool, *, dry_run: bool) -> int:
+    """``enable --dry-run`` and ``deadline-preview``: a read; nothing changes."""
+    from . import foresight
+
+    result = client.request("preview", deadline_seconds=deadline, cancel_at_deadline=cancel)
+    enabled = True
+    text = ""
+    if dry_run:
+        m = client.request("status")["maintenance"]
+        enabled = m["enabled"]
+        if enabled:
+            text = f"Maintenance mode is already on ({m['state']}): enable would be refused (conflict).\n"
+    out(result, as_json, text + foresight.preview(result, dry_run=dry_run, enabled=enabled))
+    return EXIT_OK
+
+
+def cmd_deadline_preview(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    return preview(client, args.deadline, args.cancel_at_deadline, as_json, dry_run=False)
+
+
+def cmd_why(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    from . import foresight
+
+    held = foresight.holding(client.request("status"))
+    out(held, as_json, foresight.why(held))
+    return EXIT_OK if held["safe_to_restart"] else EXIT_NOT_SAFE
 
 
 def cmd_disable(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -636,6 +681,8 @@ COMMANDS = {
     "history": cmd_history,
     "forget": cmd_forget,
     "window": cmd_window,
+    "deadline-preview": cmd_deadline_preview,
+    "why": cmd_why,
 }
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 from daemon.escape import escape
 from daemon.times import human, seconds_until, span
 
+from . import foresight
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing itself costs a few ms of maintctl's start-up
     from typing import Any
@@ -91,9 +93,10 @@ def safe_line(m: dict[str, Any]) -> str:
     return "Safe to restart: no (still draining)"
 
 
-def items_table(items: list[dict[str, Any]], abandoned: bool = False) -> list[str]:
+def items_table(items: list[dict[str, Any]], abandoned: bool = False, etas: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """One row an item. ``abandoned``: the work of a removed subsystem, which nobody can cancel
-    any more (``maintctl forget`` clears it from the status)."""
+    any more (``maintctl forget`` clears it from the status). With ``etas`` (by item id, escaped
+    already), each ETA in words after it."""
     items = clean(items)
     rows = []
     for item in items:
@@ -103,6 +106,8 @@ def items_table(items: list[dict[str, Any]], abandoned: bool = False) -> list[st
         if not item.get("blocks_restart", True):
             flags.append("does not block restart")
         extra = f" [{', '.join(flags)}]" if flags else ""
+        if etas and (note := foresight.item_note(etas.get(item["id"]))):
+            extra += f" ({note})"
         rows.append(
             f"  {item['id']:<32} {item['kind']:<16} since {when(item.get('started_at'))}  {item.get('description', '')}{extra}"
         )
@@ -132,6 +137,9 @@ def status(result: dict[str, Any]) -> str:
     result = clean(result)
     m = result["maintenance"]
     lines = [*ttl_warning(m), maintenance_line(m), safe_line(m), *store_line(result.get("store"))]
+    if not m["safe_to_restart"] and (eta := foresight.drain_line(result.get("eta"), enabled=m["enabled"])):
+        lines.append(eta[0].upper() + eta[1:])
+    etas = foresight.etas_by_item(result)
     if result.get("job_tracking"):
         lines.append(f"Job tracking: {result['job_tracking']}")
     lines.append("")
@@ -146,7 +154,7 @@ def status(result: dict[str, Any]) -> str:
         lines.append("  no subsystems registered")
     for _group, title, items in running_groups(result):
         if items:
-            lines += ["", f"{title}:", *items_table(items)]
+            lines += ["", f"{title}:", *items_table(items, etas=etas)]
     removed = result.get("removed") or []
     if removed:
         lines += ["", "Removed subsystems:"]
@@ -191,6 +199,8 @@ def progress(result: dict[str, Any]) -> str:
     text = f"{m['state']}: {len(blocking)} item(s) still running"
     if waiting:
         text += f"; waiting for {', '.join(waiting)}"
+    if eta := foresight.drain_line(result.get("eta")):
+        text += f"; {eta}"
     return text
 
 

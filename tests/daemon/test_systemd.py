@@ -27,6 +27,7 @@ from actors.status import MaintenanceInfo, RunningSystems, Status, SubsystemInfo
 from actors.types import InFlightItem
 from daemon import stopping
 from daemon.notify import Notifier, describe
+from daemon.times import hhmm
 from tests.conftest import ROOT, Daemon, wait_for
 
 Message = dict[str, str]
@@ -151,8 +152,16 @@ def test_status_lines_tell_the_drain_in_words_and_only_when_they_change(make_dae
     notify_socket.wait(
         lambda m: (
             m.get("STATUS") == "draining: waiting for exporter (1 building job); materials, scheduler, agents, config drained"
+            "; no estimate (1 item(s) without history)"
         ),
         "the line that names what the drain waits for",
+    )
+    # An item with its subsystem's own expected end: the line gives the drain's ETA, as clock times.
+    end = time.time() + 600
+    sub.send(type="in_flight", items=[{"id": "j1", "kind": "building_job", "cancellable": True, "expected_end": end}])
+    notify_socket.wait(
+        lambda m: m.get("STATUS", "").endswith(f"config drained; expected drained by {hhmm(end)} (p90 {hhmm(end)})"),
+        "the line with the drain's ETA",
     )
     sub.send(type="in_flight", items=[])
     sub.send(type="drained", drain_id=pause["drain_id"])

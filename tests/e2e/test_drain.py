@@ -52,6 +52,8 @@ def test_a_registered_process_is_drained_and_maintctl_wait_says_when_it_is_safe(
             "failures": 0,
             "last_error": None,
             "reconnect_by": None,
+            # asked to pause when maintenance was turned on; silent since (it has not acknowledged)
+            "pause_asked_at": s["maintenance"]["updated_on"],
         }
     ]
 

@@ -132,6 +132,7 @@ def test_it_registers_and_its_real_jobs_show_as_building_jobs(daemon: Daemon, st
         "failures": 0,
         "last_error": None,
         "reconnect_by": None,
+        "pause_asked_at": None,
     }
     item = next(i for i in s["running_systems"]["building_jobs"] if i["id"] == "batch/job-1")
     assert item["kind"] == "building_job" and item["cancellable"] and item["blocks_restart"]

@@ -38,6 +38,7 @@ def test_live_metrics_follow_a_drain_and_pass_promtool(daemon: Daemon) -> None:
     pause = sub.next_event(lambda m: m.get("type") == "pause_intake")
     text = metrics_with(base, 'maintd_maintenance_state{state="draining"} 1.0', "draining")
     assert "maintd_safe_to_restart 0.0" in text
+    assert 'maintd_drain_eta_seconds{estimate="p90"} NaN' in text  # the job has no history: no estimate
     assert 'maintd_rejected_requests_total{reason="maintenance_mode"} 0.0' in text
     refused = daemon.maintctl("trigger", "build")
     assert refused.returncode == 1
@@ -46,6 +47,7 @@ def test_live_metrics_follow_a_drain_and_pass_promtool(daemon: Daemon) -> None:
     sub.send(type="drained", drain_id=pause["drain_id"])
     text = metrics_with(base, "maintd_safe_to_restart 1.0", "safe")
     assert "maintd_drain_duration_seconds_count 1.0" in text
+    assert 'maintd_drain_eta_seconds{estimate="p50"} 0.0' in text  # drained
     if PROMTOOL is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing (CI is set: .ci/run installs it)")

@@ -38,6 +38,7 @@ ALLOWED_OWN = {
     "daemon.paths",
     "daemon.escape",
     "daemon.times",
+    "maintctl.foresight",
 }
 
 SCRIPT = """
