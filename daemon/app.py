@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http: str | None
     #: the tokens of GoCD's API over HTTP (daemon/tokens.py), replaced on reload
     token_holder: Any
+    #: what to warn of once the daemon is ready (a start that fails says only why, in one line)
+    warnings: tuple[str, ...] = ()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
         token_holder=holder,
     )
+    warnings = []
     if holder.tokens is not None and settings.http is not None and not _loopback_listen(settings.http):
-        log.warning(
-            "GoCD's API takes tokens on %s, not a loopback address: never without TLS in front (README: GoCD's "
-            "maintenance API over HTTP)",
-            settings.http,
+        warnings.append(
+            f"GoCD's API takes tokens on {settings.http}, not a loopback address: never without TLS in front "
+            "(README: GoCD's maintenance API over HTTP)"
         )
-    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
-    if problem := auth.admin_group_problem(cfg.control.admin_group):  # (not before a start-up failure's one line)
-        log.warning("%s", problem)
+    if problem := auth.admin_group_problem(cfg.control.admin_group):
+        warnings.append(problem)
     if cfg.http.tokens_file and (loose := tokens.loose_mode(cfg.http.tokens_file)):
-        log.warning("%s", loose)
-    return trio.run(run, settings)
+        warnings.append(loose)
+    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+    return trio.run(run, msgspec.structs.replace(settings, warnings=tuple(warnings)))
 
 
 async def run(settings: Settings) -> int:
@@ -183,6 +185,7 @@ async def run(settings: Settings) -> int:
     notifier = Notifier.from_environ()
     stop = Stop()
     failure: list[str] = []
+    ready = False  # served: until then a failing start says only why, in one line
 
     def on_fatal(error: str) -> None:
         log.critical("%s; stopping", error)
@@ -308,6 +311,10 @@ async def run(settings: Settings) -> int:
                     on_status(hub.status, None)
                 nursery.start_soon(notifier.watchdog)
                 log.info("maintd %s ready: control socket %s, state %s", VERSION, listening.path, settings.state_dir)
+                log.info("job tracking: %s", tracking.describe())
+                for warning in settings.warnings:
+                    log.warning("%s", warning)
+                ready = True
                 nursery.start_soon(watch_signals, signals, stop, lambda: nursery.start_soon(_reload, jobs))
                 await stop.requested.wait()
                 notifier.send("STOPPING=1")
@@ -317,13 +324,14 @@ async def run(settings: Settings) -> int:
                         await stop_drain(hub, bridge, supervisor, notifier, drain_timeout)
                     stop.drain = False
             finally:
-                await stop_actors_and_jobs(processes, tracking, notifier)
+                await stop_actors_and_jobs(processes, tracking, notifier, quiet=not ready)
                 nursery.cancel_scope.cancel()
                 if socket_path is not None:
                     _remove_socket(socket_path)
     tracking.close()  # again: a job task the nursery's cancel ended last has removed its cgroup by now
     notifier.close()
-    log.info("stopped")
+    if ready:
+        log.info("stopped")
     return EXIT_FAILURE if failure else 0
 
 

@@ -130,8 +130,7 @@ async def start(mode: str, state_dir: str | os.PathLike[str], timeout: float = S
     dead daemon's job still runs. Raises :class:`TrackingError` (it did not end in time, or
     ``cgroup`` was asked for and cannot be had).
     """
-    tracking = setup(mode, state_dir)
-    log.info("job tracking: %s", tracking.describe())
+    tracking = setup(mode, state_dir)  # (the daemon says which, once it is ready)
     found = await tracking.sweep(timeout)
     if found:
         log.warning("killed %d process(es) left running by jobs of an earlier maintd", found)

@@ -151,10 +151,12 @@ async def stop_drain(hub: StatusHub, bridge: Bridge, supervisor: Any, notifier: 
         hub.listeners.remove(on_status)
 
 
-async def stop_actors_and_jobs(processes: ProcessRunner, tracking: Tracking, notifier: Notifier) -> None:
+async def stop_actors_and_jobs(processes: ProcessRunner, tracking: Tracking, notifier: Notifier, quiet: bool = False) -> None:
     """Stop stage 2 (shielded: it runs while the daemon is being cancelled): the actors, then
-    the jobs still building, each within its bound."""
-    log.info("stop stage 2/2: stopping the actors, then the jobs still building (at most %gs)", STOP_TIMEOUT)
+    the jobs still building, each within its bound. ``quiet``: a start that failed (its one
+    line said why; there is nothing to tell of a stop)."""
+    if not quiet:
+        log.info("stop stage 2/2: stopping the actors, then the jobs still building (at most %gs)", STOP_TIMEOUT)
     notifier.status("stopping: stopping the actors and the jobs still building")
     with trio.CancelScope(shield=True):
         with trio.move_on_after(ACTORS_STOP_TIMEOUT) as actors_scope:

@@ -19,7 +19,7 @@ from actors.definitions import PipelineFile
 from daemon import config as config_mod
 from daemon.auth import admin_group_problem
 from daemon.config import Config, ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 MANY = """\
 [daemon]
@@ -127,4 +127,7 @@ def test_a_missing_admin_group_is_warned_of_at_start_up(tmp_path: Path) -> None:
 
 def test_the_daemon_logs_the_missing_group(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     d = make_daemon(config='[control]\nadmin_group = "maintd-no-such-group"\n')
-    assert "admin group 'maintd-no-such-group' ([control] admin_group) does not exist" in d.log_text()
+    said = "admin group 'maintd-no-such-group' ([control] admin_group) does not exist"
+    wait_for(lambda: said in d.log_text(), 10, "the warning, once the daemon is ready")
+    log = d.log_text()
+    assert log.index(" ready: control socket ") < log.index(said)
