@@ -53,6 +53,9 @@ def drain_line(eta: dict[str, Any] | None, now: float | None = None, *, enabled:
         return f"no estimate: {n} item(s) without history"
     p50, p90 = eta["p50"], eta["p90"]
     what = "expected drained" if enabled else "a drain started now would end"
+    overdue = sum(1 for item in eta["items"] if item.get("overdue"))
+    if p90 - now < 1 and overdue:  # history says it should have ended: say that, not "in about 0 s"
+        return f"{what} any moment: {overdue} item(s) overdue against history"
     return f"{what} in about {about(p50 - now)} (p90 {about(p90 - now)}), by {hhmm(p50)}"
 
 

@@ -17,6 +17,8 @@ def test_the_drain_line_says_how_long_and_by_when_or_why_it_cannot() -> None:
     assert drain_line(unknown, NOW) == "no estimate: 2 item(s) without history"
     assert drain_line({"p50": None, "p90": None, "items": [], "unknown": []}, NOW) is None  # nothing blocks
     assert drain_line(None, NOW) is None  # an older daemon sends no eta
+    overdue = {"p50": NOW, "p90": NOW, "items": [{"item_id": "a/1", "overdue": True}], "unknown": []}
+    assert drain_line(overdue, NOW) == "expected drained any moment: 1 item(s) overdue against history"
 
 
 def test_each_item_says_overdue_against_history_or_no_history() -> None:
