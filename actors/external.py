@@ -30,13 +30,11 @@ from .messages import (
     ExternalLeft,
     ForExternal,
     InFlightReport,
-    PauseIntake,
     ReportInFlight,
-    ResumeIntake,
     SubsystemFailed,
 )
 from .ports import SubsystemLink
-from .subsystem import Emit, SubsystemCore
+from .subsystem import Emit, SubsystemCore, deliver
 from .types import InFlightItem
 
 log = logging.getLogger("maintd.external")
@@ -178,18 +176,7 @@ class ExternalHost:
                 message.reply.set_exception(SubsystemGone(why))
             return
         try:
-            match message:
-                case PauseIntake(drain_id=drain_id):
-                    core.pause(drain_id)
-                case ResumeIntake(drain_id=drain_id):
-                    core.resume(drain_id)
-                case ReportInFlight():
-                    core.report()
-                case Cancel():
-                    core.cancel(message)
-                case _:
-                    if core.handle(message) is NotImplemented:
-                        raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
+            deliver(core, message)
         except Exception as exc:
             log.exception("%s: its core failed", core.name)
             self.stop()

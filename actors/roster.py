@@ -110,10 +110,7 @@ class Roster:
         view.generation += 1
         view.reported = view.failed = False
         view.paused_for = view.drained_for = None
-        self.start_view(view)
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-            view.pause_asked_at = self.clock.now()
+        self.start_paused(view)
         self.recompute()
         self.publish(
             "subsystem_registered",
@@ -141,6 +138,13 @@ class Roster:
         self.recompute()
         message = f"{view.name} {why}: {count} earlier item(s) released"
         self.publish("in_flight_changed", subsystem=view.name, items=view.items, message=message)
+
+    def start_paused(self, view: SubsystemView) -> None:
+        """Start the view's actor (again), asked at once to pause its intake if a drain is on."""
+        self.start_view(view)
+        if self.drain_id is not None:
+            view.tell(PauseIntake(drain_id=self.drain_id))
+            view.pause_asked_at = self.clock.now()
 
     def start_view(self, view: SubsystemView) -> None:
         view.start()

@@ -200,26 +200,10 @@ class SubsystemActor(pykka.ThreadingActor):
             raise
 
     def on_receive(self, message: Any) -> Any:
-        core = self.core
-        match message:
-            case PauseIntake(drain_id=drain_id):
-                core.pause(drain_id)
-            case ResumeIntake(drain_id=drain_id):
-                core.resume(drain_id)
-            case ReportInFlight():
-                core.report()
-            case Cancel():
-                core.cancel(message)
-            case _:
-                result = core.handle(message)
-                if result is NotImplemented:
-                    raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
-                if self.actor_inbox.empty():
-                    core.on_idle()
-                return result
+        result = deliver(self.core, message)
         if self.actor_inbox.empty():
-            core.on_idle()
-        return None
+            self.core.on_idle()
+        return result
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # pykka has marked this actor stopped: nothing new arrives. A cancel still queued
@@ -231,3 +215,24 @@ class SubsystemActor(pykka.ThreadingActor):
                     SubsystemGone(f"{self.core.name} failed before it answered the cancel of {message.item_id}; try again")
                 )
         self.supervisor.tell(SubsystemFailed(subsystem=self.core.name, generation=self.generation, error=repr(exception_value)))
+
+
+def deliver(core: SubsystemCore, message: Any) -> Any:
+    """One message to its core: the subsystem contract's four to their methods, anything else
+    to ``handle`` (its answer returned). A message the core does not know raises TypeError.
+    The actors of built-in subsystems and the hosts of external ones both deliver through it."""
+    match message:
+        case PauseIntake(drain_id=drain_id):
+            core.pause(drain_id)
+        case ResumeIntake(drain_id=drain_id):
+            core.resume(drain_id)
+        case ReportInFlight():
+            core.report()
+        case Cancel():
+            core.cancel(message)
+        case _:
+            result = core.handle(message)
+            if result is NotImplemented:
+                raise TypeError(f"{core.name}: unexpected message {type(message).__name__}")
+            return result
+    return None

@@ -301,10 +301,7 @@ class SupervisorCore(Roster, Snapshots, Cancels):
         view.failed = False
         view.reported = False
         view.paused_for = view.drained_for = None
-        self.start_view(view)
-        if self.drain_id is not None:
-            view.tell(PauseIntake(drain_id=self.drain_id))
-            view.pause_asked_at = self.clock.now()
+        self.start_paused(view)
         self.recompute()
         self.publish("subsystem_state", subsystem=view.name, message=f"{view.name} restarted")
 
