@@ -118,6 +118,7 @@ class MaterialsCore(SubsystemCore):
             return
         if self.polling(key):
             return
+        now = self.clock.now()
         self.add(
             InFlightItem(
                 id=qualify(self.name, key),
@@ -125,8 +126,9 @@ class MaterialsCore(SubsystemCore):
                 kind=MATERIAL_UPDATE,
                 description=f"{'config repo' if is_config_repo else 'material'} {material.name}: "
                 f"{material.url} ({material.branch})",
-                started_at=self.clock.now(),
+                started_at=now,
                 cancellable=False,
+                timeout_at=now + parse_duration(material.poll_timeout),
                 material=MaterialRef(name=material.name, url=material.url, branch=material.branch, config_repo=is_config_repo),
             )
         )

@@ -21,6 +21,7 @@ from daemon import config as config_mod
 from daemon.bridge import Bridge
 from daemon.http import HttpError, parse_listen, serve_http
 from daemon.hub import StatusHub
+from daemon.times import hhmm, human
 from daemon.metrics import Metrics
 from tests.synthetic import (
     T0,
@@ -36,7 +37,8 @@ from tests.synthetic import (
     sub,
 )
 
-BANNER = "root turned on maintenance mode at 2026-11-29 03:35:42 UTC."
+#: in the server's local time, with its zone
+BANNER = f"root turned on maintenance mode at {human(T0 + 3.926)}."
 
 
 class Server(msgspec.Struct):
@@ -379,9 +381,12 @@ async def test_status_page_while_draining(server: Server) -> None:
     assert lines == [
         ("waiting", "materials", "Waiting for material subsystem to stop.."),
         ("waiting", "config-repos", "Waiting for config repository polling to stop.."),
-        ("done", "scheduler", "Stopped scheduling subsystem."),
+        ("done", "triggers", "Stopped pipeline triggers."),
+        # GoCD's scheduling line waits for the building jobs, whatever the scheduler's own state
+        ("waiting", "scheduler", "Waiting for building jobs to finish.."),
         ("waiting", "agents", "Waiting for agent subsystem to stop.."),
         ("done", "config", "Stopped config changes."),
+        ("done", "store", "Database and filesystem are in inactive state."),
         ("waiting", "external-batch", "Waiting for external subsystem batch to stop.."),
     ]
     running = section(page, "running-stages")
@@ -399,7 +404,8 @@ async def test_status_page_while_draining(server: Server) -> None:
 
 
 async def test_status_page_when_drained(server: Server) -> None:
-    st = status(maintenance("drained"), builtins("drained"), (scheduled(),))
+    st = status(maintenance("drained", since=T0 + 60), builtins("drained"), (scheduled(),))
+    server.hub.config_repos = True
     await publish(server.hub, st)
     page = (await get(server, "/")).text
     assert "Safe to restart: yes" in page
@@ -407,9 +413,12 @@ async def test_status_page_when_drained(server: Server) -> None:
     for text in (
         "Stopped material subsystem.",
         "Stopped polling on config repositories.",
+        "Stopped pipeline triggers.",
         "Stopped scheduling subsystem.",
         "Stopped agent subsystem.",
         "Stopped config changes.",
+        "Database and filesystem are in inactive state.",
+        f"Nothing: safe to restart since {hhmm(T0 + 60)}.",
     ):
         assert text in page, text
     assert "No job is building." in page and "No material update is running." in page
@@ -421,6 +430,10 @@ async def test_config_repo_polling_stops_once_its_polls_are_done(server: Server)
     await publish(server.hub, status(maintenance("draining"), subs, (mdu("app"),)))
     page = (await get(server, "/")).text
     assert "Waiting for material subsystem to stop.." in page
+    # no config repo configured: no line for them (GoCD shows it only where there are some)
+    assert "config repositor" not in page
+    server.hub.config_repos = True
+    page = (await get(server, "/")).text
     assert "Stopped polling on config repositories." in page
 
 
