@@ -89,9 +89,7 @@ def _deadline(deadline: Any, overdue: bool, now: float) -> str:
     return f"{human(deadline)} (passed {span(now - deadline)} ago{': overdue' if overdue else ''})"
 
 
-def page_context(
-    status: Status, *, version: str, now: float, config_repos: bool | None = None
-) -> dict[str, Any]:
+def page_context(status: Status, *, version: str, now: float, config_repos: bool | None = None) -> dict[str, Any]:
     """Everything the status page shows, read from ``status`` as plain values for status.html.j2.
 
     ``config_repos``: whether any config repository is configured (None: not known; then the

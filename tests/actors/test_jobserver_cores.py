@@ -189,6 +189,8 @@ def test_poll_due_starts_one_material_update_that_refuses_cancel(w: World) -> No
     (item,) = core.items.values()
     assert (item.id, item.kind, item.cancellable, item.blocks_restart) == ("materials/app", MATERIAL_UPDATE, False, True)
     assert w.procs.calls == [("poll_material", w.peers.ref("materials"), "app", APP.url, "main", 120.0)]
+    # when its poll_timeout ends it (the status page says so); not an ETA: expected_end stays the externals'
+    assert (item.timeout_at, item.expected_end) == (item.started_at + 120.0, None)
     assert w.emitted(InFlightReport)[-1].items == (item,)
     core.cancel(Cancel(item_id="materials/app", by="alice"))
     (refusal,) = w.emitted(CancelRefused)

@@ -21,9 +21,9 @@ from daemon.bridge import Bridge
 from daemon.http import serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
-from tests.conftest import ROOT
 from daemon.status_page import README_URL
 from daemon.times import human
+from tests.conftest import ROOT
 from tests.synthetic import T0, draining_with_work, need_tool, publish
 
 #: in the server's local time, with its zone
