@@ -34,7 +34,7 @@ CHECKLIST = (
     ("scheduler", "Waiting for building jobs to finish..", "Stopped scheduling subsystem."),
     ("agents", "Waiting for agent subsystem to stop..", "Stopped agent subsystem."),
     ("config", "Waiting for config changes to stop..", "Stopped config changes."),
-    ("store", "Waiting for database and filesystem to be in inactive state..", "Database and filesystem are in inactive state."),
+    ("store", "Waiting for database and filesystem to be in inactive state..", "Stopped database and filesystem modifications."),
 )
 #: The README's section on maintenance mode (the banner links to it). pyproject.toml names no
 #: project page yet: change the host here when it does; the anchor is the README's heading.

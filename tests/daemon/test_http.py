@@ -386,7 +386,7 @@ async def test_status_page_while_draining(server: Server) -> None:
         ("waiting", "scheduler", "Waiting for building jobs to finish.."),
         ("waiting", "agents", "Waiting for agent subsystem to stop.."),
         ("done", "config", "Stopped config changes."),
-        ("done", "store", "Database and filesystem are in inactive state."),
+        ("done", "store", "Stopped database and filesystem modifications."),
         ("waiting", "external-batch", "Waiting for external subsystem batch to stop.."),
     ]
     running = section(page, "running-stages")
@@ -417,7 +417,7 @@ async def test_status_page_when_drained(server: Server) -> None:
         "Stopped scheduling subsystem.",
         "Stopped agent subsystem.",
         "Stopped config changes.",
-        "Database and filesystem are in inactive state.",
+        "Stopped database and filesystem modifications.",
         f"Nothing: safe to restart since {hhmm(T0 + 60)}.",
     ):
         assert text in page, text

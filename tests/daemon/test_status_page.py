@@ -134,7 +134,7 @@ def test_the_database_line_waits_for_the_stores_pending_writes() -> None:
         "3 write(s) pending, store degraded",
     )
     ok = status(maintenance("drained"), builtins("drained"))
-    assert lines(page_context(ok, version="v", now=T0))["store"][:2] == (True, "Database and filesystem are in inactive state.")
+    assert lines(page_context(ok, version="v", now=T0))["store"][:2] == (True, "Stopped database and filesystem modifications.")
 
 
 def test_the_config_repo_line_shows_only_where_there_are_config_repos() -> None:
