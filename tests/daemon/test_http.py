@@ -6,6 +6,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +17,11 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.eta import Durations
 from actors.status import Status
 from daemon import config as config_mod
 from daemon.bridge import Bridge
+from daemon.foresight import Foresight
 from daemon.http import HttpError, parse_listen, serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
@@ -455,3 +458,15 @@ async def test_everything_is_escaped(server: Server) -> None:
 def section(page: str, ident: str) -> str:
     start = page.index(f'<section id="{ident}">')
     return page[start : page.index("</section>", start)]
+
+
+async def test_the_page_shows_the_hubs_drain_eta(server: Server) -> None:
+    """The page asks the hub's foresight for the ETA at each request (the hub's status carries none)."""
+    foresight = Foresight(server.hub.bridge)
+    foresight.set_durations(Durations(jobs={("build", "test", "unit"): [300.0] * 5}))
+    server.hub.foresight = foresight
+    started = time.time() - 60
+    await publish(server.hub, status(maintenance("draining"), builtins("paused"), (building(at=started),)))
+    page = (await get(server, "/")).text
+    assert f"Expected drained in about 4 min (p90 4 min), by {hhmm(started + 300)}." in page
+    assert "expected to end about" in section(page, "running-stages")
