@@ -118,6 +118,7 @@ class MaterialsCore(SubsystemCore):
             return
         if self.polling(key):
             return
+        now = self.clock.now()
         self.add(
             InFlightItem(
                 id=qualify(self.name, key),
@@ -125,8 +126,9 @@ class MaterialsCore(SubsystemCore):
                 kind=MATERIAL_UPDATE,
                 description=f"{'config repo' if is_config_repo else 'material'} {material.name}: "
                 f"{material.url} ({material.branch})",
-                started_at=self.clock.now(),
+                started_at=now,
                 cancellable=False,
+                timeout_at=now + parse_duration(material.poll_timeout),
                 material=MaterialRef(name=material.name, url=material.url, branch=material.branch, config_repo=is_config_repo),
             )
         )
@@ -149,8 +151,12 @@ class MaterialsCore(SubsystemCore):
             log.info("poll of %s ended during maintenance; its revision is taken up after it", key)
         elif is_config_repo:
             if key in self.unsent or self.store.last_revision(key) != result.revision:
-                # The fetch is part of this material update: the item stays until FilesFetched.
-                self.processes.fetch_files(self.me, key, material.url, result.revision, parse_duration(material.poll_timeout))
+                # The fetch is part of this material update: the item stays until FilesFetched,
+                # and the fetch's own poll_timeout is what ends it now.
+                timeout = parse_duration(material.poll_timeout)
+                if (item := self.items.get(item_id)) is not None:
+                    self.add(msgspec.structs.replace(item, timeout_at=self.clock.now() + timeout))
+                self.processes.fetch_files(self.me, key, material.url, result.revision, timeout)
                 fetching = True
         elif self.record(key, result.revision):
             log.info("%s has a new revision %s", key, result.revision[:12])

@@ -90,6 +90,9 @@ class InFlightItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     material: MaterialRef | None = None
     #: a job's: when it was scheduled (GoCD's ``scheduled_date``); ``started_at`` is when it started
     scheduled_at: float | None = None
+    #: a material update's: when its material's ``poll_timeout`` ends it (not an ETA: the
+    #: drain's ETA comes from history, and ``expected_end`` is an external's own ETA)
+    timeout_at: float | None = None
 
     @property
     def local_id(self) -> str:

@@ -217,6 +217,7 @@ async def run(settings: Settings) -> int:
             metrics = Metrics(daemon_registry(), version=VERSION)
             hub.listeners.append(metrics.update)
             hub.job_tracking = tracking.describe()
+            hub.config_repos = bool(cfg.config_repos)
             metrics.job_tracking(tracking.mechanism)
             timers = TrioTimers(bridge, nursery)
             processes = ProcessRunner(

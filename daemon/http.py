@@ -198,7 +198,12 @@ class App:
                 send, 503, self.error_html(503, "maintd is starting"), [*HTML_HEADERS, (b"retry-after", b"1")], head
             )
         else:
-            page = render_status_page(status, version=self.metrics.version, now=self.clock())
+            now = self.clock()
+            foresight = getattr(self.hub, "foresight", None)  # the hub's, if it has one (tests' sources do not)
+            if foresight is not None and status.eta is None:
+                status = msgspec.structs.replace(status, eta=foresight.eta(status, now))
+            config_repos = getattr(self.hub, "config_repos", None)
+            page = render_status_page(status, version=self.metrics.version, now=now, config_repos=config_repos)
             await self.respond(send, 200, page.encode(), HTML_HEADERS, head)
 
     def error_html(self, code: int, message: str) -> bytes:

@@ -58,6 +58,8 @@ class StatusHub:
         self._waiting: dict[Watcher, Callable[[bytes], tuple[bytes, ...]]] = {}
         #: one line on how jobs' processes are tracked, added to every status sent
         self.job_tracking: str | None = None
+        #: whether any config repository is configured (the status page's checklist; None: not known)
+        self.config_repos: bool | None = None
         #: computes the drain's ETA added to every status sent (None: no ``eta``)
         self.foresight: Foresight | None = None
         self._eta_key: tuple[int, int] | None = None

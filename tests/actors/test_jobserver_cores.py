@@ -189,6 +189,8 @@ def test_poll_due_starts_one_material_update_that_refuses_cancel(w: World) -> No
     (item,) = core.items.values()
     assert (item.id, item.kind, item.cancellable, item.blocks_restart) == ("materials/app", MATERIAL_UPDATE, False, True)
     assert w.procs.calls == [("poll_material", w.peers.ref("materials"), "app", APP.url, "main", 120.0)]
+    # when its poll_timeout ends it (the status page says so); not an ETA: expected_end stays the externals'
+    assert (item.timeout_at, item.expected_end) == (item.started_at + 120.0, None)
     assert w.emitted(InFlightReport)[-1].items == (item,)
     core.cancel(Cancel(item_id="materials/app", by="alice"))
     (refusal,) = w.emitted(CancelRefused)
@@ -230,8 +232,10 @@ def test_a_failed_or_timed_out_poll_tells_nobody_and_rearms_at_the_interval(w: W
 
 def test_a_config_repo_revision_fetches_its_files_for_the_config_guard(w: World) -> None:
     core = materials(w, poll="config:pipes")
+    w.clock.t += 40.0  # the poll took 40 s: the fetch has a poll_timeout of its own from now
     core.handle(PollFinished(key="config:pipes", revision="c1"))
     assert w.procs.of("fetch_files") == [(w.peers.ref("materials"), "config:pipes", PIPES.url, "c1", 60.0)]
+    assert core.items["materials/config:pipes"].timeout_at == w.clock.now() + 60.0
     assert w.peers.told == []  # the scheduler hears nothing of a config repo
     core.handle(FilesFetched(key="config:pipes", revision="c1", files={"a.toml": "x"}))
     assert w.peers.told == [("config", ConfigRepoFiles(repo="pipes", revision="c1", files={"a.toml": "x"}))]

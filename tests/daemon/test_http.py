@@ -6,6 +6,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +17,15 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.eta import Durations
 from actors.status import Status
 from daemon import config as config_mod
 from daemon.bridge import Bridge
+from daemon.foresight import Foresight
 from daemon.http import HttpError, parse_listen, serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
+from daemon.times import hhmm, human
 from tests.synthetic import (
     T0,
     building,
@@ -36,7 +40,8 @@ from tests.synthetic import (
     sub,
 )
 
-BANNER = "root turned on maintenance mode at 2026-11-29 03:35:42 UTC."
+#: in the server's local time, with its zone
+BANNER = f"root turned on maintenance mode at {human(T0 + 3.926)}."
 
 
 class Server(msgspec.Struct):
@@ -372,16 +377,19 @@ async def test_status_page_while_draining(server: Server) -> None:
     assert "Maintenance mode is ON: draining" in page
     assert "Safe to restart: no" in page
     assert "upgrade to 2.0" in page  # why
-    assert "2026-11-29 04:05:42 UTC" in page  # the deadline
+    assert human(T0 + 1803.926) in page  # the deadline, in the server's local time
     checklist = page[page.index('id="subsystem-checklist"') :]
     checklist = checklist[: checklist.index("</ul>")]
     lines = re.findall(r'<li class="(done|waiting)" data-subsystem="([^"]+)">([^<]+)', checklist)
     assert lines == [
         ("waiting", "materials", "Waiting for material subsystem to stop.."),
         ("waiting", "config-repos", "Waiting for config repository polling to stop.."),
-        ("done", "scheduler", "Stopped scheduling subsystem."),
+        ("done", "triggers", "Stopped pipeline triggers."),
+        # GoCD's scheduling line waits for the building jobs, whatever the scheduler's own state
+        ("waiting", "scheduler", "Waiting for building jobs to finish.."),
         ("waiting", "agents", "Waiting for agent subsystem to stop.."),
         ("done", "config", "Stopped config changes."),
+        ("done", "store", "Stopped database and filesystem modifications."),
         ("waiting", "external-batch", "Waiting for external subsystem batch to stop.."),
     ]
     running = section(page, "running-stages")
@@ -399,7 +407,8 @@ async def test_status_page_while_draining(server: Server) -> None:
 
 
 async def test_status_page_when_drained(server: Server) -> None:
-    st = status(maintenance("drained"), builtins("drained"), (scheduled(),))
+    st = status(maintenance("drained", since=T0 + 60), builtins("drained"), (scheduled(),))
+    server.hub.config_repos = True
     await publish(server.hub, st)
     page = (await get(server, "/")).text
     assert "Safe to restart: yes" in page
@@ -407,9 +416,12 @@ async def test_status_page_when_drained(server: Server) -> None:
     for text in (
         "Stopped material subsystem.",
         "Stopped polling on config repositories.",
+        "Stopped pipeline triggers.",
         "Stopped scheduling subsystem.",
         "Stopped agent subsystem.",
         "Stopped config changes.",
+        "Stopped database and filesystem modifications.",
+        f"Nothing: safe to restart since {hhmm(T0 + 60)}.",
     ):
         assert text in page, text
     assert "No job is building." in page and "No material update is running." in page
@@ -421,6 +433,10 @@ async def test_config_repo_polling_stops_once_its_polls_are_done(server: Server)
     await publish(server.hub, status(maintenance("draining"), subs, (mdu("app"),)))
     page = (await get(server, "/")).text
     assert "Waiting for material subsystem to stop.." in page
+    # no config repo configured: no line for them (GoCD shows it only where there are some)
+    assert "config repositor" not in page
+    server.hub.config_repos = True
+    page = (await get(server, "/")).text
     assert "Stopped polling on config repositories." in page
 
 
@@ -442,3 +458,15 @@ async def test_everything_is_escaped(server: Server) -> None:
 def section(page: str, ident: str) -> str:
     start = page.index(f'<section id="{ident}">')
     return page[start : page.index("</section>", start)]
+
+
+async def test_the_page_shows_the_hubs_drain_eta(server: Server) -> None:
+    """The page asks the hub's foresight for the ETA at each request (the hub's status carries none)."""
+    foresight = Foresight(server.hub.bridge)
+    foresight.set_durations(Durations(jobs={("build", "test", "unit"): [300.0] * 5}))
+    server.hub.foresight = foresight
+    started = time.time() - 60
+    await publish(server.hub, status(maintenance("draining"), builtins("paused"), (building(at=started),)))
+    page = (await get(server, "/")).text
+    assert f"Expected drained in about 4 min (p90 4 min), by {hhmm(started + 300)}." in page
+    assert "expected to end about" in section(page, "running-stages")

@@ -21,10 +21,13 @@ from daemon.bridge import Bridge
 from daemon.http import serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
+from daemon.status_page import README_URL
+from daemon.times import human
 from tests.conftest import ROOT
-from tests.synthetic import draining_with_work, need_tool, publish
+from tests.synthetic import T0, draining_with_work, need_tool, publish
 
-BANNER = "root turned on maintenance mode at 2026-11-29 03:35:42 UTC."
+#: in the server's local time, with its zone
+BANNER = f"root turned on maintenance mode at {human(T0 + 3.926)}."
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -77,14 +80,18 @@ async def test_the_banner_renders_after_the_main_content(tmp_path: Path, chromiu
 
     html = dom.stdout.decode()
     assert "Maintenance mode is ON: draining" in html, dom.stderr.decode()[-2000:]
-    banner = re.search(r'<div id="maintenance-banner"[^>]*>([^<]*)</div>', html)
+    banner = re.search(r'<div id="maintenance-banner"[^>]*><span id="banner-text">([^<]*)</span> <a href="([^"]*)">', html)
     assert banner is not None, "no banner in the rendered DOM"
     assert banner.group(1).strip() == BANNER
+    assert banner.group(2) == README_URL
     main_end, footer = html.rfind("</main>"), html.find("<footer")
     assert 0 < main_end < banner.start() < footer, "the banner sits after the main content, just before the footer"
     assert not html[main_end + len("</main>") : banner.start()].strip(), "nothing between the main content and the banner"
-    for panel in ("running-stages", "running-mdus", "scheduled-stages", "subsystem-checklist"):
+    for panel in ("running-stages", "running-mdus", "scheduled-stages", "subsystem-checklist", "why"):
         assert f'id="{panel}"' in html, panel
+    assert "Waiting for building jobs to finish.." in html  # GoCD's scheduling line, while jobs build
+    assert "Stopped pipeline triggers." in html
+    assert "<code>maintctl cancel agents/job-1</code>" in html  # the why section's cancel command
 
     data = shot.read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000, "chromium wrote no screenshot"
