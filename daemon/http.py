@@ -49,7 +49,7 @@ from . import fds
 from .gocd_api import API_PREFIX, DISABLE_PATH, ENABLE_PATH, IN_MAINTENANCE, INFO_PATHS, GocdApi
 from .gocd_api import message as api_message
 from .metrics import Metrics
-from .status_page import render_error_page, render_status_page
+from .status_page import HELP_PATH, render_error_page, render_help_page, render_status_page
 from .tokens import TokenHolder
 
 log = logging.getLogger("maintd.http")
@@ -191,6 +191,9 @@ class App:
             await self.respond(send, *answer, head)
         elif path in (ENABLE_PATH, DISABLE_PATH):
             await self.respond(send, *api_message(405, "use POST", (b"allow", b"POST")), head)
+        elif path == HELP_PATH:
+            page = render_help_page(status, version=self.metrics.version, now=self.clock())
+            await self.respond(send, 200, page.encode(), HTML_HEADERS, head)
         elif path != "/":
             await self.respond(send, 404, self.error_html(404, "Not Found"), HTML_HEADERS, head)
         elif status is None:

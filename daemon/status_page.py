@@ -38,7 +38,8 @@ CHECKLIST = (
 )
 #: The README's section on maintenance mode (the banner links to it). pyproject.toml names no
 #: project page yet: change the host here when it does; the anchor is the README's heading.
-README_URL = "https://github.com/maintd/maintd#a-maintenance-window"
+#: The page that says what maintenance mode does (served by maintd itself: daemon/templates/help.html.j2).
+HELP_PATH = "/help"
 #: The reason maintd gives a maintenance it turned on itself (``--start-in-maintenance``).
 STARTED_IN_MAINTENANCE = "started with --start-in-maintenance"
 
@@ -64,7 +65,7 @@ def _frame(title: str, status: Status | None, version: str, now: float) -> dict[
     if status is not None and status.maintenance.enabled:
         m = status.maintenance
         started = m.updated_by == "maintd" and m.reason == STARTED_IN_MAINTENANCE
-        banner = {"by": m.updated_by or "someone", "at": human(m.updated_on), "started": started, "readme": README_URL}
+        banner = {"by": m.updated_by or "someone", "at": human(m.updated_on), "started": started, "readme": HELP_PATH}
     return {
         "title": title,
         "refresh": REFRESH_SECONDS,
@@ -318,6 +319,10 @@ def _sub_detail(sub: SubsystemInfo) -> str:
 def render_status_page(status: Status, *, version: str, now: float, config_repos: bool | None = None) -> str:
     context = page_context(status, version=version, now=now, config_repos=config_repos)
     return TEMPLATES.get_template("status.html.j2").render(context)
+
+
+def render_help_page(status: Status | None, *, version: str, now: float) -> str:
+    return TEMPLATES.get_template("help.html.j2").render(_frame("maintenance mode", status, version, now))
 
 
 def render_error_page(code: int, message: str, status: Status | None, *, version: str, now: float) -> str:

@@ -470,3 +470,9 @@ async def test_the_page_shows_the_hubs_drain_eta(server: Server) -> None:
     page = (await get(server, "/")).text
     assert f"Expected drained in about 4 min (p90 4 min), by {hhmm(started + 300)}." in page
     assert "expected to end about" in section(page, "running-stages")
+
+
+async def test_the_help_page_the_banner_links_is_served(server: Server) -> None:
+    r = await get(server, "/help")
+    assert r.status_code == 200 and "What maintenance mode does" in r.text
+    assert r.headers["content-type"].startswith("text/html")

@@ -19,7 +19,7 @@ import pytest
 from actors.eta import Durations, drain_eta
 from actors.status import RemovedSubsystem, StoreInfo, SubsystemInfo
 from daemon.status_page import (
-    README_URL,
+    HELP_PATH,
     STARTED_IN_MAINTENANCE,
     TEMPLATES,
     page_context,
@@ -156,7 +156,7 @@ def test_the_config_repo_line_shows_only_where_there_are_config_repos() -> None:
 def test_the_banner_is_in_local_time_links_the_readme_and_words_a_start_in_maintenance() -> None:
     page = render_status_page(status(maintenance("draining")), version="v", now=T0)
     assert f"root turned on maintenance mode at {human(T0 + 3.926)}." in page
-    assert f'<a href="{README_URL}">What maintenance mode does</a>' in page
+    assert f'<a href="{HELP_PATH}">What maintenance mode does</a>' in page
     started = maintenance("draining", updated_by="maintd", reason=STARTED_IN_MAINTENANCE)
     page = render_status_page(status(started), version="v", now=T0)
     assert "This server was started in maintenance mode at" in page
@@ -212,3 +212,12 @@ def test_the_why_section_lists_what_holds_the_restart() -> None:
     assert '<section id="why">' in page and "<code>maintctl cancel agents/job-1</code>" in page
     drained = status(maintenance("drained", since=T0), builtins("drained"))
     assert f"Nothing: safe to restart since {hhmm(T0)}." in render_status_page(drained, version="v", now=T0)
+
+
+def test_the_banners_link_is_a_page_maintd_serves() -> None:
+    """The banner's "What maintenance mode does" goes to maintd's own /help, not a guessed address."""
+    from daemon.status_page import render_help_page
+
+    page = render_help_page(None, version="1.0", now=1_800_000_000.0)
+    assert "What maintenance mode does" in page and "maintctl window --reason R --deadline 30m" in page
+    assert HELP_PATH == "/help"

@@ -21,7 +21,7 @@ from daemon.bridge import Bridge
 from daemon.http import serve_http
 from daemon.hub import StatusHub
 from daemon.metrics import Metrics
-from daemon.status_page import README_URL
+from daemon.status_page import HELP_PATH
 from daemon.times import human
 from tests.conftest import ROOT
 from tests.synthetic import T0, draining_with_work, need_tool, publish
@@ -83,7 +83,7 @@ async def test_the_banner_renders_after_the_main_content(tmp_path: Path, chromiu
     banner = re.search(r'<div id="maintenance-banner"[^>]*><span id="banner-text">([^<]*)</span> <a href="([^"]*)">', html)
     assert banner is not None, "no banner in the rendered DOM"
     assert banner.group(1).strip() == BANNER
-    assert banner.group(2) == README_URL
+    assert banner.group(2) == HELP_PATH
     main_end, footer = html.rfind("</main>"), html.find("<footer")
     assert 0 < main_end < banner.start() < footer, "the banner sits after the main content, just before the footer"
     assert not html[main_end + len("</main>") : banner.start()].strip(), "nothing between the main content and the banner"
