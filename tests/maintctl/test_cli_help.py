@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from maintctl import when
-from maintctl.cli import EXIT_REFUSED, EXIT_USAGE, SUBCOMMANDS, build_parser
+from maintctl.arguments import SUBCOMMANDS, build_parser
+from maintctl.cli import EXIT_REFUSED, EXIT_USAGE
 from tests.conftest import ROOT, Daemon
 
 

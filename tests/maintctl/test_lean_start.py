@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maintctl.cli import PLAIN, build_parser, parse_plain
+from maintctl.arguments import PLAIN, build_parser, parse_plain
 from tests.conftest import ROOT, Daemon
 
 #: What the status path must not import: the daemon's machinery, the actors, and the
@@ -32,6 +32,7 @@ FORBIDDEN = ("trio", "pykka", "hypercorn", "msgspec", "jinja2", "prometheus_clie
 ALLOWED_OWN = {
     "maintctl",
     "maintctl.cli",
+    "maintctl.arguments",
     "maintctl.client",
     "maintctl.render",
     "daemon",
