@@ -37,6 +37,14 @@ class World:
         for name in names:
             self.add(name)
 
+    @classmethod
+    def reported(cls) -> World:
+        """The scheduler and agents, each having reported nothing in flight: a core ready to drain."""
+        w = cls()
+        for name in ("scheduler", "agents"):
+            w.report(name)
+        return w
+
     def audit(self, action: str, by: str, at: float, **fields: Any) -> None:
         if self.audit_fails:
             raise StoreError("disk I/O error")

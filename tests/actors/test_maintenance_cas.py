@@ -18,10 +18,7 @@ from tests.actors.core_world import World
 
 @pytest.fixture
 def world() -> World:
-    w = World()
-    for name in ("scheduler", "agents"):
-        w.report(name)
-    return w
+    return World.reported()
 
 
 def test_each_turn_on_or_off_moves_the_version_and_the_drains_moves_do_not(world: World) -> None:

@@ -15,10 +15,7 @@ from tests.actors.core_world import World
 
 @pytest.fixture
 def world() -> World:
-    w = World()
-    for name in ("scheduler", "agents"):
-        w.report(name)
-    return w
+    return World.reported()
 
 
 def fire_ttl(world: World, after: float) -> None:

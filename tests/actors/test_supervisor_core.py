@@ -34,10 +34,7 @@ from tests.actors.fakes import item
 
 @pytest.fixture
 def world() -> World:
-    w = World()
-    for name in ("scheduler", "agents"):
-        w.report(name)
-    return w
+    return World.reported()
 
 
 # -- enable, the drain, disable ----------------------------------------------------------
