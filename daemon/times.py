@@ -48,16 +48,21 @@ def utc(ts: float | None) -> str:
     return str(ts) if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def local(ts: float | None) -> str:
-    """``2026-11-29 04:35:42`` in the local time zone (``maintctl``'s tables), ``-`` for none."""
+def _local(ts: float | None, form: str) -> str:
+    """``ts`` in the local time zone as ``form``; ``-`` for none; a time out of range as its number."""
     if ts is None:
         return "-"
     import datetime as dt
 
     try:
-        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+        return dt.datetime.fromtimestamp(ts).strftime(form)
     except (OverflowError, ValueError, OSError, TypeError):
         return str(ts)
+
+
+def local(ts: float | None) -> str:
+    """``2026-11-29 04:35:42`` in the local time zone (``maintctl``'s tables), ``-`` for none."""
+    return _local(ts, "%Y-%m-%d %H:%M:%S")
 
 
 def seconds_until(ts: float | None, now: float | None = None) -> float | None:
@@ -117,11 +122,4 @@ def about(seconds: float) -> str:
 
 def hhmm(ts: float | None) -> str:
     """``02:14`` in the local time zone (an ETA, "safe since"), ``-`` for none."""
-    if ts is None:
-        return "-"
-    import datetime as dt
-
-    try:
-        return dt.datetime.fromtimestamp(ts).strftime("%H:%M")
-    except (OverflowError, ValueError, OSError, TypeError):
-        return str(ts)
+    return _local(ts, "%H:%M")
