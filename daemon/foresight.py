@@ -63,6 +63,8 @@ class Foresight:
         #: changes with every new Durations (the hub's cache of the status JSON follows it)
         self.version = 0
         self._stale = trio.Event()
+        #: the last ETA: (durations' version, the second), the running systems it is of, the ETA
+        self._eta: tuple[tuple[int, int], Any, DrainEta] | None = None
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -108,8 +110,21 @@ class Foresight:
             await trio.sleep(REFRESH_EVERY)  # rate limit: the finishes meanwhile make one more read
 
     def eta(self, status: Status, now: float | None = None) -> DrainEta:
-        """When the drain is expected to end, from the items that block a restart."""
-        return drain_eta(blocking(status.running_systems.items()), self.durations, self.clock() if now is None else now)
+        """When the drain is expected to end, from the items that block a restart.
+
+        It depends only on the work in flight, the durations and the time (an item passes its
+        p90), so it is computed again only when one of those changed, the time at most once a
+        second: a drain changes the status many times a second, and the ETA of 10,000 items
+        takes ~12 ms. The same answer (the same object) serves the status, systemd's STATUS=,
+        the page and the metric."""
+        now = self.clock() if now is None else now
+        key = (self.version, int(now))
+        cached = self._eta
+        if cached is not None and cached[0] == key and cached[1] is status.running_systems:
+            return cached[2]
+        eta = drain_eta(blocking(status.running_systems.items()), self.durations, now)
+        self._eta = (key, status.running_systems, eta)
+        return eta
 
     def preview(self, status: Status | None, deadline_seconds: float | None, cancel: bool | None) -> Preview:
         """What a deadline would do to the work that blocks a restart now. Without

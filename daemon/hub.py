@@ -62,8 +62,7 @@ class StatusHub:
         self.config_repos: bool | None = None
         #: computes the drain's ETA added to every status sent (None: no ``eta``)
         self.foresight: Foresight | None = None
-        self._eta_key: tuple[int, int] | None = None
-        self._eta_running: Any = None  # the running systems the encoded ETA was computed from
+        self._eta: Any = None  # the DrainEta encoded in _eta_raw
         self._eta_raw: msgspec.Raw | None = None
 
     # -- the port (any thread) -------------------------------------------------------------
@@ -129,18 +128,14 @@ class StatusHub:
         self._waiting.pop(watcher, None)
 
     def status_json(self) -> bytes:
-        """The newest status, encoded once. Its ``eta`` depends only on the work in flight, the
-        durations and the time (an item passes its p90): it is computed and encoded again only
-        when one of those changed (the time: at most once a second), not for every status (a
-        drain's status changes many times a second, and 10,000 items take ~12 ms)."""
+        """The newest status, encoded once; its ``eta`` (the foresight's, which computes it again
+        only when the work, the durations or the second changed) is encoded again when it is new."""
         if self.foresight is not None:
             status = self.status
             assert status is not None
-            now = self.foresight.clock()
-            key = (self.foresight.version, int(now))
-            if key != self._eta_key or status.running_systems is not self._eta_running:
-                self._eta_key, self._eta_running = key, status.running_systems
-                self._eta_raw = msgspec.Raw(self._encoder.encode(self.foresight.eta(status, now)))
+            eta = self.foresight.eta(status)
+            if eta is not self._eta:
+                self._eta, self._eta_raw = eta, msgspec.Raw(self._encoder.encode(eta))
                 self._status_json = None
         if self._status_json is None:
             status = self.status
