@@ -176,8 +176,9 @@ class AgentsCore(SubsystemCore):
                 "set_job_state",
             ),
         )
-        self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, self.clock.now(), agent=agent))
-        self.processes.start_job(self.me, spec)
+        self.add(job_item(self.name, msgspec.structs.replace(spec, agent=agent), BUILDING_JOB, now, agent=agent))
+        # when it was handed over (the store's started_at) names a remote attempt
+        self.processes.start_job(self.me, msgspec.structs.replace(spec, started_at=now))
 
     def exited(self, msg: JobExited) -> None:
         item_id = qualify(self.name, job_item_id(msg.job_id))

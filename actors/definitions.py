@@ -47,7 +47,14 @@ def parse_duration(text: str) -> float:
 MAX_DURATION = 30 * 86400.0
 #: The least some durations may be, by key; any other duration may be zero. A poll or a job
 #: given less than this would be timed out or started again before it could do anything.
-MIN_DURATION = {"poll_interval": 0.1, "poll_timeout": 0.1, "timeout": 0.1, "cancel_timeout": 0.1}
+MIN_DURATION = {
+    "poll_interval": 0.1,
+    "poll_timeout": 0.1,
+    "timeout": 0.1,
+    "cancel_timeout": 0.1,
+    "heartbeat": 0.1,
+    "lost_timeout": 0.2,
+}
 
 
 def _seconds(value: float) -> str:

@@ -92,6 +92,13 @@ class HandOut:
         self.peers.tell("agents", TakenBack(msg.token))
         self.report()
 
+    def reschedule(self, job_id: int) -> None:
+        """A building job whose agent was lost (the store has it scheduled again): to the front of the queue."""
+        self.handed.setdefault(job_id, None)
+        self.take_back(job_id)
+        self.dispatch()
+        self.report()
+
     def take_back(self, job_id: int) -> None:
         spec = self.handed.pop(job_id)
         run = self.runs.get(self.run_of_job.get(job_id, -1))

@@ -51,6 +51,13 @@ class JobFinished(msgspec.Struct, frozen=True, kw_only=True):
     state: JobState
 
 
+class Reschedule(msgspec.Struct, frozen=True, kw_only=True):
+    """To the scheduler: the building job ``job_id`` lost its agent (a remote worker that
+    went silent) and is ``scheduled`` again in the store: queue it again, first in line."""
+
+    job_id: int
+
+
 class Assign(msgspec.Struct, frozen=True, kw_only=True):
     """To the agents: run ``spec`` on ``agent``."""
 

@@ -47,6 +47,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     #: when the job was scheduled (its row's ``scheduled_at``)
     scheduled_at: float | None = None
+    #: when it was handed to its agent (its row's ``started_at``): names a remote attempt
+    started_at: float | None = None
 
 
 class PollFinished(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,3 +80,5 @@ class JobExited(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     timed_out: bool = False
     leftovers: int = 0
+    #: nothing of it ran: its task never reached a worker (remote agents); it is queued again
+    unstarted: bool = False

@@ -49,6 +49,15 @@ class IntakePaused(Msg):
     drain_id: str
 
 
+class Notice(Msg):
+    """Something a subsystem did on its own that watchers should see as an event (a job
+    rescheduled because its agent was lost, the broker gone): published as ``event``."""
+
+    subsystem: str
+    event: str
+    message: str
+
+
 class InFlightReport(Msg):
     subsystem: str
     items: tuple[InFlightItem, ...]

@@ -108,6 +108,22 @@ class ProcessPort(Protocol):
         ...
 
 
+class RemoteWorkers(Protocol):
+    """The remote agents' engine (Celery) as the agents core drives it, besides the jobs'
+    :class:`ProcessPort` methods. The shell tells the agents how the workers stand with
+    :class:`~actors.remote_agents.WorkersSeen`."""
+
+    def set_consuming(self, agent: str, enabled: bool) -> None:
+        """Let agent ``agent`` take tasks from its queue again, or stop it (Celery's
+        ``add_consumer``/``cancel_consumer``); its running job goes on."""
+        ...
+
+    def forget_job(self, job_id: int) -> None:
+        """The job was rescheduled (its worker was lost): revoke its task, so a worker that
+        comes back does not go on with it, and tell nothing more of that attempt."""
+        ...
+
+
 class AuditLog(Protocol):
     """Who did what, when: one entry of the store's audit log, recorded before the answer goes."""
 
@@ -159,6 +175,8 @@ class JobStore(AuditLog, Protocol):
     def hand_out_many(self, hand_outs: tuple[tuple[int, str], ...]) -> list[bool]: ...
 
     def take_back(self, job_id: int) -> bool: ...
+
+    def reschedule(self, job_id: int, at: float, detail: str) -> bool: ...
 
     def request_cancel(self, job_id: int, by: str) -> bool: ...
 

@@ -29,6 +29,7 @@ from .handout import (
     CancelJobs,
     GiveBack,
     JobFinished,
+    Reschedule,
     WantWork,
     job_item,
     job_item_id,
@@ -363,6 +364,8 @@ class SchedulerCore(HandOut, SubsystemCore):
             case JobFinished(job_id=job_id, state=state):
                 self.pending.nudge()  # the agents just recorded its result: the store takes writes again
                 self.finished(job_id, state)
+            case Reschedule(job_id=job_id):
+                self.reschedule(job_id)
             case RetryWrites():
                 self.pending.retry()
             case CancelRun():

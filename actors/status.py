@@ -104,6 +104,17 @@ class StoreInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     write_failures: int = 0
 
 
+class AgentsBackend(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where the jobs run when it is not this host (``[agents] backend = "celery"``): the
+    broker (its password never shown) and whether it answers (``available``/``unavailable``)."""
+
+    name: str
+    state: str
+    broker: str | None = None
+    error: str | None = None
+    since: float | None = None
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     maintenance: MaintenanceInfo
     subsystems: tuple[SubsystemInfo, ...]
@@ -114,6 +125,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     job_tracking: str | None = None
     #: when the drain is expected to end, from history (set by the shell: :mod:`daemon.foresight`)
     eta: DrainEta | None = None
+    #: the remote agents' backend, when jobs run on other hosts (set by the shell)
+    agents_backend: AgentsBackend | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="event"):

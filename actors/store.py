@@ -255,6 +255,19 @@ class Store(Queries):
             cur = db.execute("UPDATE jobs SET agent = NULL WHERE id = ? AND state = 'scheduled'", (job_id,))
             return cur.rowcount > 0
 
+    def reschedule(self, job_id: int, at: float, detail: str) -> bool:
+        """A building job whose agent was lost goes back to ``scheduled`` (no agent, no start
+        time: its next start is a new attempt), with an event saying why. False for one not building."""
+        with self._tx(f"job {job_id} rescheduled") as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'scheduled', agent = NULL, started_at = NULL WHERE id = ? AND state = 'building'",
+                (job_id,),
+            )
+            if cur.rowcount == 0:
+                return False
+            _event(db, job_id, at, JobState.SCHEDULED.value, detail)
+            return True
+
     def request_cancel(self, job_id: int, by: str) -> bool:
         """Record who asked to cancel a job that has not ended (the first asker stays). False for one that has ended."""
         with self._tx(f"the cancel of job {job_id}") as db:
@@ -277,8 +290,13 @@ class Store(Queries):
             db.execute("UPDATE runs SET state = ?, finished_at = ? WHERE id = ?", (state, at, run_id))
             return True
 
-    def recover(self, at: float, on_end: Callable[[str], None] | None = None) -> tuple[list[int], list[int]]:
+    def recover(
+        self, at: float, on_end: Callable[[str], None] | None = None, *, keep_building: bool = False
+    ) -> tuple[list[int], list[int]]:
         """At start-up: jobs a previous process left building become interrupted, and so do their runs.
+
+        ``keep_building`` (remote agents): building jobs run on other hosts, not as children
+        of the process that died; they stay building for the agents to find out how they stand.
 
         Scheduled jobs of those runs are interrupted with them; a scheduled job that was on
         its way to an agent with a cancel asked for is cancelled; other scheduled jobs stay
@@ -286,7 +304,9 @@ class Store(Queries):
         ``on_end`` is told the state of each job ended here, once it is recorded.
         """
         with self._tx("the interrupted jobs of the previous process") as db:
-            building = db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
+            building = (
+                [] if keep_building else db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
+            )
             changes = [(row["id"], RESTART_DETAIL) for row in building]
             for run_id in sorted({row["run_id"] for row in building}):
                 db.execute(

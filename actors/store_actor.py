@@ -255,14 +255,19 @@ class SyncStore:
     def take_back(self, job_id: int) -> bool:
         return self._call(lambda s: s.take_back(job_id), "take_back")
 
+    def reschedule(self, job_id: int, at: float, detail: str) -> bool:
+        return self._call(lambda s: s.reschedule(job_id, at, detail), "reschedule")
+
     def request_cancel(self, job_id: int, by: str) -> bool:
         return self._call(lambda s: s.request_cancel(job_id, by), "request_cancel")
 
     def finish_run(self, run_id: int, state: str, at: float) -> bool:
         return self._call(lambda s: s.finish_run(run_id, state, at), "finish_run")
 
-    def recover(self, at: float, on_end: Callable[[str], None] | None = None) -> tuple[list[int], list[int]]:
-        return self._call(lambda s: s.recover(at, on_end), "recover")
+    def recover(
+        self, at: float, on_end: Callable[[str], None] | None = None, *, keep_building: bool = False
+    ) -> tuple[list[int], list[int]]:
+        return self._call(lambda s: s.recover(at, on_end, keep_building=keep_building), "recover")
 
     # -- revisions and audit ---------------------------------------------------------------
 

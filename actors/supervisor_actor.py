@@ -26,6 +26,7 @@ from .messages import (
     GetStatus,
     InFlightReport,
     IntakePaused,
+    Notice,
     ReconnectGraceEnded,
     Register,
     RequestCancel,
@@ -166,6 +167,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 host.receive(inner)
             case ReconnectGraceEnded():
                 core.on_reconnect_grace_ended(message)
+            case Notice(subsystem=subsystem, event=event, message=text):
+                core.publish(event, subsystem=subsystem, message=text)
             case Enable():
                 return core.enable(message)
             case Disable():

@@ -66,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_holder: Any
     #: what to warn of once the daemon is ready (a start that fails says only why, in one line)
     warnings: tuple[str, ...] = ()
+    #: the remote agents' broker URL with its password (``[agents] backend = "celery"``; never logged)
+    broker: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     except tokens.TokenError as exc:
         print(f"maintd: {config_mod.one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    broker = None
+    if cfg.agents.backend == "celery":
+        from .celery_runner import broker_url, read_password
+
+        try:
+            broker = broker_url(cfg.celery.broker, read_password(cfg.celery.password_file))
+        except OSError as exc:
+            print(f"maintd: cannot read the broker's password file {cfg.celery.password_file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
     logs.setup(args.log_level or cfg.daemon.log_level)
     state_dir = args.state_dir or (Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else paths.state_dir())
     try:
@@ -164,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         start_in_maintenance=args.start_in_maintenance or cfg.maintenance.start_in_maintenance,
         http=(None if args.http == "off" else args.http) if args.http else (cfg.http.listen if cfg.http.enabled else None),
         token_holder=holder,
+        broker=broker,
     )
     warnings = []
     if holder.tokens is not None and settings.http is not None and not _loopback_listen(settings.http):
@@ -234,8 +246,10 @@ async def run(settings: Settings) -> int:
                     store_ref = StoreActor.start(str(settings.state_dir / "maintd.db"))
                     store_proxy = store_ref.proxy()
                     now = time.time()
+                    remote = settings.broker is not None  # remote jobs run on: they are not interrupted
                     interrupted, queued = await bridge.wait(
-                        store_proxy.call(lambda s: s.recover(now, on_end=metrics.job_finished)), STORE_TIMEOUT
+                        store_proxy.call(lambda s: s.recover(now, on_end=metrics.job_finished, keep_building=remote)),
+                        STORE_TIMEOUT,
                     )
                     restored = await bridge.wait(store_proxy.call(lambda s: s.maintenance()), STORE_TIMEOUT)
                 except (MaintdError, pykka.ActorDeadError) as exc:
@@ -248,6 +262,10 @@ async def run(settings: Settings) -> int:
                 peers = Peers()
                 clock = WallClock()
                 sync_store = SyncStore(store_proxy)
+                runner = None
+                if settings.broker is not None:
+                    runner = celery_runner(settings, bridge, nursery, processes, store_proxy, hub, metrics)
+                    processes = runner  # polls go on locally through it
                 foresight = Foresight(bridge, store_proxy)
                 hub.foresight = foresight
                 metrics.drain_eta(lambda: foresight.seconds_left(hub.status))
@@ -282,6 +300,8 @@ async def run(settings: Settings) -> int:
                     ),
                 )
                 timers.target = supervisor
+                if runner is not None:
+                    await nursery.start(runner.run, peers.ref("agents"))
                 with trio.fail_after(STORE_TIMEOUT):
                     await hub.ready.wait()  # serve nobody before every built-in subsystem has started
                 try:
@@ -334,6 +354,44 @@ async def run(settings: Settings) -> int:
     if ready:
         log.info("stopped")
     return EXIT_FAILURE if failure else 0
+
+
+def celery_runner(
+    settings: Settings, bridge: Bridge, nursery: trio.Nursery, local: ProcessRunner, store_proxy: Any, hub: Any, metrics: Any
+) -> Any:
+    """The remote agents' runner (``[agents] backend = "celery"``): jobs go to Celery workers,
+    polls to ``local``; the broker's state goes to the status and the metrics."""
+    from actors.status import AgentsBackend
+
+    from .celery_runner import CeleryRunner, masked
+
+    cfg = settings.config
+    assert settings.broker is not None
+    shown = masked(settings.broker)
+
+    def on_backend(error: str | None) -> None:
+        state = "available" if error is None else "unavailable"
+        hub.set_agents_backend(AgentsBackend(name="celery", state=state, broker=shown, error=error, since=time.time()))
+        metrics.agents_backend("celery", error is None)
+
+    async def rows(job_ids: tuple[int, ...]) -> list[Any]:
+        return await bridge.wait(store_proxy.call(lambda s: [s.job(i) for i in job_ids]), STORE_TIMEOUT)
+
+    on_backend("not connected yet")
+    return CeleryRunner(
+        bridge,
+        nursery,
+        local=local,
+        broker=settings.broker,
+        queue=cfg.celery.queue,
+        instance=jobtree.instance_id(settings.state_dir),
+        heartbeat=config_mod.parse_duration(cfg.celery.heartbeat),
+        grace=config_mod.parse_duration(cfg.agents.cancel_grace),
+        leftovers=cfg.agents.leftover_processes,
+        root=settings.state_dir,
+        rows=rows,
+        on_backend=on_backend,
+    )
 
 
 async def _reload(jobs: JobServerRequests) -> None:

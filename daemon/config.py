@@ -57,6 +57,30 @@ class AgentsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     #: What is left running when a job's main process exits: "kill" it after cancel_grace,
     #: or "wait" for it (the job ends when its last process does).
     leftover_processes: Literal["kill", "wait"] = "kill"
+    #: Where jobs run: "local" (``count`` agents on this host) or "celery" (maintd-agent
+    #: workers on other hosts, through the ``[celery]`` table's broker; ``count`` is unused).
+    backend: Literal["local", "celery"] = "local"
+
+
+class CeleryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The remote agents' broker (``[agents] backend = "celery"``): Celery with Redis."""
+
+    broker: Annotated[
+        str,
+        Meta(
+            pattern=r"^rediss?://[^\s]*\Z",
+            description='a redis:// or rediss:// URL such as "redis://127.0.0.1:6379/0" (no password: see password_file)',
+        ),
+    ] = "redis://127.0.0.1:6379/0"
+    #: a file holding the broker's password (a relative path is relative to the config file's
+    #: folder); else the environment variable MAINTD_BROKER_PASSWORD, if set. Never logged.
+    password_file: str | None = None
+    #: the queues' prefix: agent NAME consumes "<queue>.<NAME>"
+    queue: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z", description="letters, digits, '_', '.' or '-'")] = "maintd"
+    #: how often maintd expects a worker's heartbeat, and looks at what the workers and the result backend say
+    heartbeat: Duration = "2s"
+    #: a worker without a heartbeat this long is lost: its jobs are rescheduled
+    lost_timeout: Duration = "30s"
 
 
 class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +112,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     maintenance: MaintenanceConfig = msgspec.field(default_factory=MaintenanceConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    celery: CeleryConfig = msgspec.field(default_factory=CeleryConfig)
     materials: list[MaterialDef] = []
     config_repos: list[MaterialDef] = []
     pipelines: list[PipelineDef] = []
@@ -148,6 +173,14 @@ def check(config: Config) -> list[str]:
         section = getattr(config, field.name)
         if isinstance(section, msgspec.Struct):
             errors += duration_errors(section, f"$.{field.name}")
+    if "@" in config.celery.broker:
+        errors.append(
+            "the broker URL cannot hold a user or password (it would be logged): use password_file - at `$.celery.broker`"
+        )
+    if not duration_errors(config.celery, "$.celery") and parse_duration(config.celery.lost_timeout) <= parse_duration(
+        config.celery.heartbeat
+    ):
+        errors.append("lost_timeout must be longer than heartbeat - at `$.celery.lost_timeout`")
     if int(config.http.listen.rpartition(":")[2]) > 65535:
         errors.append("port must be 65535 or less - at `$.http.listen`")
     errors += check_pipelines(config.pipelines, {m.name for m in config.materials})
@@ -165,6 +198,11 @@ def resolve_urls(config: Config, base: Path) -> Config:
     tokens = config.http.tokens_file
     if tokens is not None and not Path(tokens).is_absolute():
         config = msgspec.structs.replace(config, http=msgspec.structs.replace(config.http, tokens_file=str(base / tokens)))
+    password = config.celery.password_file
+    if password is not None and not Path(password).is_absolute():
+        config = msgspec.structs.replace(
+            config, celery=msgspec.structs.replace(config.celery, password_file=str(base / password))
+        )
     return msgspec.structs.replace(
         config,
         materials=[resolve(m) for m in config.materials],

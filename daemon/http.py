@@ -205,6 +205,9 @@ class App:
             foresight = getattr(self.hub, "foresight", None)  # the hub's, if it has one (tests' sources do not)
             if foresight is not None and status.eta is None:
                 status = msgspec.structs.replace(status, eta=foresight.eta(status, now))
+            backend = getattr(self.hub, "agents_backend", None)
+            if backend is not None and status.agents_backend is None:
+                status = msgspec.structs.replace(status, agents_backend=backend)
             config_repos = getattr(self.hub, "config_repos", None)
             page = render_status_page(status, version=self.metrics.version, now=now, config_repos=config_repos)
             await self.respond(send, 200, page.encode(), HTML_HEADERS, head)

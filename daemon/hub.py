@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 import trio
 
-from actors.status import Event, Status
+from actors.status import AgentsBackend, Event, Status
 
 from .bridge import Bridge
 
@@ -58,6 +58,8 @@ class StatusHub:
         self._waiting: dict[Watcher, Callable[[bytes], tuple[bytes, ...]]] = {}
         #: one line on how jobs' processes are tracked, added to every status sent
         self.job_tracking: str | None = None
+        #: the remote agents' backend, added to every status sent (None: local agents)
+        self.agents_backend: AgentsBackend | None = None
         #: whether any config repository is configured (the status page's checklist; None: not known)
         self.config_repos: bool | None = None
         #: computes the drain's ETA added to every status sent (None: no ``eta``)
@@ -100,6 +102,11 @@ class StatusHub:
             waiting, self._waiting = self._waiting, {}
             for watcher, reply in waiting.items():
                 self.subscribe(watcher, reply)
+
+    def set_agents_backend(self, backend: AgentsBackend | None) -> None:
+        """The remote agents' backend changed (trio thread): in every status sent from now on."""
+        self.agents_backend = backend
+        self._status_json = None
 
     def flush(self) -> None:
         """Send the events not sent yet to every watcher (trio thread)."""
@@ -146,7 +153,11 @@ class StatusHub:
             # The same shape, with the running systems (and the ETA) already encoded.
             self._status_json = self._encoder.encode(
                 msgspec.structs.replace(
-                    status, running_systems=self._running_raw, job_tracking=self.job_tracking, eta=self._eta_raw
+                    status,
+                    running_systems=self._running_raw,
+                    job_tracking=self.job_tracking,
+                    eta=self._eta_raw,
+                    agents_backend=self.agents_backend,
                 )
             )
         return self._status_json

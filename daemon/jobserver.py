@@ -95,6 +95,24 @@ def build_subsystems(
         )
 
     def agents(name: str, emit: Any, items: Any) -> AgentsCore:
+        if cfg.agents.backend == "celery":
+            from actors.remote_agents import RemoteAgentsCore
+
+            return RemoteAgentsCore(
+                name,
+                emit,
+                items,
+                store=store,
+                peers=peers,
+                processes=processes,
+                remote=processes,  # type: ignore[arg-type]  # the CeleryRunner is both
+                clock=clock,
+                grace=parse_duration(cfg.agents.cancel_grace),
+                lost_timeout=parse_duration(cfg.celery.lost_timeout),
+                broker=cfg.celery.broker,
+                on_job=on_job,
+                timers=timers,
+            )
         return AgentsCore(
             name,
             emit,

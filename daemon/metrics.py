@@ -229,6 +229,13 @@ class Metrics:
         self.build = Info("maintd_build", "The running maintd", registry=r)
         self.build.info({"version": version})
         self.tracking = Info("maintd_job_tracking", "How a job's processes are found: cgroup or subreaper", registry=r)
+        self.backend_up = Gauge(
+            "maintd_agents_backend_up",
+            "Whether the remote agents' broker answers (0: the state of the jobs on other hosts is unknown); "
+            "only with [agents] backend = celery",
+            ["backend"],
+            registry=r,
+        )
         for result in JOB_RESULTS:
             self.jobs.labels(result=result)
         for result in POLL_RESULTS:
@@ -396,6 +403,10 @@ class Metrics:
     def job_tracking(self, mechanism: str) -> None:
         """Which mechanism finds a job's processes: ``cgroup`` or ``subreaper`` (set once)."""
         self.tracking.info({"mechanism": mechanism})
+
+    def agents_backend(self, name: str, up: bool) -> None:
+        """Whether the remote agents' broker answers."""
+        self.backend_up.labels(backend=name).set(1 if up else 0)
 
     def material_polled(self, result: str) -> None:
         """A material or config repo poll ended: ok, error or timeout."""

@@ -133,6 +133,7 @@ def page_context(status: Status, *, version: str, now: float, config_repos: bool
             "updated_at": _human(m.updated_on),
         },
         "checklist": _checklist(status, config_repos),
+        "backend": status.agents_backend,
         "eta": _drain_line(status.eta, now, m.enabled),
         "why": _why(status, etas, now),
         "subsystems": status.subsystems,

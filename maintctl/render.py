@@ -142,6 +142,9 @@ def status(result: dict[str, Any]) -> str:
     etas = foresight.etas_by_item(result)
     if result.get("job_tracking"):
         lines.append(f"Job tracking: {result['job_tracking']}")
+    if backend := result.get("agents_backend"):
+        error = f" ({backend['error']})" if backend.get("error") else ""
+        lines.append(f"Remote agents: {backend['name']}, broker {backend.get('broker') or '-'}: {backend['state']}{error}")
     lines.append("")
     subsystems = result["subsystems"]
     if subsystems:

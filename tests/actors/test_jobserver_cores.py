@@ -56,7 +56,7 @@ class FakeProcesses:
         self.calls.append(("fetch_files", reply_to, key, url, revision, timeout))
 
     def start_job(self, reply_to: Any, spec: JobSpec) -> None:
-        self.calls.append(("start_job", reply_to, spec))
+        self.calls.append(("start_job", reply_to, msgspec.structs.replace(spec, started_at=None)))
 
     def stop_job(self, job_id: int, grace: float) -> None:
         self.calls.append(("stop_job", job_id, grace))
