@@ -54,6 +54,11 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     job: str | None = None
     pid: int | None = None
     since: float | None = None
+    host: str | None = None
+    slots: int = 1
+    busy: int = 0
+    heartbeat: float | None = None
+    disabled: bool = False
 
 
 class AgentsCore(SubsystemCore):

@@ -167,18 +167,6 @@ class RemoteAgentsCore(AgentsCore):
         now = self.clock.now()
         was_down, self.broker_error = self.broker_error, msg.broker_error
         first, self.heard = not self.heard, True
-        if msg.broker_error is not None:
-            if was_down is None:
-                log.warning("the Celery broker is unavailable: %s", msg.broker_error)
-                self.emit(Notice(subsystem=self.name, event="backend_unavailable", message=self.backend_problem() or ""))
-            self.report_backend()
-            return
-        if was_down is not None:
-            log.info("the Celery broker is back")
-            self.emit(Notice(subsystem=self.name, event="backend_available", message="the Celery broker answers again"))
-            self.clocks_from = now  # no heartbeat could come while it was down
-        elif first:
-            self.clocks_from = now
         self.workers = {w.name: w for w in msg.workers}
         for worker in msg.workers:
             for index in range(1, worker.slots + 1):
@@ -187,6 +175,18 @@ class RemoteAgentsCore(AgentsCore):
             worker = self.workers.get(worker_of(key))
             if worker is None or int(key.rpartition(SLOT)[2] or 0) > worker.slots:
                 del self.agents[key]  # a slot it no longer has (idle): gone
+        if msg.broker_error is not None:
+            if was_down is None:
+                log.warning("the Celery broker is unavailable: %s", msg.broker_error)
+                self.emit(Notice(subsystem=self.name, event="backend_unavailable", message=self.backend_problem() or ""))
+            self.report_backend()
+            return
+        if was_down is not None and not first:
+            log.info("the Celery broker is back")
+            self.emit(Notice(subsystem=self.name, event="backend_available", message="the Celery broker answers again"))
+            self.clocks_from = now  # no heartbeat could come while it was down
+        elif first:
+            self.clocks_from = now
         self.check_lost(now)
         self.report_backend()
         self.ask_for_work()
@@ -280,14 +280,6 @@ class RemoteAgentsCore(AgentsCore):
                 cancellable=False,
             )
         )
-
-    def on_cancel(self, item: InFlightItem, msg: Any) -> None:
-        if item.kind == BACKEND_UNAVAILABLE:
-            from .errors import MaintdError
-
-            self.refuse(msg, MaintdError("the broker's state cannot be cancelled: bring the broker back", code="not_cancellable"))
-            return
-        super().on_cancel(item, msg)
 
     def on_agent_enabled(self, name: str, enabled: bool) -> None:
         self.remote.set_consuming(name, enabled)
