@@ -110,7 +110,8 @@ class RemoteAgentsCore(AgentsCore):
         self.lost_timeout = lost_timeout
         self.broker = broker
         self.workers: dict[str, RemoteWorker] = {}
-        self.lost: set[str] = set()
+        #: lost workers, and when each was found lost
+        self.lost: dict[str, float] = {}
         #: since when the lost clocks run: the start, or the broker's return
         self.clocks_from = clock.now()
         self.broker_error: str | None = None
@@ -192,26 +193,30 @@ class RemoteAgentsCore(AgentsCore):
         self.ask_for_work()
 
     def check_lost(self, now: float) -> None:
+        """A worker not heard from for ``lost_timeout`` (counted from the start, or the broker's
+        return, at the earliest) is lost, and its jobs are rescheduled; it is back only once
+        heard from after that. One that said it went offline takes no work meanwhile (Celery
+        workers say so also when they lose the broker and connect again)."""
         names = {worker_of(key) for key in self.agents} | set(self.workers)
         for name in sorted(names):
             worker = self.workers.get(name)
-            last = max(worker.heartbeat or 0.0, self.clocks_from) if worker is not None else self.clocks_from
-            silent = now - last
-            gone = worker is not None and not worker.online
-            if silent <= self.lost_timeout and not gone:
-                if name in self.lost:
-                    self.lost.discard(name)
+            heard = worker.heartbeat or 0.0 if worker is not None else 0.0
+            if name in self.lost:
+                if heard > self.lost[name]:
+                    del self.lost[name]
                     log.info("agent %s is heard from again", name)
                 continue
-            if name not in self.lost:
-                self.lost.add(name)
-                why = "it stopped" if gone else f"no heartbeat for {silent:.0f}s (lost_timeout {self.lost_timeout:g}s)"
-                log.warning("agent %s is lost: %s", name, why)
-                self.emit(Notice(subsystem=self.name, event="agent_lost", message=f"agent {name} is lost: {why}"))
+            silent = now - max(heard, self.clocks_from)
+            if silent <= self.lost_timeout:
+                continue
+            self.lost[name] = now
+            why = f"no heartbeat for {silent:.0f}s (lost_timeout {self.lost_timeout:g}s)"
+            log.warning("agent %s is lost: %s", name, why)
+            self.emit(Notice(subsystem=self.name, event="agent_lost", message=f"agent {name} is lost: {why}"))
             for key in self.slots_of(name):
                 job_id = self.agents.get(key)
                 if job_id is not None:
-                    self.reschedule(job_id, f"agent {name} lost: {'it stopped' if gone else f'no heartbeat for {silent:.0f}s'}")
+                    self.reschedule(job_id, f"agent {name} lost: no heartbeat for {silent:.0f}s")
             for key in self.slots_of(name):
                 if self.agents.get(key) is None:
                     del self.agents[key]
@@ -287,7 +292,7 @@ class RemoteAgentsCore(AgentsCore):
     # -- what `maintctl agents` shows: one row per worker ----------------------------------
 
     def info(self) -> list[AgentInfo]:
-        names = sorted({worker_of(key) for key in self.agents} | set(self.workers) | self.lost)
+        names = sorted({worker_of(key) for key in self.agents} | set(self.workers) | set(self.lost))
         rows = []
         for name in names:
             worker = self.workers.get(name)
@@ -299,6 +304,8 @@ class RemoteAgentsCore(AgentsCore):
                 state = "lost"
             elif self.broker_error is not None or worker is None:
                 state = "unknown"
+            elif not worker.online and not jobs:
+                state = "offline"
             elif jobs:
                 state = "building"
             elif disabled:

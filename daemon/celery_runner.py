@@ -307,7 +307,7 @@ class CeleryRunner:
 
     async def _set_consuming(self, agent: str, enabled: bool) -> None:
         queue = contract.worker_queue(self.queue, agent)
-        nodes = [node for node in self.workers if worker_of(node) == agent]
+        nodes = [node for node in self.workers if contract.agent_of(node) == agent]
         if not nodes:
             return  # not running: it consumes nothing now; maintd offers it no work while disabled
 
@@ -553,12 +553,12 @@ class CeleryRunner:
         worker = self.workers.get(node)
         if worker is None:
             worker = self.workers[node] = _Worker(node=node, heartbeat=at)
-            log.info("agent %s seen (%s)", worker_of(node), node)
+            log.info("agent %s seen (%s)", contract.agent_of(node), node)
         worker.heartbeat = max(worker.heartbeat, at)
         worker.active = int(event.get("active") or 0)
         if kind == "worker-offline":
             worker.online = False
-            log.info("agent %s went offline", worker_of(node))
+            log.info("agent %s went offline", contract.agent_of(node))
             self._send_workers()
             return
         changed = not worker.online
@@ -579,7 +579,7 @@ class CeleryRunner:
             slots = int(((answer.get("pool") or {}).get("max-concurrency")) or 0)
             if slots:
                 worker.slots = slots
-                log.info("agent %s has %d slot(s)", worker_of(worker.node), slots)
+                log.info("agent %s has %d slot(s)", contract.agent_of(worker.node), slots)
                 self._send_workers()
         except Exception as exc:  # noqa: BLE001 - asked again at its next heartbeat
             log.debug("cannot ask %s for its slots: %s", worker.node, exc)
@@ -591,7 +591,7 @@ class CeleryRunner:
             return
         workers = tuple(
             RemoteWorker(
-                name=worker_of(w.node),
+                name=contract.agent_of(w.node),
                 host=w.node.partition("@")[2],
                 node=w.node,
                 slots=w.slots,

@@ -203,4 +203,3 @@ def check_socket_dir(folder: Path) -> None:
             f"socket folder {folder} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): they could replace "
             f"the socket with their own; chmod go-w {folder}, or choose another --socket"
         )
-

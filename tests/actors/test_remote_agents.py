@@ -130,7 +130,7 @@ def test_while_the_broker_is_down_held_jobs_block_and_no_worker_is_lost(w: World
     w.clock.t += LOST * 3  # far past lost_timeout: no heartbeat could arrive
     seen(c, worker("w1", 1, last), error="ConnectionError: refused")
     assert w.job(spec.job_id)[0] == "building" and c.info()[0].state == "unknown"
-    assert wants(w)[-1:] != ["w1#1"] or len(wants(w)) == 1  # no slot offered while it is down
+    assert not c.can_take("w1#1")  # no slot offered while it is down
     # back: the item goes, and the worker's clock starts again from now (not lost at once)
     seen(c, worker("w1", 1, last))
     assert [i for i in c.items.values() if i.kind == BACKEND_UNAVAILABLE] == []
@@ -169,11 +169,34 @@ def test_after_a_restart_the_store_s_remote_building_jobs_are_held_again_and_ask
     assert w.job(spec.job_id)[0] == "failed"
 
 
-def test_a_worker_that_goes_offline_is_lost_at_once(w: World) -> None:
+def test_a_worker_that_says_it_is_offline_takes_no_work_and_is_lost_only_after_lost_timeout(w: World) -> None:
     c = core(w)
     seen(c, worker("w1", 1, w.clock.now()))
-    seen(c, worker("w1", 1, w.clock.now(), online=False))
+    spec = new_spec(w)
+    c.handle(Assign(agent="w1#1", spec=spec))
+    seen(c, worker("w1", 1, w.clock.now(), online=False))  # Celery says so when it reconnects, too
+    assert w.job(spec.job_id)[0] == "building" and not c.can_take("w1#1")
+    last = w.clock.now()
+    w.clock.t += LOST + 1
+    seen(c, worker("w1", 1, last, online=False))
+    assert c.info()[0].state == "lost" and w.job(spec.job_id)[0] == "scheduled"
+
+
+def test_a_lost_worker_is_back_only_once_heard_from_after_it_was_lost(w: World) -> None:
+    c = core(w)
+    seen(c, worker("w1", 1, w.clock.now()))
+    last = w.clock.now()
+    w.clock.t += LOST + 1
+    seen(c, worker("w1", 1, last))
     assert c.info()[0].state == "lost"
+    seen(c, worker("w1", 1, last), error="ConnectionError: refused")
+    w.peers.told.clear()
+    seen(c, worker("w1", 1, last))  # the broker back: its old heartbeat does not bring it back
+    assert c.info()[0].state == "lost" and wants(w) == []
+    w.clock.t += 1
+    w.peers.told.clear()
+    seen(c, worker("w1", 1, w.clock.now()))
+    assert c.info()[0].state == "idle" and wants(w) == ["w1#1"]
 
 
 def test_the_scheduler_queues_a_rescheduled_job_first_and_hands_it_to_a_waiting_agent(w: World) -> None:
