@@ -1,0 +1,252 @@
+"""maintd with ``[agents] backend = "celery"``: the drain, exact, for jobs on other hosts.
+
+Real parts: a real ``redis-server`` (the broker and result backend), real ``maintd-agent``
+workers (two, with different names and work dirs, for two hosts), a real maintd and
+maintctl. Jobs wait for a release file the test makes, so the test decides when work
+ends; every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.remote.conftest import alive
+
+from tests.conftest import Daemon, wait_for
+
+HEARTBEAT = "300ms"
+LOST = "3s"
+
+
+class Remote:
+    """A maintd on the Celery backend, its broker, and the workers standing for hosts."""
+
+    def __init__(self, tmp: Path, redis_server: Any, start_worker: Any) -> None:
+        self.tmp = tmp
+        self.redis = redis_server
+        self.start_worker = start_worker
+        self.release = tmp / "release"
+        self.release.mkdir()
+        self.pids = tmp / "pids"
+        self.pids.mkdir()
+        self.workers: dict[str, Any] = {}
+        self.d: Daemon | None = None
+
+    def worker(self, name: str, slots: int = 1) -> Any:
+        w = self.start_worker(name, broker_url=self.redis.url, slots=slots, work_dir=self.tmp / f"host-{name}", heartbeat=0.3)
+        self.workers[name] = w
+        return w
+
+    def job(self, name: str, body: str = "") -> str:
+        wait = f'while [ ! -e "{self.release}/{name}" ]; do sleep 0.02; done'
+        return (
+            f'[[pipelines.stages.jobs]]\nname = "{name}"\n'
+            f"shell = '''echo started $GO_PIPELINE_NAME/$GO_PIPELINE_COUNTER/$GO_JOB_NAME in $PWD; {body}{wait}; "
+            f"echo finished {name}; exit ${{EXIT_CODE:-0}}'''\n"
+        )
+
+    def config(self, *jobs: str | tuple[str, str]) -> str:
+        jobs_toml = "".join(self.job(j) if isinstance(j, str) else self.job(*j) for j in jobs)
+        return (
+            '[daemon]\nstop_drain_timeout = "1s"\n'
+            '[agents]\nbackend = "celery"\ncancel_grace = "1s"\n'
+            f'[celery]\nbroker = "{self.redis.url}"\nheartbeat = "{HEARTBEAT}"\nlost_timeout = "{LOST}"\n'
+            '[maintenance]\nsubsystem_restart_delay = "100ms"\n'
+            '[[pipelines]]\nname = "build"\n[[pipelines.stages]]\nname = "test"\n' + jobs_toml
+        )
+
+    def start(self, *jobs: str | tuple[str, str]) -> Daemon:
+        self.d = Daemon(self.tmp / "maintd", config=self.config(*jobs)).start()
+        return self.d
+
+    def ctl(self, *args: str, ok: bool = True) -> Any:
+        assert self.d is not None
+        done = self.d.maintctl(*args)
+        if ok:
+            assert done.returncode == 0, done.stderr + done.stdout
+        return done
+
+    def agents(self) -> dict[str, Any]:
+        return {a["name"]: a for a in json.loads(self.ctl("agents", "--json").stdout)["agents"]}
+
+    def jobs(self) -> dict[str, Any]:
+        runs = json.loads(self.ctl("runs", "--json").stdout)["runs"]
+        return {j["name"]: j for r in runs for j in r["jobs"]}
+
+    def wait_agents_idle(self, *names: str) -> None:
+        wait_for(lambda: all(self.agents().get(n, {}).get("state") == "idle" for n in names), 20, f"agents {names} idle")
+
+    def wait_job(self, name: str, predicate: Any, what: str, timeout: float = 20) -> dict[str, Any]:
+        return wait_for(lambda: j if (j := self.jobs().get(name)) and predicate(j) else None, timeout, what)
+
+    def building(self, *names: str) -> dict[str, str]:
+        """Wait until each job builds on a worker that has started it; its agent (``NAME#slot``)."""
+        found = {}
+        for name in names:
+            job = self.wait_job(name, lambda j: j["state"] == "building", f"{name} building")
+            wait_for(lambda n=name: "started build/" in self.logs(n), 20, f"{name}'s output in its log")
+            found[name] = job["agent"]
+        return found
+
+    def logs(self, name: str) -> str:
+        job = self.jobs()[name]
+        return self.ctl("logs", str(job["id"])).stdout
+
+    def let_go(self, name: str) -> None:
+        (self.release / name).touch()
+
+    def safe(self) -> bool:
+        assert self.d is not None
+        return bool(self.d.status()["maintenance"]["safe_to_restart"])
+
+
+@pytest.fixture
+def remote(tmp_path: Path, redis_server: Any, start_worker: Any) -> Any:
+    r = Remote(tmp_path, redis_server, start_worker)
+    yield r
+    if r.d is not None:
+        r.d.stop()
+
+
+def test_the_drain_waits_for_every_remote_job_and_is_safe_only_after_the_last_ends(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.worker("w2")
+    remote.start("unit", "lint")
+    remote.wait_agents_idle("w1", "w2")
+    remote.ctl("trigger", "build")
+    on = remote.building("unit", "lint")
+    assert {a.split("#")[0] for a in on.values()} == {"w1", "w2"}  # one on each host
+    # each ran in its host's work dir, with the GO_* environment; its output reached the server's log
+    for name, agent in on.items():
+        assert f"started build/1/{name} in {remote.tmp}/host-{agent.split('#')[0]}/" in remote.logs(name)
+    remote.ctl("enable", "--reason", "upgrade")
+    assert not remote.safe()
+    remote.let_go("unit")
+    remote.wait_job("unit", lambda j: j["state"] == "passed", "unit passed")
+    assert not remote.safe()  # lint still builds on the other host
+    status = remote.d.status()
+    assert [i["id"] for i in status["running_systems"]["building_jobs"]] == [f"agents/job-{remote.jobs()['lint']['id']}"]
+    remote.let_go("lint")
+    done = remote.ctl("wait", "--timeout", "20s")
+    assert "Safe to restart." in done.stdout
+    assert {j["state"] for j in remote.jobs().values()} == {"passed"}
+    assert "finished lint" in remote.logs("lint")
+
+
+def test_paused_maintd_publishes_nothing_and_idle_workers_take_nothing(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.start("one", "two", "three")
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("one")  # one slot: the others wait in maintd, not on the broker
+    remote.ctl("enable")
+    client = remote.redis.client()
+    assert client.llen("maintd.w1") == 0  # never a backlog on the broker
+    remote.let_go("one")
+    remote.let_go("two")
+    remote.let_go("three")
+    assert "Safe to restart." in remote.ctl("wait", "--timeout", "20s").stdout
+    jobs = remote.jobs()
+    assert jobs["one"]["state"] == "passed" and {jobs["two"]["state"], jobs["three"]["state"]} == {"scheduled"}
+    tasks = [k for k in client.scan_iter("celery-task-meta-*")]
+    assert len(tasks) == 1 and client.llen("maintd.w1") == 0  # only the first job's task was ever published
+    assert remote.agents()["w1"]["state"] == "paused"
+    remote.ctl("disable")
+    remote.wait_job("three", lambda j: j["state"] == "passed", "the rest run once maintenance is off")
+
+
+def test_a_cancel_kills_the_remote_job_s_whole_tree_and_it_is_cancelled_once_its_end_is_confirmed(remote: Remote) -> None:
+    remote.worker("w1")
+    pidfile = remote.pids / "escaped"
+    body = f"setsid sh -c 'trap \"\" TERM; echo $$ > {pidfile}; while :; do sleep 0.05; done' & "
+    remote.start(("tree", body))  # a child that leaves its session and ignores SIGTERM
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("tree")
+    escaped = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the escaped child's pid"))
+    assert alive(escaped)
+    job_id = remote.jobs()["tree"]["id"]
+    remote.ctl("cancel", f"agents/job-{job_id}")
+    job = remote.wait_job("tree", lambda j: j["state"] == "cancelled", "the job cancelled", timeout=30)
+    assert job["cancelled_by"]
+    assert not alive(escaped)  # the whole tree went before the job was recorded cancelled
+
+
+def test_a_worker_killed_mid_job_is_lost_and_its_job_rescheduled_and_run_on_the_other(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.worker("w2")
+    remote.start("deploy")
+    remote.wait_agents_idle("w1", "w2")
+    remote.ctl("trigger", "build")
+    first = remote.building("deploy")["deploy"].split("#")[0]
+    other = "w2" if first == "w1" else "w1"
+    remote.ctl("enable")
+    remote.workers[first].kill9()
+    # until lost_timeout its job blocks; then it is rescheduled, and in maintenance it waits
+    job = remote.wait_job("deploy", lambda j: j["state"] == "scheduled", "the job rescheduled", timeout=20)
+    assert job["agent"] is None
+    assert remote.agents()[first]["state"] == "lost"
+    history = remote.ctl("history").stdout
+    assert "job_rescheduled" in history and f"agent {first} lost" in history
+    remote.ctl("disable")
+    job = remote.wait_job("deploy", lambda j: j["state"] == "building", "the job running again")
+    assert job["agent"].startswith(f"{other}#")
+    wait_for(lambda: f"host-{other}/" in remote.logs("deploy"), 20, "the second attempt's output")
+    remote.let_go("deploy")
+    remote.wait_job("deploy", lambda j: j["state"] == "passed", "the job passed on the other host")
+
+
+def test_maintd_killed_mid_job_finds_it_still_building_and_records_its_real_result(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.start("migrate")
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("migrate")
+    job_id = remote.jobs()["migrate"]["id"]
+    assert remote.d is not None and remote.d.proc is not None
+    remote.d.proc.send_signal(signal.SIGKILL)
+    remote.d.proc.wait(10)
+    remote.d = Daemon(remote.tmp / "maintd", config=remote.config("migrate")).start()
+    job = remote.jobs()["migrate"]
+    assert job["state"] == "building", job  # not interrupted: it runs on its host
+    remote.ctl("enable")
+    assert not remote.safe()
+    remote.let_go("migrate")
+    remote.wait_job("migrate", lambda j: j["state"] == "passed", "its real result")
+    assert "finished migrate" in remote.logs("migrate")
+    assert "Safe to restart." in remote.ctl("wait", "--timeout", "20s").stdout
+    assert remote.jobs()["migrate"]["id"] == job_id  # the same job, not a new one
+
+
+def test_the_broker_stopped_mid_drain_is_never_safe_and_nothing_is_lost_when_it_returns(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.start("backup")
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("backup")
+    remote.ctl("enable")
+    remote.redis.stop()
+    status = remote.d.wait_status(
+        lambda s: (s.get("agents_backend") or {}).get("state") == "unavailable", "the backend shown unavailable"
+    )
+    other = status["running_systems"]["other"]
+    assert [i["kind"] for i in other] == ["backend_unavailable"] and "unknown" in other[0]["description"]
+    remote.let_go("backup")  # it ends on its host while the broker is down
+    # status and the maintenance requests still answer; it is not safe
+    assert "maintenance" in remote.d.status()
+    assert remote.ctl("status").returncode == 0
+    why = remote.ctl("why", ok=False).stdout
+    assert "broker" in why and "unavailable" in why
+    assert not remote.safe()
+    import httpx
+
+    metrics = httpx.get(f"{remote.d.http_url()}/metrics", timeout=10).text
+    assert 'maintd_agents_backend_up{backend="celery"} 0.0' in metrics
+    remote.redis.start()
+    remote.wait_job("backup", lambda j: j["state"] == "passed", "its result, once the broker is back", timeout=40)
+    assert "finished backup" in remote.logs("backup")
+    assert "Safe to restart." in remote.ctl("wait", "--timeout", "30s").stdout
