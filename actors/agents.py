@@ -11,6 +11,17 @@ Assign is dropped, since the scheduler takes back whatever it handed out that is
 A restarted core learns from the store what it holds (building jobs, and who asked to
 cancel them) and what was on its way to it (handed out, then lost with the failed actor's
 inbox: given back), and asks the process runner to tell again how its jobs stand.
+
+One agent's drain (``maintctl agent disable NAME``, GoCD's agent disable): a disabled agent
+finishes its job and asks for no more; an Assign that reaches it is given back as a paused
+agent's is. Disabling only narrows the intake, so it is taken in maintenance too; enabling
+is refused there (``maintenance_mode``). The disabled agents are kept in the store, with the
+audit entry, before the change takes effect; a restarted core reads them back.
+
+An agent is known by its name; the jobs run on its slots, the keys of ``self.agents``. Here
+each agent has one slot, its name; :class:`~actors.remote_agents.RemoteAgentsCore` (a Celery
+worker of N slots, ``NAME#1`` .. ``NAME#N``) overrides :meth:`AgentsCore.slots_of`,
+:meth:`AgentsCore.agent_name`, :meth:`AgentsCore.agent_row` and :meth:`AgentsCore.on_agent_enabled`.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from typing import Any
 
 import msgspec
 
+from .config_guard import refuse_in_maintenance
+from .errors import MaintdError, NotFound
 from .handout import (
     AgentsPaused,
     AnnounceIdle,
@@ -49,6 +62,13 @@ _tokens = itertools.count(1)
 
 
 class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of ``maintctl agents``: an agent (a local one, or a remote worker of ``slots`` slots).
+
+    ``state``: ``idle``, ``building`` (a job on at least one slot, disabled or not),
+    ``disabled`` (idle and disabled), ``paused`` (idle in maintenance), and for remote
+    workers ``lost`` and ``unknown``. ``host`` None: a local agent.
+    """
+
     name: str
     state: str
     job: str | None = None
@@ -59,6 +79,15 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     busy: int = 0
     heartbeat: float | None = None
     disabled: bool = False
+
+
+class SetAgentEnabled(msgspec.Struct, frozen=True, kw_only=True):
+    """``maintctl agent disable|enable NAME``: agent ``name`` takes work (or finishes its job and takes no more)."""
+
+    name: str
+    enabled: bool
+    by: str
+    peer: str | None = None  # which process asked (pid and command line), for the audit log
 
 
 class AgentsCore(SubsystemCore):
@@ -99,6 +128,8 @@ class AgentsCore(SubsystemCore):
         #: jobs that have ended whose result waits for the store: still held (GiveBack says so),
         #: since the scheduler hears that they finished only once it is recorded
         self.unrecorded: set[int] = set()
+        #: the names of the agents an operator disabled (the store's, read back by restore())
+        self.disabled: set[str] = set()
         for item in self.items.values():
             if item.agent in self.agents:
                 self.agents[item.agent] = int(item.local_id.removeprefix("job-"))
@@ -108,8 +139,10 @@ class AgentsCore(SubsystemCore):
         self.ask_for_work()
 
     def restore(self) -> None:
-        """The store is the truth (also after a restart): the jobs building on these agents,
-        who asked to cancel them, and the jobs handed to them whose Assign never arrived."""
+        """The store is the truth (also after a restart): the agents disabled, the jobs
+        building on these agents, who asked to cancel them, and the jobs handed to them whose
+        Assign never arrived."""
+        self.disabled = set(self.store.disabled_agents())
         held = {job_id for job_id in self.agents.values() if job_id is not None}  # the supervisor's last word
         building: dict[int, Any] = {}
         handed = False
@@ -146,11 +179,28 @@ class AgentsCore(SubsystemCore):
         holding = tuple(sorted({job_id for job_id in self.agents.values() if job_id is not None} | self.unrecorded))
         self.peers.tell("scheduler", GiveBack(token=self.giving_back, holding=holding))
 
+    # -- agents and their slots (the seams RemoteAgentsCore overrides) -----------------------
+
+    def slots_of(self, name: str) -> list[str]:
+        """The keys in ``self.agents`` of agent ``name``'s slots; none for an unknown name."""
+        return [name] if name in self.agents else []
+
+    def agent_name(self, key: str) -> str:
+        """The name of the agent whose slot ``key`` is."""
+        return key
+
+    def takes_work(self, key: str) -> bool:
+        """Slot ``key`` is free and its agent enabled (the intake aside)."""
+        return self.agents.get(key, 0) is None and self.agent_name(key) not in self.disabled
+
+    def on_agent_enabled(self, name: str, enabled: bool) -> None:
+        """Agent ``name`` was enabled or disabled (recorded, in effect here); a hook for subclasses."""
+
     def ask_for_work(self) -> None:
         if not self.intake_open or self.giving_back is not None:
             return
-        for agent, job in self.agents.items():
-            if job is None:
+        for agent in self.agents:
+            if self.takes_work(agent):
                 self.peers.tell("scheduler", WantWork(agent))
 
     def on_pause(self, drain_id: str) -> None:
@@ -165,8 +215,8 @@ class AgentsCore(SubsystemCore):
         if qualify(self.name, job_item_id(spec.job_id)) in self.items:
             log.warning("job %d is building here already; a second Assign is ignored", spec.job_id)
             return
-        if not self.intake_open or self.agents.get(agent, 0) is not None:
-            self.give_back()
+        if not self.intake_open or not self.takes_work(agent):
+            self.give_back()  # paused, busy or disabled
             return
         self.agents[agent] = spec.job_id
         # Not waited for: the store handles its messages in order (see SyncStore.later); behind
@@ -218,7 +268,7 @@ class AgentsCore(SubsystemCore):
             self.agents[item.agent] = None
         self.remove(item_id)
         self.on_job(state.value)
-        if self.intake_open and self.giving_back is None and item.agent in self.agents:
+        if self.intake_open and self.giving_back is None and item.agent is not None and self.takes_work(item.agent):
             self.peers.tell("scheduler", WantWork(item.agent))
 
     def cancel_job(self, job_id: int, by: str) -> None:
@@ -236,23 +286,70 @@ class AgentsCore(SubsystemCore):
         self.cancel_job(int(item.local_id.removeprefix("job-")), msg.by)
         self.accept_cancel(msg)
 
-    def info(self) -> list[AgentInfo]:
-        out = []
-        for agent, job_id in self.agents.items():
-            if job_id is None:
-                out.append(AgentInfo(name=agent, state="idle" if self.intake_open else "paused"))
-                continue
-            item = self.items.get(qualify(self.name, job_item_id(job_id)))
-            out.append(
-                AgentInfo(
-                    name=agent,
-                    state="building",
-                    job=item.description if item else str(job_id),
-                    pid=self.pids.get(job_id),
-                    since=item.started_at if item else None,
+    def set_enabled(self, msg: SetAgentEnabled) -> dict[str, Any]:
+        """Enable or disable agent ``msg.name``: recorded with its audit entry first (a change
+        the store cannot record is refused and not made), then in effect."""
+        name = msg.name
+        verb = "enable" if msg.enabled else "disable"
+        if not self.slots_of(name) and name not in self.disabled:
+            known = ", ".join(dict.fromkeys(self.agent_name(key) for key in self.agents)) or "none"
+            raise NotFound(f"no agent named {name!r}; the agents are {known} (`maintctl agents` lists them)")
+        if msg.enabled and not self.intake_open:
+            error = refuse_in_maintenance(f"enabling agent {name}")
+            try:  # the refusal is audited too; it is refused even if the store cannot record it
+                self.store.audit(
+                    f"agent_{verb}_refused", msg.by, self.clock.now(), reason=error.message, target=name, detail=msg.peer
                 )
-            )
-        return out
+            except MaintdError as exc:
+                log.error("could not record the refused enable of agent %s in the audit log: %s", name, exc.message)
+            raise error
+        changed = (name in self.disabled) == msg.enabled
+        reason = None if changed else f"already {verb}d"
+        self.store.set_agent_disabled(name, not msg.enabled, msg.by, self.clock.now(), reason=reason, detail=msg.peer)
+        if changed:
+            log.info("%s %sd agent %s", msg.by, verb, name)
+            (self.disabled.discard if msg.enabled else self.disabled.add)(name)
+            idle = [key for key in self.slots_of(name) if self.agents[key] is None]
+            if self.intake_open and self.giving_back is None and idle:
+                if msg.enabled:
+                    for key in idle:
+                        self.peers.tell("scheduler", WantWork(key))
+                else:
+                    # Its idle slots are on the scheduler's waiting list: clear the list and
+                    # ask again for the agents that take work. (An Assign already on its way
+                    # to a disabled slot is given back.)
+                    self.peers.tell("scheduler", AgentsPaused())
+                    self.ask_for_work()
+            self.on_agent_enabled(name, msg.enabled)
+        return {"agent": name, "state": self.agent_row(name).state, "changed": changed}
+
+    def info(self) -> list[AgentInfo]:
+        """One row an agent (not a slot), in the order of their slots."""
+        return [self.agent_row(name) for name in dict.fromkeys(self.agent_name(key) for key in self.agents)]
+
+    def agent_row(self, name: str) -> AgentInfo:
+        """Agent ``name``'s row of ``maintctl agents``: its job (the first busy slot's), and
+        its state from its slots, whether it is disabled and the intake."""
+        keys = self.slots_of(name)
+        busy = [job_id for key in keys if (job_id := self.agents[key]) is not None]
+        disabled = name in self.disabled
+        if busy:
+            state = "building"
+        elif disabled:
+            state = "disabled"
+        else:
+            state = "idle" if self.intake_open else "paused"
+        row = AgentInfo(name=name, state=state, slots=max(len(keys), 1), busy=len(busy), disabled=disabled)
+        if not busy:
+            return row
+        job_id = busy[0]
+        item = self.items.get(qualify(self.name, job_item_id(job_id)))
+        return msgspec.structs.replace(
+            row,
+            job=item.description if item else str(job_id),
+            pid=self.pids.get(job_id),
+            since=item.started_at if item else None,
+        )
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -278,6 +375,8 @@ class AgentsCore(SubsystemCore):
                     # a restarted scheduler: our GiveBack may have been lost with its inbox
                     self.give_back()
                 self.ask_for_work()
+            case SetAgentEnabled():
+                return self.set_enabled(message)
             case GetInfo():
                 return self.info()
             case _:

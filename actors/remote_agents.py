@@ -29,8 +29,8 @@ from typing import Any
 import msgspec
 
 from .agents import AgentInfo, AgentsCore
-from .handout import Reschedule, WantWork, job_item_id
-from .jobs import JobExited, JobSpec
+from .handout import Reschedule, job_item_id
+from .jobs import JobExited
 from .messages import Notice
 from .ports import Clock, JobStore, PeerTable, ProcessPort, RemoteWorkers, Timers
 from .subsystem import Emit
@@ -126,7 +126,10 @@ class RemoteAgentsCore(AgentsCore):
     def slots_of(self, name: str) -> list[str]:
         return [key for key in self.agents if worker_of(key) == name]
 
-    def can_take(self, key: str) -> bool:
+    def takes_work(self, key: str) -> bool:
+        """Also: its worker is heard from, online, not lost, has that slot, and the broker is up."""
+        if not super().takes_work(key):
+            return False
         name = worker_of(key)
         worker = self.workers.get(name)
         return (
@@ -135,23 +138,8 @@ class RemoteAgentsCore(AgentsCore):
             and worker is not None
             and worker.online
             and name not in self.lost
-            and name not in getattr(self, "disabled", ())
-            and key in self.agents
             and int(key.rpartition(SLOT)[2] or 0) <= worker.slots
         )
-
-    def ask_for_work(self) -> None:
-        if not self.intake_open or self.giving_back is not None:
-            return
-        for key, job in self.agents.items():
-            if job is None and self.can_take(key):
-                self.peers.tell("scheduler", WantWork(key))
-
-    def assign(self, agent: str, spec: JobSpec) -> None:
-        if self.giving_back is None and not self.can_take(agent):
-            self.give_back()  # a slot gone, lost or disabled since it asked: the job goes back
-            return
-        super().assign(agent, spec)
 
     def restore(self) -> None:
         # The jobs the store has on remote agents: their slots exist before the store's
@@ -168,6 +156,9 @@ class RemoteAgentsCore(AgentsCore):
         now = self.clock.now()
         was_down, self.broker_error = self.broker_error, msg.broker_error
         first, self.heard = not self.heard, True
+        for worker in msg.workers:
+            if worker.name not in self.workers and worker.name in self.disabled:
+                self.remote.set_consuming(worker.name, False)  # disabled before it was (last) seen
         self.workers = {w.name: w for w in msg.workers}
         for worker in msg.workers:
             for index in range(1, worker.slots + 1):
@@ -299,7 +290,7 @@ class RemoteAgentsCore(AgentsCore):
             keys = self.slots_of(name)
             jobs = [self.agents[k] for k in keys if self.agents.get(k) is not None]
             items = [self.items.get(qualify(self.name, job_item_id(j))) for j in jobs]
-            disabled = name in getattr(self, "disabled", ())
+            disabled = name in self.disabled
             if name in self.lost:
                 state = "lost"
             elif self.broker_error is not None or worker is None:

@@ -61,6 +61,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, enabled INTEGER NOT NULL,
             drain_id TEXT, ttl_end REAL, by TEXT NOT NULL, at REAL NOT NULL)""",
     ),
+    # 4: the agents an operator disabled (`maintctl agent disable`), so that no restart enables them
+    (
+        """CREATE TABLE disabled_agents (
+            agent TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

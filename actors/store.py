@@ -1,4 +1,5 @@
-"""The plain SQLite store: runs, jobs, job events, material revisions, paused pipelines and the audit log.
+"""The plain SQLite store: runs, jobs, job events, material revisions, paused pipelines, disabled
+agents and the audit log.
 
 :class:`Store` is a plain class over one ``sqlite3`` connection; every method is one
 transaction, so a failure never leaves half a record. Its tables and their migrations are
@@ -373,6 +374,28 @@ class Store(Queries):
     def paused_pipelines(self) -> list[str]:
         with self._read("the paused pipelines") as db:
             return [str(row["pipeline"]) for row in db.execute("SELECT pipeline FROM paused_pipelines ORDER BY pipeline")]
+
+    def set_agent_disabled(
+        self, agent: str, disabled: bool, by: str, at: float, reason: str | None = None, detail: str | None = None
+    ) -> int:
+        """Record that agent ``agent`` (a name, as `maintctl agents` shows it) is disabled (or
+        not) and its audit entry (``agent_disable`` or ``agent_enable``), in one transaction.
+        Disabling a disabled agent keeps who disabled it first, and is audited all the same."""
+        action = "agent_disable" if disabled else "agent_enable"
+        with self._tx(f"the {action} of {agent}") as db:
+            if disabled:
+                db.execute("INSERT OR IGNORE INTO disabled_agents (agent, by, at) VALUES (?, ?, ?)", (agent, by, at))
+            else:
+                db.execute("DELETE FROM disabled_agents WHERE agent = ?", (agent,))
+            cur = db.execute(
+                "INSERT INTO audit (at, action, by, reason, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (at, action, by, reason, agent, detail),
+            )
+            return int(cur.lastrowid or 0)
+
+    def disabled_agents(self) -> list[str]:
+        with self._read("the disabled agents") as db:
+            return [str(row["agent"]) for row in db.execute("SELECT agent FROM disabled_agents ORDER BY agent")]
 
     def save_maintenance(self, row: MaintenanceRow, reason: str | None = None, detail: str | None = None) -> int:
         """Record a turn of maintenance on or off: the state (one row, replaced) and its audit

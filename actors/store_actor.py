@@ -288,6 +288,14 @@ class SyncStore:
     def paused_pipelines(self) -> list[str]:
         return self._call(lambda s: s.paused_pipelines(), "paused_pipelines")
 
+    def set_agent_disabled(
+        self, agent: str, disabled: bool, by: str, at: float, reason: str | None = None, detail: str | None = None
+    ) -> int:
+        return self._call(lambda s: s.set_agent_disabled(agent, disabled, by, at, reason, detail), "set_agent_disabled")
+
+    def disabled_agents(self) -> list[str]:
+        return self._call(lambda s: s.disabled_agents(), "disabled_agents")
+
     def recent_durations(self, limit_per_key: int = RECENT) -> Durations:
         return self._call(lambda s: s.recent_durations(limit_per_key), "recent_durations")
 

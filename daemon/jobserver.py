@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from actors.agents import AgentsCore
+from actors.agents import AgentsCore, SetAgentEnabled
 from actors.budget import ACTOR_ANSWER, STORE_WAIT
 from actors.config_guard import ApplyConfig, ConfigGuardCore, SetPipelinePaused
 from actors.definitions import parse_duration
@@ -185,6 +185,11 @@ class JobServerRequests:
                 return await self.ask(
                     "config", SetPipelinePaused(pipeline=pipeline, paused=paused, by=peer.user, peer=peer.detail)
                 )
+            case p.AgentDisableRequest(name=name) | p.AgentEnableRequest(name=name):
+                enabled = isinstance(request, p.AgentEnableRequest)
+                peer.require_admin("agent enable" if enabled else "agent disable", admin_group)
+                # the agents audit it before it takes effect (a refused enable too)
+                return await self.ask("agents", SetAgentEnabled(name=name, enabled=enabled, by=peer.user, peer=peer.detail))
             case p.ReloadRequest():
                 peer.require_admin("reload", admin_group)
                 return await self.reload(peer.user, peer.detail)

@@ -114,6 +114,18 @@ class PipelineUnpauseRequest(Request, tag="pipeline_unpause"):
     pipeline: Annotated[str, Meta(min_length=1, max_length=100)]
 
 
+class AgentDisableRequest(Request, tag="agent_disable"):
+    """One agent's drain: agent ``name`` finishes its job and takes no more (allowed in maintenance)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class AgentEnableRequest(Request, tag="agent_enable"):
+    """Agent ``name`` takes work again (refused ``maintenance_mode`` in maintenance)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
 class ReloadRequest(Request, tag="reload"):
     pass
 
@@ -190,6 +202,8 @@ AnyRequest = Union[
     TriggerRequest,
     PipelinePauseRequest,
     PipelineUnpauseRequest,
+    AgentDisableRequest,
+    AgentEnableRequest,
     ReloadRequest,
     CancelRunRequest,
     ForgetRequest,

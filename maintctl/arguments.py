@@ -177,6 +177,15 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="the pipeline's name")
 
 
+def _agent(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "One agent's drain. disable: the agent finishes its job and takes no more, without maintenance "
+        "mode (allowed in maintenance too); enable: it takes work again (refused during maintenance)."
+    )
+    p.add_argument("action", choices=("disable", "enable"), help="disable: no new jobs on it; enable: jobs again")
+    p.add_argument("name", metavar="NAME", help="the agent's name, as `maintctl agents` shows it")
+
+
 def _cancel_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="PIPELINE/COUNTER", help="the run, e.g. build/12")
     p.add_argument("--stage", help="cancel only this stage's jobs")
@@ -224,6 +233,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "trigger": ("run a pipeline now (refused during maintenance)", _trigger),
     "runs": ("recent pipeline runs and their job results", _runs),
     "agents": ("the agents and what each is building", None),
+    "agent": ("disable an agent (it finishes its job, takes no more) or enable it again", _agent),
     "logs": ("the output of a job (its id as `maintctl runs` shows it)", _logs),
     "pipeline": ("pause or unpause a pipeline (refused during maintenance)", _pipeline),
     "reload": ("re-read the config file's pipelines (refused during maintenance)", None),

@@ -245,6 +245,20 @@ def cmd_agents(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_agent(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.request(f"agent_{args.action}", name=args.name)
+    name = render.clean(result["agent"])
+    if not result["changed"]:
+        text = f"agent {name} is already {args.action}d"
+    elif args.action == "disable":
+        busy = " it finishes its job and takes no more." if result["state"] == "building" else " it takes no more jobs."
+        text = f"agent {name} disabled:{busy}"
+    else:
+        text = f"agent {name} enabled: it takes jobs again."
+    out(result, as_json, text)
+    return EXIT_OK
+
+
 #: How often ``logs --follow`` asks for more (supervisorctl tail -f polls too).
 FOLLOW_POLL = 0.25
 #: What one ``logs`` request brings at most (the daemon's bound).
@@ -378,6 +392,7 @@ COMMANDS = {
     "trigger": cmd_trigger,
     "runs": cmd_runs,
     "agents": cmd_agents,
+    "agent": cmd_agent,
     "logs": cmd_logs,
     "pipeline": cmd_pipeline,
     "reload": cmd_reload,

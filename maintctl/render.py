@@ -9,6 +9,8 @@ the terminal, move its cursor or reorder what it shows.
 
 from __future__ import annotations
 
+import time
+
 from daemon.escape import escape
 from daemon.times import human, seconds_until, span
 
@@ -237,10 +239,30 @@ def runs(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ago(ts: float | None) -> str:
+    """How long ago ``ts`` was: ``3s ago``, ``4m12s ago``; ``-`` for none."""
+    if ts is None:
+        return "-"
+    try:
+        return f"{span(time.time() - ts)} ago"
+    except TypeError:  # not a number
+        return str(ts)
+
+
 def agents(rows: list[dict[str, Any]]) -> str:
+    """One row an agent (a remote worker: one row for its slots); a local agent's HOST is ``local``."""
     rows = clean(rows)
-    lines = []
+    if not rows:
+        return "no agents"
+    lines = [f"  {'NAME':<16} {'STATE':<20} {'HOST':<16} {'SLOTS':>5} {'BUSY':>4}  {'HEARTBEAT':<12} JOB"]
     for a in rows:
-        doing = f" {a['job']} (pid {a['pid']}) since {when(a.get('since'))}" if a["state"] == "building" else ""
-        lines.append(f"  {a['name']:<10} {a['state']:<9}{doing}")
-    return "\n".join(lines) or "no agents"
+        state = a["state"] + (" (disabled)" if a.get("disabled") and a["state"] != "disabled" else "")
+        job = "-"
+        if a.get("job"):
+            pid = f" (pid {a['pid']})" if a.get("pid") else ""
+            job = f"{a['job']}{pid} since {when(a.get('since'))}"
+        lines.append(
+            f"  {a['name']:<16} {state:<20} {a.get('host') or 'local':<16} {a.get('slots', 1):>5} {a.get('busy', 0):>4}"
+            f"  {ago(a.get('heartbeat')):<12} {job}"
+        )
+    return "\n".join(lines)

@@ -31,9 +31,7 @@ class World:
         self.audits: list[tuple[str, str]] = []
         self.audit_fails = False
         self.refs: dict[str, list[Ref]] = {}
-        self.core = SupervisorCore(
-            clock=self.clock, timers=self.timers, sink=self.sink, audit_log=self, reconnect_grace=grace
-        )
+        self.core = SupervisorCore(clock=self.clock, timers=self.timers, sink=self.sink, audit_log=self, reconnect_grace=grace)
         for name in names:
             self.add(name)
 

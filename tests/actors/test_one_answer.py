@@ -100,9 +100,7 @@ def test_socket_http_metric_and_wait_never_disagree(subsystems: list[dict[str, A
     if not enabled:
         assert got["http_running"] is None and not safe
         return
-    blocking_work = any(
-        blocks for spec in subsystems if spec["reported"] for _kind, blocks in spec["items"]
-    )
+    blocking_work = any(blocks for spec in subsystems if spec["reported"] for _kind, blocks in spec["items"])
     # has_running_systems is exactly "there is work that blocks the restart" ...
     assert got["http_running"] is blocking_work is has_running_work(status.running_systems)
     # ... so it is never true while everything else says safe ...

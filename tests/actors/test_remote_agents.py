@@ -130,7 +130,7 @@ def test_while_the_broker_is_down_held_jobs_block_and_no_worker_is_lost(w: World
     w.clock.t += LOST * 3  # far past lost_timeout: no heartbeat could arrive
     seen(c, worker("w1", 1, last), error="ConnectionError: refused")
     assert w.job(spec.job_id)[0] == "building" and c.info()[0].state == "unknown"
-    assert not c.can_take("w1#1")  # no slot offered while it is down
+    assert not c.takes_work("w1#1")  # no slot offered while it is down
     # back: the item goes, and the worker's clock starts again from now (not lost at once)
     seen(c, worker("w1", 1, last))
     assert [i for i in c.items.values() if i.kind == BACKEND_UNAVAILABLE] == []
@@ -175,7 +175,7 @@ def test_a_worker_that_says_it_is_offline_takes_no_work_and_is_lost_only_after_l
     spec = new_spec(w)
     c.handle(Assign(agent="w1#1", spec=spec))
     seen(c, worker("w1", 1, w.clock.now(), online=False))  # Celery says so when it reconnects, too
-    assert w.job(spec.job_id)[0] == "building" and not c.can_take("w1#1")
+    assert w.job(spec.job_id)[0] == "building" and not c.takes_work("w1#1")
     last = w.clock.now()
     w.clock.t += LOST + 1
     seen(c, worker("w1", 1, last, online=False))

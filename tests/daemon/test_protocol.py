@@ -356,14 +356,20 @@ def test_unprivileged_user_may_read_but_not_change_state(make_daemon: Any, open_
     assert after["enabled"] is True and after["updated_by"] == "root"
 
     refused("disable", "--reason", "nobody may not")
-    for args in (("trigger", "build"), ("pipeline", "pause", "build"), ("reload",), ("cancel-run", "build/1")):
+    for args in (
+        ("trigger", "build"),
+        ("pipeline", "pause", "build"),
+        ("reload",),
+        ("cancel-run", "build/1"),
+        ("agent", "enable", "agent-1"),
+    ):
         refused(*args)
     assert maintenance(d)["enabled"] is True
     assert "refused enable from nobody" in d.log_text()
     assert "refused disable from nobody" in d.log_text()
     history = json.loads(d.maintctl("history", "--json").stdout)["entries"]
     refusals = [(e["item"], e["by"]) for e in history if e["action"] == "forbidden"]
-    expected = ["enable", "cancel", "disable", "trigger", "pipeline_pause", "reload", "cancel_run"]
+    expected = ["enable", "cancel", "disable", "trigger", "pipeline_pause", "reload", "cancel_run", "agent_enable"]
     assert refusals == [(action, "nobody") for action in expected]
 
 

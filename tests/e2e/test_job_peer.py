@@ -1,7 +1,7 @@
 """A job's own processes cannot change maintd's state (issue 9, item 10).
 
 Jobs run as the daemon's user, an admin: a job whose shell runs ``maintctl enable`` (or
-disable, trigger, pipeline pause, reload, cancel-run, cancel) was obeyed and audited as
+disable, trigger, pipeline pause, reload, cancel-run, cancel, agent disable) was obeyed and audited as
 ``enable by root``. Each is refused ``forbidden`` with the reason, and the audit log names
 the peer's pid and command line, for refused and accepted requests alike.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.e2e.test_jobserver import World
 
 ATTEMPTS = (
@@ -26,6 +26,7 @@ ATTEMPTS = (
     "cancel-run build/1",
     "cancel build/1/test/meddler",
     "forget batch",
+    "agent disable agent-1",
 )
 
 
@@ -38,7 +39,9 @@ def test_a_job_running_maintctl_is_refused_and_the_audit_log_names_the_process(w
     out, done = tmp_path / "job.out", tmp_path / "job.done"
     socket = tmp_path / "d0" / "run" / "control.sock"  # make_daemon's first daemon
     tries = "".join(
-        f'"{sys.executable}" -m maintctl --socket "{socket}" {args} >> "{out}" 2>&1; echo "rc=$?" >> "{out}"; '
+        # this checkout's maintctl (a job's environment is maintd's own, not the test's)
+        f'PYTHONPATH="{ROOT}" "{sys.executable}" -m maintctl --socket "{socket}" {args} >> "{out}" 2>&1; '
+        f'echo "rc=$?" >> "{out}"; '
         for args in ATTEMPTS
     )
     stages = (
@@ -59,11 +62,13 @@ def test_a_job_running_maintctl_is_refused_and_the_audit_log_names_the_process(w
     history = world.ctl_json("history")["entries"]
     refused = [e for e in history if e["action"] == "forbidden"]
     assert sorted(e["item"] for e in refused) == sorted(
-        ["enable", "disable", "trigger", "pipeline_pause", "reload", "cancel_run", "cancel", "forget"]
+        ["enable", "disable", "trigger", "pipeline_pause", "reload", "cancel_run", "cancel", "forget", "agent_disable"]
     )
     enable = next(e for e in refused if e["item"] == "enable")
-    assert "pid " in enable["detail"] and "-m maintctl --socket" in enable["detail"] and "enable --reason from-a-job" in enable[
-        "detail"
-    ]
+    assert (
+        "pid " in enable["detail"]
+        and "-m maintctl --socket" in enable["detail"]
+        and "enable --reason from-a-job" in enable["detail"]
+    )
     (accepted,) = [e for e in history if e["action"] == "enable"]
     assert accepted["reason"] == "operator" and "-m maintctl enable --reason operator" in accepted["detail"]
