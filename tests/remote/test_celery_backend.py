@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.remote.conftest import alive
 
 from tests.conftest import Daemon, wait_for
+from tests.remote.conftest import alive
 
 HEARTBEAT = "300ms"
 LOST = "3s"
@@ -250,3 +250,44 @@ def test_the_broker_stopped_mid_drain_is_never_safe_and_nothing_is_lost_when_it_
     remote.wait_job("backup", lambda j: j["state"] == "passed", "its result, once the broker is back", timeout=40)
     assert "finished backup" in remote.logs("backup")
     assert "Safe to restart." in remote.ctl("wait", "--timeout", "30s").stdout
+
+
+def test_one_agent_disabled_finishes_its_job_and_takes_no_more_while_the_other_does(remote: Remote) -> None:
+    from remote.contract import make_app
+
+    w1, w2 = remote.worker("w1"), remote.worker("w2")
+    remote.start("a", "b", "c")
+    remote.wait_agents_idle("w1", "w2")
+    remote.ctl("trigger", "build")
+    on = remote.building("a", "b")
+    x = on["a"].split("#")[0]
+    y = "w2" if x == "w1" else "w1"
+    node = {"w1": w1.node, "w2": w2.node}
+    assert "disabled: it finishes its job" in remote.ctl("agent", "disable", x).stdout
+    app = make_app(remote.redis.url)
+
+    def queues(name: str) -> list[str]:
+        answer = app.control.inspect(destination=[node[name]], timeout=1).active_queues() or {}
+        return [q["name"] for q in answer.get(node[name], [])]
+
+    wait_for(lambda: queues(x) == [], 10, f"{x}'s consumer cancelled (Celery's cancel_consumer)")
+    assert queues(y) == [f"maintd.{y}"]
+    remote.let_go("a")
+    remote.wait_job("a", lambda j: j["state"] == "passed", "the disabled agent's job finishes")
+    assert remote.agents()[x]["state"] == "disabled"
+    assert remote.jobs()["c"]["state"] == "scheduled"  # not on the disabled agent
+    remote.let_go("b")
+    job = remote.wait_job("c", lambda j: j["state"] == "building", "c on the other agent")
+    assert job["agent"].startswith(f"{y}#")
+    # enabling is refused in maintenance, and audited either way
+    remote.ctl("enable")
+    refused = remote.ctl("agent", "enable", x, ok=False)
+    assert refused.returncode != 0 and "maintenance mode is on" in refused.stderr
+    remote.ctl("disable")
+    remote.ctl("agent", "enable", x)
+    wait_for(lambda: queues(x) == [f"maintd.{x}"], 10, f"{x}'s consumer back (add_consumer)")
+    history = remote.ctl("history").stdout
+    assert "agent_disable" in history and "agent_enable" in history
+    remote.let_go("c")
+    remote.wait_job("c", lambda j: j["state"] == "passed", "c passed")
+    app.close()
