@@ -246,6 +246,9 @@ def test_the_broker_stopped_mid_drain_is_never_safe_and_nothing_is_lost_when_it_
 
     metrics = httpx.get(f"{remote.d.http_url()}/metrics", timeout=10).text
     assert 'maintd_agents_backend_up{backend="celery"} 0.0' in metrics
+    page = httpx.get(f"{remote.d.http_url()}/", timeout=10).text
+    assert 'id="agents-backend"' in page and "unavailable" in page
+    assert "Remote agents: celery" in remote.ctl("status").stdout
     remote.redis.start()
     remote.wait_job("backup", lambda j: j["state"] == "passed", "its result, once the broker is back", timeout=40)
     assert "finished backup" in remote.logs("backup")
