@@ -131,3 +131,49 @@ def test_the_daemon_logs_the_missing_group(make_daemon, tmp_path: Path) -> None:
     wait_for(lambda: said in d.log_text(), 10, "the warning, once the daemon is ready")
     log = d.log_text()
     assert log.index(" ready: control socket ") < log.index(said)
+
+
+CELERY = """\
+[agents]
+backend = "celery"
+[celery]
+broker = "redis://maintd:hunter2@redis.internal:6379/0"
+queue = "a queue"
+heartbeat = "5s"
+lost_timeout = "2s"
+"""
+
+
+def test_the_celery_table_s_errors_each_name_its_key_and_a_password_in_the_url_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "maintd.toml"
+    path.write_text(CELERY)
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path)
+    text = "\n".join(caught.value.lines)
+    assert "`$.celery.queue`" in text
+    path.write_text(CELERY.replace('queue = "a queue"\n', ""))
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path)
+    lines = caught.value.lines
+    assert any("cannot hold a user or password" in line and "`$.celery.broker`" in line for line in lines)
+    assert any("lost_timeout must be longer than heartbeat" in line for line in lines)
+    assert all("hunter2" not in line for line in lines)  # the error does not repeat the password
+    path.write_text(CELERY.replace("redis://maintd:hunter2@", "http://"))
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path)
+    assert any("redis:// or rediss://" in line for line in caught.value.lines)
+
+
+def test_the_celery_password_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "maintd.toml"
+    path.write_text('[agents]\nbackend = "celery"\n[celery]\npassword_file = "secret"\n')
+    assert config_mod.load(path).celery.password_file == str(tmp_path / "secret")
+
+
+def test_maintd_says_in_one_line_that_the_broker_s_password_file_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "maintd.toml"
+    path.write_text('[agents]\nbackend = "celery"\n[celery]\npassword_file = "missing"\n')
+    command = [sys.executable, "-m", "daemon", "--config", str(path), "--state-dir", str(tmp_path / "s")]
+    done = subprocess.run([*command, "--socket", str(tmp_path / "c.sock")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "cannot read the broker's password file" in done.stderr and "Traceback" not in done.stderr

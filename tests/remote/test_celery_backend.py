@@ -12,6 +12,7 @@ import json
 import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -294,3 +295,40 @@ def test_one_agent_disabled_finishes_its_job_and_takes_no_more_while_the_other_d
     remote.let_go("c")
     remote.wait_job("c", lambda j: j["state"] == "passed", "c passed")
     app.close()
+
+
+def test_a_broker_with_a_password_from_files_works_and_the_password_is_never_logged(remote: Remote) -> None:
+    secret = "s3cret-Pa55 with space"
+    password_file = remote.tmp / "broker.password"
+    password_file.write_text(secret + "\n")
+    password_file.chmod(0o600)
+    remote.redis.client().config_set("requirepass", secret)
+    with_password = remote.redis.url.replace("redis://", f"redis://:{quote(secret, safe='')}@")
+    remote.workers["w1"] = remote.start_worker("w1", broker_url=with_password, work_dir=remote.tmp / "h1")
+    config = remote.config("job").replace("[celery]\n", f'[celery]\npassword_file = "{password_file}"\n')
+    remote.d = Daemon(remote.tmp / "maintd", config=config).start()
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("job")
+    remote.let_go("job")
+    remote.wait_job("job", lambda j: j["state"] == "passed", "the job passed")
+    status = remote.ctl("status").stdout
+    assert "Remote agents: celery" in status and "available" in status
+    for text in (remote.d.log_text(), status, remote.ctl("status", "--json").stdout, remote.workers["w1"].log_text()):
+        assert "s3cret" not in text and quote(secret, safe="") not in text
+    remote.d.stop()
+    import redis
+
+    redis.Redis.from_url(with_password).config_set("requirepass", "")  # the fixture's teardown talks without it
+
+
+def test_the_broker_unreachable_at_start_up_is_said_and_the_daemon_serves(remote: Remote) -> None:
+    remote.redis.stop()
+    d = remote.start("job")
+    status = d.wait_status(lambda s: (s.get("agents_backend") or {}).get("state") == "unavailable", "unavailable")
+    assert status["maintenance"]["enabled"] is False
+    remote.ctl("enable")
+    assert "Safe to restart." in remote.ctl("wait", "--timeout", "10s").stdout  # nothing remote is held
+    remote.ctl("disable")
+    remote.redis.start()
+    d.wait_status(lambda s: (s.get("agents_backend") or {}).get("state") == "available", "available", timeout=20)
