@@ -386,6 +386,7 @@ def celery_runner(
         queue=cfg.celery.queue,
         instance=jobtree.instance_id(settings.state_dir),
         heartbeat=config_mod.parse_duration(cfg.celery.heartbeat),
+        lost_timeout=config_mod.parse_duration(cfg.celery.lost_timeout),
         grace=config_mod.parse_duration(cfg.agents.cancel_grace),
         leftovers=cfg.agents.leftover_processes,
         root=settings.state_dir,

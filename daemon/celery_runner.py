@@ -125,6 +125,7 @@ class CeleryRunner:
         queue: str,
         instance: str,
         heartbeat: float,
+        lost_timeout: float,
         grace: float,
         leftovers: str,
         root: str | os.PathLike[str] | None,
@@ -140,6 +141,10 @@ class CeleryRunner:
         self.queue = queue
         self.instance = instance
         self.heartbeat = heartbeat
+        #: a task not taken within this is dropped by its worker (Celery's ``expires``): by
+        #: then the agents have found its worker lost and run the job elsewhere, so a worker
+        #: that comes back later must not run it too
+        self.lost_timeout = lost_timeout
         self.grace = grace
         self.leftovers = leftovers
         self.root = None if root is None else os.path.abspath(root)
@@ -272,7 +277,9 @@ class CeleryRunner:
         def publish() -> None:
             # the job's log, fresh (as a local job's), then the task
             os.close(self._open_log(t))
-            self.app.send_task(contract.TASK_NAME, args=[payload], task_id=t.task_id, queue=queue, retry=False)
+            self.app.send_task(
+                contract.TASK_NAME, args=[payload], task_id=t.task_id, queue=queue, retry=False, expires=self.lost_timeout
+            )
 
         try:
             await trio.to_thread.run_sync(publish, limiter=self._control)
@@ -488,8 +495,13 @@ class CeleryRunner:
             why = meta.get("result")
             self._ended(t, contract.RemoteResult(returncode=None, error=f"the agent failed: {type(why).__name__}: {why}"))
         elif status == "REVOKED" and not t.started:
-            # revoked before it started: nothing of it ran
-            self._ended(t, contract.RemoteResult(returncode=None, cancelled=True, error=None if t.cancelled else "revoked"))
+            # revoked before it started (a cancel), or not taken before it expired: nothing of it ran
+            if t.cancelled:
+                self._ended(t, contract.RemoteResult(returncode=None, cancelled=True))
+            else:
+                self._untrack(t)
+                why = f"its task was not taken within {self.lost_timeout:g}s (expired)"
+                self._tell(t.reply_to, JobExited(job_id=t.job_id, returncode=None, error=why, unstarted=True))
         elif restored and status == "PENDING" and not t.started:
             pass  # published, not taken yet (or the broker lost it): its worker's heartbeats tell
 

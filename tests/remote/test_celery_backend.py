@@ -9,6 +9,7 @@ ends; every wait polls with a deadline.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,57 @@ def test_the_broker_unreachable_at_start_up_is_said_and_the_daemon_serves(remote
     remote.ctl("disable")
     remote.redis.start()
     d.wait_status(lambda s: (s.get("agents_backend") or {}).get("state") == "available", "available", timeout=20)
+
+
+def test_a_task_left_on_a_lost_worker_s_queue_expires_so_the_job_never_runs_twice(remote: Remote) -> None:
+    w1 = remote.worker("w1")
+    runs = remote.tmp / "runs.txt"
+    remote.start(("once", f'echo "$PWD" >> {runs}; '))
+    remote.wait_agents_idle("w1")
+    os.kill(w1.proc.pid, signal.SIGSTOP)  # frozen: heard from a moment ago, so maintd publishes to it
+    try:
+        remote.ctl("trigger", "build")
+        # it never takes the task: after lost_timeout it is lost and the job rescheduled
+        remote.wait_job(
+            "once", lambda j: j["state"] == "scheduled" and "rescheduled" in remote.ctl("history").stdout, "rescheduled"
+        )
+        remote.worker("w2")
+        job = remote.wait_job("once", lambda j: j["state"] == "building", "the job on w2")
+        assert job["agent"].startswith("w2#")
+    finally:
+        os.kill(w1.proc.pid, signal.SIGCONT)
+    client = remote.redis.client()
+    # w1 wakes up, takes its stale task from its queue and drops it as expired
+    wait_for(lambda: client.llen("maintd.w1") == 0, 20, "w1 to take the stale task")
+    stale = wait_for(
+        lambda: [k for k in client.scan_iter("celery-task-meta-*") if b'"REVOKED"' in (client.get(k) or b"")],
+        20,
+        "the stale task marked revoked (expired)",
+    )
+    assert len(stale) == 1
+    remote.let_go("once")
+    remote.wait_job("once", lambda j: j["state"] == "passed", "the job passed on w2")
+    assert runs.read_text().count("\n") == 1 and "host-w2" in runs.read_text()
+
+
+def test_a_remote_job_that_ended_while_maintd_was_down_gets_its_real_result_and_whole_log(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.start(("report", "EXIT_CODE=3; "))
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("report")
+    assert remote.d is not None and remote.d.proc is not None
+    remote.d.proc.send_signal(signal.SIGKILL)
+    remote.d.proc.wait(10)
+    client = remote.redis.client()
+    remote.let_go("report")
+    wait_for(
+        lambda: [k for k in client.scan_iter("celery-task-meta-*") if b'"SUCCESS"' in (client.get(k) or b"")],
+        20,
+        "the job's end stored while maintd is down",
+    )
+    remote.d = Daemon(remote.tmp / "maintd", config=remote.config(("report", "EXIT_CODE=3; "))).start()
+    job = remote.wait_job("report", lambda j: j["state"] != "building", "its result")
+    assert (job["state"], job["returncode"]) == ("failed", 3)  # its real result, not interrupted
+    log = remote.logs("report")
+    assert "started build/1/report" in log and "finished report" in log
