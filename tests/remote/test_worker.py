@@ -371,3 +371,26 @@ def test_the_password_goes_into_the_url_and_never_into_the_log() -> None:
     assert with_password("rediss://agent:old@h/0", "new") == "rediss://agent:new@h/0"
     assert mask(url) == "redis://:***@redis.example:6380/2" and mask("rediss://agent:new@h/0") == "rediss://agent:***@h/0"
     assert mask("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_the_agent_does_not_load_trio() -> None:
+    code = "import sys, remote.worker, remote.task; print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'pykka')))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_lot_of_output_arrives_whole_and_in_order(redis_server: RedisServer, start_worker: Any, client: Any) -> None:
+    worker = start_worker("a1", broker_url=redis_server.url)
+    code = (
+        "import sys\n"
+        "for i in range(200_000): sys.stdout.write(f'{i:08d} ' + 'x' * 20 + '\\n')\n"
+        "sys.stdout.flush()\n"
+        "sys.stderr.write('done\\n')"
+    )
+    res = result(client, send(client, worker, job(tid("much-1"), argv=(sys.executable, "-c", code))).id, timeout=60)
+    assert res.returncode == 0
+    expected = "".join(f"{i:08d} " + "x" * 20 + "\n" for i in range(200_000)).encode() + b"done\n"
+    assert output(redis_server, tid("much-1")) == expected
+    assert (worker.work_dir / "logs" / f"{tid('much-1')}.log").read_bytes() == expected
+    check_stream_shape(redis_server, tid("much-1"), res)
