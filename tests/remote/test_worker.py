@@ -394,3 +394,26 @@ def test_a_lot_of_output_arrives_whole_and_in_order(redis_server: RedisServer, s
     assert output(redis_server, tid("much-1")) == expected
     assert (worker.work_dir / "logs" / f"{tid('much-1')}.log").read_bytes() == expected
     check_stream_shape(redis_server, tid("much-1"), res)
+
+
+def test_a_broker_password_from_a_file_is_used_and_never_logged(
+    redis_server: RedisServer, start_worker: Any, tmp_path: Path
+) -> None:
+    secret = "pw-" + uuid.uuid4().hex
+    redis_server.stop()
+    redis_server.extra_args = ("--requirepass", secret)
+    with_secret = f"redis://:{secret}@127.0.0.1:{redis_server.port}/0"
+    redis_server.url = with_secret  # for the fixture's own clients
+    redis_server.start()
+    password_file = tmp_path / "password"
+    password_file.write_text(secret + "\n")
+    bare = f"redis://127.0.0.1:{redis_server.port}/0"
+    worker = start_worker("a1", broker_url=bare, extra_args=("--broker-password-file", str(password_file)), ping_url=with_secret)
+    app = make_app(with_secret)
+    try:
+        assert send(app, worker, job(tid("pw-1"), argv=("true",))).get(timeout=WAIT)["returncode"] == 0
+    finally:
+        app.close()  # type: ignore[attr-defined]
+    assert worker.stop() == 0
+    text = worker.log_text()
+    assert secret not in text and "redis://:***@127.0.0.1" in text
