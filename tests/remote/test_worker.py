@@ -417,3 +417,38 @@ def test_a_broker_password_from_a_file_is_used_and_never_logged(
     assert worker.stop() == 0
     text = worker.log_text()
     assert secret not in text and "redis://:***@127.0.0.1" in text
+
+
+def reserved(app: Any, worker: Worker) -> list[Any]:
+    """What the worker holds but has not started (a round trip to it)."""
+    replies = app.control.inspect(destination=[worker.node], timeout=5).reserved() or {}
+    return replies[worker.node]
+
+
+def test_a_busy_worker_leaves_the_next_job_in_the_broker(
+    redis_server: RedisServer, start_worker: Any, client: Any, tmp_path: Path
+) -> None:
+    worker = start_worker("a1", broker_url=redis_server.url)
+    go = tmp_path / "go"
+    send(client, worker, job(tid("busy-1"), shell=f'echo hi; while [ ! -e "{go}" ]; do sleep 0.02; done'))
+    wait_for(lambda: output(redis_server, tid("busy-1")) == b"hi\n", WAIT, "the first job to run")
+    send(client, worker, job(tid("busy-2"), argv=("true",)))
+    for _ in range(2):
+        assert reserved(client, worker) == []
+        assert redis_server.client().llen(worker_queue("maintd", worker.name)) == 1
+    go.touch()
+    assert result(client, tid("busy-2")).returncode == 0
+
+
+def test_cancel_consumer_stops_the_intake_and_add_consumer_resumes_it(
+    redis_server: RedisServer, start_worker: Any, client: Any
+) -> None:
+    worker = start_worker("a1", broker_url=redis_server.url)
+    queue = worker_queue("maintd", worker.name)
+    assert client.control.cancel_consumer(queue, destination=[worker.node], reply=True, timeout=5)
+    send(client, worker, job(tid("off-1"), argv=("true",)))
+    for _ in range(2):
+        assert reserved(client, worker) == []
+        assert redis_server.client().llen(queue) == 1 and state(client, tid("off-1")) == "PENDING"
+    assert client.control.add_consumer(queue, destination=[worker.node], reply=True, timeout=5)
+    assert result(client, tid("off-1")).returncode == 0
