@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     # not, since a task is acknowledged as it starts: it then runs after a cancel_consumer.
     # With this (Celery >= 5.6, Redis only) it takes a message only for an idle slot.
     app.conf.worker_disable_prefetch = True  # type: ignore[attr-defined]
+    # Redis down for long: keep trying (Celery's default gives up after 100 tries and the
+    # worker exits), so the running jobs are not cut off; nothing is lost when it returns.
+    app.conf.broker_connection_max_retries = None  # type: ignore[attr-defined]
     register(app, str(work_dir))
     node = node_name(name, short_host())
     queue = worker_queue(args.queue, name)

@@ -303,6 +303,8 @@ def test_output_written_while_redis_is_down_reaches_the_stream_when_it_is_back(
     assert res.returncode == 5
     assert output(redis_server, tid("down-1")) == b"before\nduring\n"
     check_stream_shape(redis_server, tid("down-1"), res)
+    # the worker is back on its queue
+    assert result(client, send(client, worker, job(tid("down-2"), argv=("true",))).id, timeout=30).returncode == 0
 
 
 def test_sigterm_is_a_warm_shutdown_the_running_job_finishes(
