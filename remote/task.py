@@ -371,32 +371,40 @@ class JobRun:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b".")
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b".")
 
     # the run
 
     def run(self) -> RemoteResult:
-        """Run the job to its end; never raises for what the job does."""
+        """Run the job to its end; never raises for what the job does.
+
+        SIGTERM stays caught until the result is sent: a revoke that comes just after the
+        job's end must not kill the pool process before its result is out."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         old_chld = signal.signal(signal.SIGCHLD, self._on_sigchld)
         try:
-            result = self._run()
-        except Exception as exc:
-            log.exception("job %s: the agent failed", self.job.task_id)
-            result = self._result(f"agent error: {exc}")
+            try:
+                result = self._run()
+            except Exception as exc:
+                log.exception("job %s: the agent failed", self.job.task_id)
+                result = self._result(f"agent error: {exc}")
+            finally:
+                signal.signal(signal.SIGCHLD, old_chld)
+                wake_r, wake_w = self._wake_r, self._wake_w
+                self._wake_r = self._wake_w = -1  # a late signal must not write to a reused fd
+                os.close(wake_r)
+                os.close(wake_w)
+                if self.log_fd is not None:
+                    os.close(self.log_fd)
+                    self.log_fd = None
+            self.stream.add(end=msgspec.json.encode(result))
+            self.stream.close(END_FLUSH_TIMEOUT)
+            return result
         finally:
-            signal.signal(signal.SIGCHLD, old_chld)
             signal.signal(signal.SIGTERM, old_term)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            if self.log_fd is not None:
-                os.close(self.log_fd)
-                self.log_fd = None
-        self.stream.add(end=msgspec.json.encode(result))
-        self.stream.close(END_FLUSH_TIMEOUT)
-        return result
 
     def _cannot_start(self, error: str) -> RemoteResult:
         log.warning("job %s: %s", self.job.task_id, error)
@@ -483,7 +491,9 @@ class JobRun:
             if not pids and self.main_code is not None:
                 return
             self._sigkill(pids)
-            select.select([self._wake_r], [], [], look)
+            if select.select([self._wake_r], [], [], look)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
             look = min(look * 2, LAST_LOOK)
 
     def _watch(self, read_fd: int) -> None:

@@ -75,8 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--broker",
         metavar="URL",
-        default=os.environ.get("MAINTD_BROKER") or DEFAULT_BROKER,
-        help="redis:// or rediss:// URL of the broker (default: $MAINTD_BROKER, else %(default)s)",
+        help=f"redis:// or rediss:// URL of the broker (default: $MAINTD_BROKER, else {DEFAULT_BROKER})",
     )
     p.add_argument("--broker-password-file", metavar="FILE", type=Path, help="read the broker's password from FILE")
     p.add_argument("--queue", default=DEFAULT_QUEUE, help="the queue prefix maintd publishes to (default: %(default)s)")
@@ -86,9 +85,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", type=agent_name, help="this agent's name (default: the short host name)")
     p.add_argument("--work-dir", type=Path, help=f"workspaces and logs of the jobs (default: {default_work_dir()})")
     p.add_argument(
-        "--heartbeat", type=positive_float, default=2.0, metavar="SECONDS", help="heartbeat interval (default: %(default)s)"
+        "--heartbeat",
+        type=positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the worker sends its heartbeat event; maintd counts it lost after its lost_timeout without one"
+        " (default: %(default)s)",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
     return p
 
 
@@ -151,7 +155,7 @@ def broker_url(args: argparse.Namespace) -> str:
             raise Usage(f"--broker-password-file: cannot read {args.broker_password_file}: {exc}") from None
         if not password:
             raise Usage(f"--broker-password-file: {args.broker_password_file} is empty")
-    return with_password(args.broker, password)
+    return with_password(args.broker or os.environ.get("MAINTD_BROKER") or DEFAULT_BROKER, password)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     from remote.task import register
 
     app = make_app(url)
+    # A worker with a busy slot would take (reserve) one more message, prefetch of one or
+    # not, since a task is acknowledged as it starts: it then runs after a cancel_consumer.
+    # With this (Celery >= 5.6, Redis only) it takes a message only for an idle slot.
+    app.conf.worker_disable_prefetch = True  # type: ignore[attr-defined]
+    # Redis down for long: keep trying (Celery's default gives up after 100 tries and the
+    # worker exits), so the running jobs are not cut off; nothing is lost when it returns.
+    app.conf.broker_connection_max_retries = None  # type: ignore[attr-defined]
     register(app, str(work_dir))
     node = node_name(name, short_host())
     queue = worker_queue(args.queue, name)

@@ -75,6 +75,8 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: more redis-server options (``--requirepass``); set before start()
+        self.extra_args: tuple[str, ...] = ()
 
     def start(self, timeout: float = 15.0) -> None:
         """Start it (again: same port, same folder) and wait until it answers PING."""
@@ -90,6 +92,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -108,7 +111,7 @@ class RedisServer:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0))
 
     def _pings(self) -> bool:
         import redis
@@ -116,6 +119,8 @@ class RedisServer:
         client = self._quick_client()
         try:
             return bool(client.ping())
+        except redis.AuthenticationError:  # (a ConnectionError) it answers: only not to us
+            return True
         except redis.RedisError:
             return False
         finally:
@@ -286,7 +291,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         queue: str = "maintd",
         heartbeat: float = 1.0,
         timeout: float = 30.0,
+        extra_args: tuple[str, ...] = (),
+        ping_url: str | None = None,
     ) -> Worker:
+        """``extra_args`` go on the worker's command line; ``ping_url`` (default ``broker_url``)
+        is the URL the readiness ping is sent through (one with the password, when the
+        worker is given it in a file)."""
         folder = Path(work_dir) if work_dir is not None else tmp_path / f"agent-{name}"
         log_path = tmp_path / f"agent-{name}.log"
         env = dict(os.environ)
@@ -300,6 +310,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             "--queue", queue,
             "--heartbeat", str(heartbeat),
             "--log-level", "info",
+            *extra_args,
         ]  # fmt: skip
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -307,7 +318,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             )
         worker = Worker(proc, name, node_name(name, short_host()), folder, log_path)
         started.append(worker)
-        app = make_app(broker_url)
+        app = make_app(ping_url or broker_url)
         apps.append(app)
         deadline = time.monotonic() + timeout
         while not ping(app, worker.node):

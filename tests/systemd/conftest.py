@@ -58,7 +58,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _unavailable(f"{SYSTEM_PYTHON} is missing: the machine has only the host's /usr")
     base = tmp_path_factory.mktemp("opt")
     source = base / "src"
-    for part in ("actors", "daemon", "maintctl"):
+    for part in ("actors", "daemon", "maintctl", "remote"):
         shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
