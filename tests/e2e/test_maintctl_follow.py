@@ -255,6 +255,7 @@ def test_window_runs_the_command_once_drained_then_disables(world: World, tmp_pa
     ]
     ended = history[[e["action"] for e in history].index("window") + 1]
     assert "drain-" in ended["detail"] and "pid " in ended["detail"]
+    world.finish("tarball")  # the next stage, started once maintenance went off: nothing left running at the stop
 
 
 def test_window_leaves_maintenance_on_when_the_command_fails(daemon: Daemon) -> None:
