@@ -51,6 +51,15 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float | None = None
 
 
+def job_argv(argv: tuple[str, ...] | None, shell: str | None) -> list[str]:
+    """What a job runs (an agent's, local or remote): ``shell`` through ``/bin/sh -c``, else ``argv``."""
+    if shell is not None:
+        return ["/bin/sh", "-c", shell]
+    if not argv:
+        raise ValueError("the job has neither argv nor shell")
+    return list(argv)
+
+
 class PollFinished(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     revision: str | None = None

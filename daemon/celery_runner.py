@@ -133,6 +133,8 @@ class CeleryRunner:
         on_backend: Callable[[str | None], None] = lambda error: None,
     ) -> None:
         import redis
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
 
         self.bridge = bridge
         self.nursery = nursery
@@ -153,6 +155,10 @@ class CeleryRunner:
         self.on_backend = on_backend
         self.app: Any = contract.make_app(broker)
         self.redis = redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        #: for the heartbeat's ping: one quick retry, so that it says soon that the broker is gone
+        self.redis_ping = redis.Redis.from_url(
+            broker, socket_timeout=2, socket_connect_timeout=1, retry=Retry(ConstantBackoff(0.1), 1)
+        )
         #: for the blocking read of the streams only
         self.redis_block = redis.Redis.from_url(broker, socket_timeout=5 + STREAM_BLOCK_MS / 1000, socket_connect_timeout=2)
         self.tasks: dict[int, _Task] = {}
@@ -619,7 +625,7 @@ class CeleryRunner:
         """Every ``heartbeat``: is the broker there; tell the agents the workers; check the jobs."""
         while True:
             try:
-                await trio.to_thread.run_sync(self.redis.ping)
+                await trio.to_thread.run_sync(self.redis_ping.ping)
                 error = None
             except Exception as exc:  # noqa: BLE001 - any failure to reach it is the broker being down
                 error = f"{type(exc).__name__}: {exc}".strip()

@@ -20,6 +20,7 @@ from typing import IO
 
 import trio
 
+from actors import jobs
 from actors.jobs import JobSpec
 from daemon.jobtree import JobTree, Tracking
 from daemon.statedir import append_to_log, open_job_log
@@ -69,11 +70,7 @@ class JobProcess:
 
 
 def job_argv(spec: JobSpec) -> list[str]:
-    if spec.shell is not None:
-        return ["/bin/sh", "-c", spec.shell]
-    if not spec.argv:
-        raise ValueError("the job has neither argv nor shell")
-    return list(spec.argv)
+    return jobs.job_argv(spec.argv, spec.shell)
 
 
 def start(spec: JobSpec, root: str | None, tracking: Tracking | None) -> tuple[JobProcess | None, JobTree | None, str | None]:

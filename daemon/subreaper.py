@@ -36,6 +36,7 @@ import time
 
 import trio
 
+from . import procfs
 from .jobtree import MARK, TrackingError, marker
 
 log = logging.getLogger("maintd.jobtree")
@@ -45,7 +46,6 @@ ZOMBIE_GRACE = 10.0
 REAP_EVERY = 0.2
 FIRST_LOOK = 0.02  # the wait between two scans starts here and doubles up to LAST_LOOK
 LAST_LOOK = 1.0
-_KEY = MARK.encode() + b"="
 
 
 def _set_subreaper() -> None:
@@ -55,53 +55,6 @@ def _set_subreaper() -> None:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as exc:
         raise TrackingError(f"cannot become the child subreaper: {exc}") from None
-
-
-def _environ(pid: int) -> bytes | None:
-    """The process's environment (empty for a zombie or a kernel thread); None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _marker_of(pid: int, env: bytes | None = None) -> bytes | None:
-    """The value of MAINTD_JOB in the process's environment; None if none (or it is gone)."""
-    env = _environ(pid) if env is None else env
-    if not env:
-        return None
-    at = env.find(_KEY)
-    while at > 0 and env[at - 1] != 0:
-        at = env.find(_KEY, at + 1)
-    if at < 0:
-        return None
-    end = env.find(b"\0", at)
-    return env[at + len(_KEY) : end if end >= 0 else len(env)]
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, session) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[3])
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _last_pid() -> str:
-    """The pid the kernel handed out last (``/proc/loadavg``): unchanged, no process was born."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return f.read().rsplit(None, 1)[-1].decode()
-    except OSError:
-        return ""
 
 
 class SubreaperTracking:
@@ -136,11 +89,11 @@ class SubreaperTracking:
         missed process is in that one's listing)."""
         empty_before = False
         while True:
-            before = _last_pid()
+            before = procfs.last_pid()
             found = self.scan(wanted, prefix)
             if found:
                 return found
-            if empty_before or _last_pid() == before:
+            if empty_before or procfs.last_pid() == before:
                 return []
             empty_before = True
 
@@ -149,7 +102,7 @@ class SubreaperTracking:
         found = []
         zombies: set[int] = set()
         ours = self.instance.encode()
-        for pid in _pids():
+        for pid in procfs.pids():
             if pid == self.me:
                 continue
             try:
@@ -157,11 +110,11 @@ class SubreaperTracking:
                     continue
             except OSError:
                 continue
-            env = _environ(pid)
+            env = procfs.environ(pid)
             if env == b"":  # a zombie (or a kernel thread): ours to reap?
                 self._reap_one(pid, zombies)
                 continue
-            value = _marker_of(pid, env)
+            value = procfs.marker_of(pid, env)
             if value is None or not value.startswith(ours):
                 continue
             self.marked.add(pid)
@@ -173,12 +126,12 @@ class SubreaperTracking:
     def reap(self) -> None:
         """Reap the zombie children that are not trio's (see the module docstring)."""
         zombies: set[int] = set()
-        for pid in _pids():
+        for pid in procfs.pids():
             self._reap_one(pid, zombies)
         self._forget(zombies)
 
     def _reap_one(self, pid: int, zombies: set[int]) -> None:
-        st = _stat(pid)
+        st = procfs.stat(pid)
         if st is None or st[1] != self.me or st[0] != "Z" or pid in self.mains:
             return
         zombies.add(pid)
@@ -249,7 +202,7 @@ class SubreaperTracking:
         except OSError:
             return
         try:
-            value = _marker_of(pid)
+            value = procfs.marker_of(pid)
             if value is not None and (value == wanted or (prefix and value.startswith(wanted))):
                 signal.pidfd_send_signal(fd, sig)
         except OSError:

@@ -49,6 +49,8 @@ from typing import Any
 
 import msgspec
 
+from actors.jobs import job_argv
+from daemon import procfs
 from daemon.jobtree import MARK
 from daemon.statedir import make_dirs
 from remote.contract import STREAM_MAXLEN, STREAM_TTL, TASK_NAME, JobStart, RemoteJob, RemoteResult, log_stream
@@ -69,42 +71,9 @@ RETRY_EVERY = 1.0
 #: how long the task keeps trying to send the stream's last entries once the job has ended
 END_FLUSH_TIMEOUT = 300.0
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.:@+-]+")
-_KEY = MARK.encode() + b"="
 
 
-# -- the job's processes in /proc (as daemon.subreaper reads them; no trio here) ---------------
-
-
-def _environ(pid: int) -> bytes | None:
-    """The process's environment (empty for a zombie or a kernel thread); None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _marker_of(pid: int, env: bytes | None = None) -> bytes | None:
-    """The value of MAINTD_JOB in the process's environment; None if none (or it is gone)."""
-    env = _environ(pid) if env is None else env
-    if not env:
-        return None
-    at = env.find(_KEY)
-    while at > 0 and env[at - 1] != 0:
-        at = env.find(_KEY, at + 1)
-    if at < 0:
-        return None
-    end = env.find(b"\0", at)
-    return env[at + len(_KEY) : end if end >= 0 else len(env)]
-
-
-def _last_pid() -> str:
-    """The pid the kernel handed out last (``/proc/loadavg``): unchanged, no process was born."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return f.read().rsplit(None, 1)[-1].decode()
-    except OSError:
-        return ""
+# -- the job's processes in /proc (daemon.procfs: no trio there) -------------------------------
 
 
 def set_subreaper() -> None:
@@ -135,7 +104,7 @@ class Tree:
                         continue
                 except OSError:
                     continue
-            if _marker_of(pid) == self.value:
+            if procfs.marker_of(pid) == self.value:
                 found.append(pid)
         return found
 
@@ -146,11 +115,11 @@ class Tree:
         scan after it is empty too."""
         empty_before = False
         while True:
-            before = _last_pid()
+            before = procfs.last_pid()
             found = self.scan()
             if found:
                 return found
-            if empty_before or _last_pid() == before:
+            if empty_before or procfs.last_pid() == before:
                 return []
             empty_before = True
 
@@ -162,7 +131,7 @@ class Tree:
             except OSError:
                 continue
             try:
-                if _marker_of(pid) == self.value:
+                if procfs.marker_of(pid) == self.value:
                     signal.pidfd_send_signal(fd, sig)
             except OSError:
                 pass
@@ -278,14 +247,6 @@ def _workspace_parts(job: RemoteJob) -> list[str]:
         if part in ("", ".", "..") or "/" in part or "\0" in part:
             raise ValueError(f"unsafe name for a folder: {part!r}")
     return parts
-
-
-def _argv(job: RemoteJob) -> list[str]:
-    if job.shell is not None:
-        return ["/bin/sh", "-c", job.shell]
-    if not job.argv:
-        raise ValueError("the job has neither argv nor shell")
-    return list(job.argv)
 
 
 class JobRun:
@@ -413,7 +374,7 @@ class JobRun:
 
     def _run(self) -> RemoteResult:
         try:
-            argv = _argv(self.job)
+            argv = job_argv(self.job.argv, self.job.shell)
             self._open_log()
             workspace = self._workspace()
             set_subreaper()

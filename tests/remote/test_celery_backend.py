@@ -233,7 +233,8 @@ def test_the_broker_stopped_mid_drain_is_never_safe_and_nothing_is_lost_when_it_
     remote.ctl("enable")
     remote.redis.stop()
     status = remote.d.wait_status(
-        lambda s: (s.get("agents_backend") or {}).get("state") == "unavailable", "the backend shown unavailable"
+        lambda s: (s.get("agents_backend") or {}).get("state") == "unavailable" and s["running_systems"]["other"],
+        "the backend shown unavailable, and an item holding the restart",
     )
     other = status["running_systems"]["other"]
     assert [i["kind"] for i in other] == ["backend_unavailable"] and "unknown" in other[0]["description"]
