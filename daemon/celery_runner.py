@@ -41,6 +41,7 @@ import trio
 from actors.jobs import JobExited, JobSpec, JobStarted
 from actors.remote_agents import RemoteWorker, WorkersSeen, worker_of
 from daemon.bridge import Bridge
+from daemon.processes import spawn, tell
 from daemon.statedir import open_job_log
 from remote import contract
 
@@ -221,17 +222,9 @@ class CeleryRunner:
     # -- trio side ------------------------------------------------------------------------
 
     def _spawn(self, fn: Any, *args: Any) -> None:
-        try:
-            self.nursery.start_soon(fn, *args)
-        except Exception:
-            log.exception("cannot start a task for %s", getattr(fn, "__name__", fn))
+        spawn(self.nursery, fn, *args)
 
-    @staticmethod
-    def _tell(reply_to: Any, message: Any) -> None:
-        try:
-            reply_to.tell(message)
-        except Exception as exc:  # noqa: BLE001 - an actor that has stopped: nobody left to tell
-            log.warning("cannot deliver %s: %r", type(message).__name__, exc)
+    _tell = staticmethod(tell)
 
     def _track(self, job_id: int, task: str, log_path: str, reply_to: Any) -> _Task:
         old = self.tasks.pop(job_id, None)

@@ -54,6 +54,22 @@ class _Job:
     reported: bool = False
 
 
+def spawn(nursery: trio.Nursery, fn: Any, *args: Any) -> None:
+    """Start ``fn(*args)`` in ``nursery``. Runs through ``run_sync_soon``: must not raise."""
+    try:
+        nursery.start_soon(fn, *args)
+    except Exception:
+        log.exception("cannot start a task for %s", getattr(fn, "__name__", fn))
+
+
+def tell(reply_to: Any, message: Any) -> None:
+    """Tell an actor ``message``; one that has stopped meanwhile is a log line (nobody is left to tell)."""
+    try:
+        reply_to.tell(message)
+    except Exception as exc:  # noqa: BLE001 - an actor that has stopped meanwhile: nobody left to tell
+        log.warning("cannot deliver %s: %r", type(message).__name__, exc)
+
+
 class ProcessRunner:
     """Runs git and job processes for the actors (:class:`actors.ports.ProcessPort`)."""
 
@@ -124,18 +140,9 @@ class ProcessRunner:
     # -- trio side -------------------------------------------------------------------------
 
     def _spawn(self, fn: Any, *args: Any) -> None:
-        """Start ``fn(*args)`` in the nursery. Runs through ``run_sync_soon``: must not raise."""
-        try:
-            self.nursery.start_soon(fn, *args)
-        except Exception:
-            log.exception("cannot start a task for %s", getattr(fn, "__name__", fn))
+        spawn(self.nursery, fn, *args)
 
-    @staticmethod
-    def _tell(reply_to: Any, message: Any) -> None:
-        try:
-            reply_to.tell(message)
-        except Exception as exc:  # noqa: BLE001 - an actor that has stopped meanwhile: nobody left to tell
-            log.warning("cannot deliver %s: %r", type(message).__name__, exc)
+    _tell = staticmethod(tell)
 
     # polls and config-repo files (daemon.git)
 
