@@ -31,8 +31,8 @@ def _stop_actors() -> Iterator[None]:
     pykka.ActorRegistry.stop_all()
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns a truthy value, or fail after ``timeout``."""
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition", every: float = 0.005) -> Any:
+    """Poll ``predicate`` (every ``every`` seconds) until it returns a truthy value, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -40,7 +40,16 @@ def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(every)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 class Line:

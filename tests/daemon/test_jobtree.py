@@ -24,6 +24,7 @@ import trio
 from actors.jobs import JobExited, JobStarted
 from daemon import cgroup, jobtree
 from daemon.jobtree import Tracking, TrackingError
+from tests.conftest import alive
 from tests.daemon.test_processes import Inbox, spec_for
 
 MECHANISMS = ("cgroup", "subreaper")
@@ -52,15 +53,6 @@ def make_tracking(mechanism: str, tmp: Path) -> Tracking:
     if mechanism == "cgroup":
         cgroup_or_skip(tmp)
     return jobtree.setup(mechanism, tmp)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 15) -> Any:

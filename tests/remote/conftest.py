@@ -48,18 +48,6 @@ def need_redis_server() -> str:
     return found
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns a truthy value (returned), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,15 +197,6 @@ def kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"processes {pids} would not go")
         time.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def children(pid: int) -> list[int]:

@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import Daemon, wait_for
-from tests.remote.conftest import alive
+from tests.conftest import Daemon, alive, wait_for
 
 HEARTBEAT = "300ms"
 LOST = "3s"

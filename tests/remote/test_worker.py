@@ -23,7 +23,8 @@ import msgspec
 import pytest
 
 from remote.contract import TASK_NAME, JobStart, RemoteJob, RemoteResult, log_stream, make_app, worker_queue
-from tests.remote.conftest import RedisServer, Worker, alive, marked, wait_for
+from tests.conftest import alive, wait_for
+from tests.remote.conftest import RedisServer, Worker, marked
 
 WAIT = 20.0
 #: in every task id: runs of these tests at the same time on one host (other checkouts, xdist)
