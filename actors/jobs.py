@@ -91,3 +91,5 @@ class JobExited(msgspec.Struct, frozen=True, kw_only=True):
     leftovers: int = 0
     #: nothing of it ran: its task never reached a worker (remote agents); it is queued again
     unstarted: bool = False
+    #: its worker lost it without a result (remote agents: a worker restarted mid-job); it is run again
+    lost: bool = False

@@ -241,7 +241,7 @@ class RemoteAgentsCore(AgentsCore):
         self.emit(Notice(subsystem=self.name, event="job_rescheduled", message=f"{item.description} rescheduled: {why}"))
 
     def exited(self, msg: JobExited) -> None:
-        if msg.unstarted and qualify(self.name, job_item_id(msg.job_id)) in self.items:
+        if (msg.unstarted or msg.lost) and qualify(self.name, job_item_id(msg.job_id)) in self.items:
             self.reschedule(msg.job_id, msg.error or "its task did not reach a worker")
             return
         super().exited(msg)

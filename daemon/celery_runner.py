@@ -100,6 +100,8 @@ class _Task:
     result: contract.RemoteResult | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
     log_fd: int | None = None
+    #: how many times in a row its worker answered ``inspect`` without it
+    misses: int = 0
 
 
 @dataclass
@@ -171,6 +173,9 @@ class CeleryRunner:
         self._new_stream = trio.Event()
         self._closed = threading.Event()
         self._receiver: Any = None
+        #: jobs whose cancel was asked before they were followed (a restart): revoked once they are
+        self._cancels: set[int] = set()
+        self._reconciling = False
 
     # -- the ports: called from actor threads, nothing but call_soon -----------------------
 
@@ -227,6 +232,7 @@ class CeleryRunner:
     _tell = staticmethod(tell)
 
     def _track(self, job_id: int, task: str, log_path: str, reply_to: Any) -> _Task:
+        self._cancels.discard(job_id)
         old = self.tasks.pop(job_id, None)
         if old is not None:
             self.by_task.pop(old.task_id, None)
@@ -291,6 +297,7 @@ class CeleryRunner:
     def _stop_job(self, job_id: int) -> None:
         t = self.tasks.get(job_id)
         if t is None:
+            self._cancels.add(job_id)  # a restart: _report_jobs finds its task, then revokes it
             return
         t.cancelled = True
         self._spawn(self._revoke, t.task_id)
@@ -353,6 +360,8 @@ class CeleryRunner:
                 continue
             t = self._track(job_id, contract.task_id(self.instance, job_id, row.started_at), row.log_path, reply_to)
             log.info("job %s: following its task %s again", job_id, t.task_id)
+            if job_id in self._cancels:
+                self._stop_job(job_id)
             self._spawn(self._check, t, True)
 
     # -- the log streams ----------------------------------------------------------------
@@ -636,7 +645,47 @@ class CeleryRunner:
             if error is None:
                 for t in list(self.tasks.values()):
                     self._spawn(self._check, t)
+                if not self._reconciling:
+                    self._spawn(self._reconcile)
             await trio.sleep(self.heartbeat)
+
+    async def _reconcile(self) -> None:
+        """Ask the workers that run our jobs what they run (Celery's ``inspect``): a job its
+        worker answers without, twice in a row, and that has no result, was lost with the
+        worker's pool (a worker restarted under the same name before it could be found
+        lost): it is told ended with ``lost``, and the agents run it again."""
+        nodes = sorted({t.node for t in self.tasks.values() if t.started and t.node})
+        if not nodes:
+            return
+        self._reconciling = True
+        try:
+
+            def ask() -> tuple[dict[str, Any], dict[str, Any]]:
+                inspect = self.app.control.inspect(destination=nodes, timeout=CONTROL_TIMEOUT, limit=len(nodes))
+                return inspect.active() or {}, inspect.reserved() or {}
+
+            active, reserved = await trio.to_thread.run_sync(ask)
+        except Exception as exc:  # noqa: BLE001 - asked again at the next heartbeat
+            log.debug("cannot ask the workers what they run: %s", exc)
+            return
+        finally:
+            self._reconciling = False
+        for t in list(self.tasks.values()):
+            if not t.started or t.node not in active:
+                continue  # not started, or its worker did not answer: its heartbeats tell whether it is lost
+            running = {task.get("id") for task in active.get(t.node) or ()} | {
+                task.get("id") for task in reserved.get(t.node) or ()
+            }
+            if t.task_id in running:
+                t.misses = 0
+                continue
+            t.misses += 1
+            await self._check(t)  # it may just have ended: its result says so
+            if t.misses >= 2 and self.by_task.get(t.task_id) is t:
+                self._untrack(t)
+                why = f"its worker {t.node} runs it no more and it left no result (the worker restarted?)"
+                log.warning("job %s: %s", t.job_id, why)
+                self._tell(t.reply_to, JobExited(job_id=t.job_id, returncode=None, error=why, lost=True))
 
 
 class _LogSpec(msgspec.Struct, frozen=True):

@@ -387,3 +387,22 @@ def test_a_remote_job_that_ended_while_maintd_was_down_gets_its_real_result_and_
     assert (job["state"], job["returncode"]) == ("failed", 3)  # its real result, not interrupted
     log = remote.logs("report")
     assert "started build/1/report" in log and "finished report" in log
+
+
+def test_a_worker_restarted_under_the_same_name_mid_job_is_found_out_and_the_job_run_again(remote: Remote) -> None:
+    w1 = remote.worker("w1")
+    runs = remote.tmp / "runs.txt"
+    remote.start(("again", f'echo "$$" >> {runs}; '))
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("again")
+    first = int(runs.read_text().split()[0])
+    w1.kill9()  # its pool goes with it; back at once, well within lost_timeout, under the same name
+    os.kill(first, signal.SIGKILL)  # (what the host's reboot would do to the job's processes)
+    remote.worker("w1")
+    # the worker answers `inspect` without the job, and there is no result: the job runs again
+    wait_for(lambda: runs.read_text().count("\n") == 2, 30, "the job started a second time")
+    assert "job_rescheduled" in remote.ctl("history").stdout
+    remote.let_go("again")
+    job = remote.wait_job("again", lambda j: j["state"] == "passed", "the second attempt passed")
+    assert job["agent"] == "w1#1"
