@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -681,7 +682,10 @@ class CeleryRunner:
                 continue
             t.misses += 1
             await self._check(t)  # it may just have ended: its result says so
-            if t.misses >= 2 and self.by_task.get(t.task_id) is t:
+            # A revoked task is no longer in its worker's list while it stops its job (up to
+            # cancel_grace): its result is waited for that much longer.
+            misses = 2 + (math.ceil((self.grace + 5) / self.heartbeat) if t.cancelled else 0)
+            if t.misses >= misses and self.by_task.get(t.task_id) is t:
                 self._untrack(t)
                 why = f"its worker {t.node} runs it no more and it left no result (the worker restarted?)"
                 log.warning("job %s: %s", t.job_id, why)
