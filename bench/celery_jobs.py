@@ -231,6 +231,21 @@ class Redis:
         """Calls per command since the last reset (``INFO commandstats``)."""
         return {k.removeprefix("cmdstat_"): v["calls"] for k, v in self.client.info("commandstats").items()}
 
+    def result_keys(self) -> set[bytes]:
+        return set(self.client.scan_iter(match="celery-task-meta-*", count=1000))
+
+    def job_seconds(self, keys: set[bytes]) -> list[float]:
+        """How long each of these tasks' jobs took on its worker (RemoteResult's started_at to
+        finished_at: the spawn's return to the tree found empty)."""
+        out = []
+        keys = sorted(keys)
+        for i in range(0, len(keys), 500):
+            for raw in self.client.mget(keys[i : i + 500]):
+                result = json.loads(raw).get("result") if raw else None
+                if isinstance(result, dict) and result.get("started_at") and result.get("finished_at"):
+                    out.append(result["finished_at"] - result["started_at"])
+        return out
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
@@ -422,6 +437,9 @@ class Side:
         self.c: LineClient | None = None
         self.w: Watcher | None = None
         self.latencies: list[int] = []
+        #: remote only: per trial, (job end -> tree empty on the worker, -> end entry in Redis, -> safe), ns
+        self.parts: list[tuple[int, int, int]] = []
+        self.redis: Redis | None = None
 
     def start(self, env: dict) -> None:
         self.d = Daemon(self.dir, self.config, env)
@@ -461,6 +479,7 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
     """One bulk run: trigger, poll status until nothing is scheduled or building, read the run."""
     d, c = side.d, side.c
     wait_slots(side)
+    keys0 = redis.result_keys()
     redis.reset_stats()
     cpu0 = cpu_seconds(d.proc.pid)
     rcpu0 = cpu_seconds(redis.proc.pid)
@@ -488,6 +507,7 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
     rcpu = cpu_seconds(redis.proc.pid) - rcpu0
     wcpu = sum(w.session_cpu() for w in workers) - wcpu0
     commands = redis.command_stats()
+    job_s = redis.job_seconds(redis.result_keys() - keys0)
     passed = sum(j["state"] == "passed" for j in run["jobs"])
     if run["state"] != "passed" or passed != args.jobs:
         raise RuntimeError(f"bulk/{trig['counter']}: {run['state']}, {passed} of {args.jobs} jobs passed")
@@ -500,10 +520,12 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
         "redis_cpu": rcpu,
         "workers_cpu": wcpu,
         "commands": commands,
+        "job_s": job_s,
     }
 
 
 def floor_round(mode: str, round_no: int, args: argparse.Namespace, env: dict, redis: Redis, workers: list[Worker]) -> dict:
+    keys0 = redis.result_keys()
     redis.reset_stats()
     rcpu0 = cpu_seconds(redis.proc.pid)
     wcpu0 = sum(w.session_cpu() for w in workers)
@@ -517,6 +539,7 @@ def floor_round(mode: str, round_no: int, args: argparse.Namespace, env: dict, r
     res["redis_cpu"] = cpu_seconds(redis.proc.pid) - rcpu0
     res["workers_cpu"] = sum(w.session_cpu() for w in workers) - wcpu0
     res["commands"] = redis.command_stats()
+    res["job_s"] = redis.job_seconds(redis.result_keys() - keys0)
     return res
 
 
@@ -543,8 +566,25 @@ def drain_trial(side: Side) -> None:
     release(side.fifo, deadline)  # waits until the probe has the FIFO open
     seen = side.w.wait_safe(deadline)
     with open(side.out, "rb") as f:
-        side.latencies.append(seen - int(f.read()))
+        ended = int(f.read())
+    side.latencies.append(seen - ended)
+    if side.redis is not None:
+        side.parts.append(remote_parts(side, ended, seen))
     c.request("disable")
+
+
+def remote_parts(side: Side, ended: int, seen: int) -> tuple[int, int, int]:
+    """Where the time of a remote trial went: the probe's end to its RemoteResult's
+    finished_at (the worker saw the job's tree empty), to the XADD of the stream's end entry
+    (its id: the Redis server's clock, in ms), to safe_to_restart on the watcher."""
+    (run,) = side.c.request("runs", pipeline="probe", limit=1)["runs"]
+    (job,) = run["jobs"]
+    pattern = f"maintd:log:maintd-*-{job['id']}-{round(job['started_at'] * 1000)}"
+    (stream,) = list(side.redis.client.scan_iter(match=pattern, count=10000))
+    ((entry_id, fields),) = side.redis.client.xrevrange(stream, count=1)
+    finished = round(json.loads(fields[b"end"])["finished_at"] * 1e9)
+    added = int(entry_id.split(b"-")[0]) * 1_000_000
+    return finished - ended, added - finished, seen - added
 
 
 def drain_trials(sides: list[Side], trials: int) -> float:
@@ -574,6 +614,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         wait_workers(redis.url, workers)
         write_celery_config(remote.config, args, redis.url, remote.fifo, remote.out)
         write_local_config(local.config, local.fifo, local.out)
+        remote.redis = redis
         remote.start(env)
         local.start(env)
         # ABBA: daemon, window, burst, burst, window, daemon, ... so that drift hits all alike
@@ -587,6 +628,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         res["drain_seconds"] = drain_trials([remote, local], args.trials)
         res["drain_remote"] = remote.latencies
         res["drain_local"] = local.latencies
+        res["drain_parts"] = remote.parts
         remote.d.check_alive()
         local.d.check_alive()
         ok = True
@@ -651,7 +693,7 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float, comm
     w_s = median([r["seconds"] for r in wr])
     b_s = median([r["seconds"] for r in br])
     w(f"1. throughput: {n:,} `true` jobs on {slots} slots, {args.rounds} alternating round(s) per side, median:")
-    w(f"  {'':50}{'wall s':>8}{'jobs/s':>8}{'client':>8}{'redis':>8}{'workers':>9}   rounds (s)")
+    w(f"  {'':50}{'wall s':>8}{'jobs/s':>8}{'client':>8}{'redis':>8}{'workers':>9}{'all':>7}   rounds (s)")
     w(f"  {'':50}{'':16}{'cpu ms/job':>25}")
 
     def row(label: str, rounds: list[dict], key: str = "seconds") -> None:
@@ -660,17 +702,24 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float, comm
         rcpu = median([r["redis_cpu"] for r in rounds]) / n * 1e3
         wcpu = median([r["workers_cpu"] for r in rounds]) / n * 1e3
         each = " ".join(f"{r[key]:.2f}" for r in rounds)
-        w(f"  {label:50}{s:>8.2f}{n / s:>8.0f}{cpu:>8.2f}{rcpu:>8.2f}{wcpu:>9.2f}   {each}")
+        w(f"  {label:50}{s:>8.2f}{n / s:>8.0f}{cpu:>8.2f}{rcpu:>8.2f}{wcpu:>9.2f}{cpu + rcpu + wcpu:>7.2f}   {each}")
 
     row("maintd (celery), trigger sent -> run finished_at", dr)
     w(f"  {'maintd (celery), trigger reply -> run finished_at':50}{d_reply:>8.2f}{n / d_reply:>8.0f}")
     row(f"floor: plain client, <= {slots} in flight (windowed)", wr)
     row(f"floor: plain client, all {n:,} sent at once (burst)", br)
-    w("    (client cpu: maintd's own, or the floor client's; workers: the two workers' sessions, job processes included)")
+    w("    (client cpu: maintd's own, or the floor client's; workers: the two workers' sessions, job processes included;")
+    w(f"     all: the three added, what {os.cpu_count()} cpus must do per job, shared with whatever else runs here)")
     w(f"  ratio maintd/windowed floor: {d_s / w_s:.2f}x ({d_reply / w_s:.2f}x from the trigger reply)")
     w(f"  ratio maintd/burst floor:    {d_s / b_s:.2f}x;  windowed/burst: {w_s / b_s:.2f}x")
     w(f"  per job, maintd costs {(d_s - w_s) / n * 1e3:.2f} ms of wall time more than the windowed floor")
     w(f"  the trigger reply took {median([r['reply_ms'] for r in dr]):.0f} ms")
+    w(f"  per slot and job (ms; cycle = {slots} slots x wall / jobs; job = on the worker, spawn to tree found empty):")
+    for label, rounds in (("maintd", dr), ("windowed", wr), ("burst", br)):
+        cycle = median([slots * r["seconds"] / n for r in rounds]) * 1e3
+        job = median([sum(r["job_s"]) / max(1, len(r["job_s"])) for r in rounds]) * 1e3
+        rest = cycle - job
+        w(f"    {label + ':':10}cycle {cycle:6.2f}  job {job:6.2f}  the rest (pool, result, events, client) {rest:6.2f}")
     w("  the broker's commands per job (INFO commandstats, median of the rounds):")
     w(f"    maintd:   {per_job_commands(dr, n)}")
     w(f"    windowed: {per_job_commands(wr, n)}")
@@ -687,6 +736,11 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float, comm
     for label, lat in rows:
         w(f"  {label:50}{pct(lat, 0.5):>8.2f}{pct(lat, 0.99):>8.2f}{lat[-1]:>8.2f}{lat[0]:>8.2f}")
     w(f"  ratio remote/local: p50 {pct(rem, 0.5) / pct(loc, 0.5):.1f}x, p99 {pct(rem, 0.99) / pct(loc, 0.99):.1f}x")
+    w("  the remote job's time, in parts (the stream entry's time has a resolution of 1 ms):")
+    names = ("the job's end -> its tree found empty on the worker", "-> the end entry in the Redis stream", "-> safe_to_restart")
+    for i, label in enumerate(names):
+        part = sorted(p[i] / 1e6 for p in res["drain_parts"])
+        w(f"    {label:48}{pct(part, 0.5):>8.2f}{pct(part, 0.99):>8.2f}{part[-1]:>8.2f}{part[0]:>8.2f}")
     w("")
     w("targets:")
     ratio = d_s / w_s
