@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -137,6 +138,10 @@ def floor_main(mode: str, jobs: int, broker: str, round_no: int) -> int:
         payloads.append((job.task_id, msgspec.to_builtins(job)))
     slots = [name for name, n in WORKERS for _ in range(n)]
     in_flight: dict[str, str] = {}  # task id -> worker
+    sent_at: dict[str, float] = {}
+    steps: list[tuple[float, float, float]] = []  # sent -> started, started -> finished, finished -> seen
+    last_seen: dict[str, list[float]] = {name: [] for name, _ in WORKERS}  # a worker's ends, for the next send
+    gaps: list[float] = []  # an end seen -> the next task sent to that worker
     failures = 0
     done = 0
     sent = 0
@@ -146,6 +151,9 @@ def floor_main(mode: str, jobs: int, broker: str, round_no: int) -> int:
         task, payload = payloads[sent]
         sent += 1
         in_flight[task] = worker
+        if last_seen[worker]:
+            gaps.append(time.time() - last_seen[worker].pop())
+        sent_at[task] = time.time()
         app.send_task(TASK_NAME, args=[payload], task_id=task, queue=worker_queue(QUEUE, worker), retry=False)
 
     cpu0 = time.process_time()
@@ -166,6 +174,7 @@ def floor_main(mode: str, jobs: int, broker: str, round_no: int) -> int:
         meta = json.loads(msg["data"])
         if meta.get("status") not in ("SUCCESS", "FAILURE"):
             continue
+        seen = time.time()
         worker = in_flight.pop(meta.get("task_id"), None)
         if worker is None:
             continue
@@ -173,13 +182,19 @@ def floor_main(mode: str, jobs: int, broker: str, round_no: int) -> int:
         result = meta.get("result")
         if meta["status"] != "SUCCESS" or not isinstance(result, dict) or result.get("returncode") != 0:
             failures += 1
+        else:
+            started, finished = result["started_at"], result["finished_at"]
+            steps.append((started - sent_at[meta["task_id"]], finished - started, seen - finished))
+        last_seen[worker].append(seen)
         if mode == "window" and sent < jobs:
             send(worker)
     seconds = time.time() - t0
     cpu = time.process_time() - cpu0
     sub.close()
     client.close()
-    print(json.dumps({"seconds": seconds, "send_s": t_sent - t0, "cpu": cpu, "failures": failures}), flush=True)
+    figures = {"seconds": seconds, "send_s": t_sent - t0, "cpu": cpu, "failures": failures}
+    figures["steps"] = [median([x[i] for x in steps]) for i in range(3)] + [median(gaps)]
+    print(json.dumps(figures), flush=True)
     return 0
 
 
@@ -234,17 +249,21 @@ class Redis:
     def result_keys(self) -> set[bytes]:
         return set(self.client.scan_iter(match="celery-task-meta-*", count=1000))
 
+    def results(self, keys: set[bytes]) -> dict[str, dict]:
+        """The RemoteResult of each of these tasks, by task id."""
+        out = {}
+        keys = sorted(keys)
+        for i in range(0, len(keys), 500):
+            for key, raw in zip(keys[i : i + 500], self.client.mget(keys[i : i + 500]), strict=True):
+                result = json.loads(raw).get("result") if raw else None
+                if isinstance(result, dict) and result.get("started_at") and result.get("finished_at"):
+                    out[key.decode().removeprefix("celery-task-meta-")] = result
+        return out
+
     def job_seconds(self, keys: set[bytes]) -> list[float]:
         """How long each of these tasks' jobs took on its worker (RemoteResult's started_at to
         finished_at: the spawn's return to the tree found empty)."""
-        out = []
-        keys = sorted(keys)
-        for i in range(0, len(keys), 500):
-            for raw in self.client.mget(keys[i : i + 500]):
-                result = json.loads(raw).get("result") if raw else None
-                if isinstance(result, dict) and result.get("started_at") and result.get("finished_at"):
-                    out.append(result["finished_at"] - result["started_at"])
-        return out
+        return [r["finished_at"] - r["started_at"] for r in self.results(keys).values()]
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -507,7 +526,9 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
     rcpu = cpu_seconds(redis.proc.pid) - rcpu0
     wcpu = sum(w.session_cpu() for w in workers) - wcpu0
     commands = redis.command_stats()
-    job_s = redis.job_seconds(redis.result_keys() - keys0)
+    results = redis.results(redis.result_keys() - keys0)
+    job_s = [r["finished_at"] - r["started_at"] for r in results.values()]
+    steps = daemon_steps(run["jobs"], results)
     passed = sum(j["state"] == "passed" for j in run["jobs"])
     if run["state"] != "passed" or passed != args.jobs:
         raise RuntimeError(f"bulk/{trig['counter']}: {run['state']}, {passed} of {args.jobs} jobs passed")
@@ -521,7 +542,28 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
         "workers_cpu": wcpu,
         "commands": commands,
         "job_s": job_s,
+        "steps": steps,
     }
+
+
+def daemon_steps(jobs: list[dict], results: dict[str, dict]) -> list[float]:
+    """Medians, per job: handed to a slot -> running on the worker, running -> its end on the
+    worker, that end -> recorded by maintd, and recorded -> the next job handed to that slot.
+    The task id ends with the job's id and the time it was handed (ms)."""
+    by_job = {int(task.rsplit("-", 2)[1]): r for task, r in results.items()}
+    steps = []
+    slots: dict[str, list[dict]] = {}
+    for j in jobs:
+        r = by_job.get(j["id"])
+        if r is None or j["started_at"] is None or j["finished_at"] is None:
+            continue
+        steps.append((r["started_at"] - j["started_at"], r["finished_at"] - r["started_at"], j["finished_at"] - r["finished_at"]))
+        slots.setdefault(j["agent"], []).append(j)
+    gaps = []
+    for on_slot in slots.values():
+        on_slot.sort(key=lambda j: j["started_at"])
+        gaps += [b["started_at"] - a["finished_at"] for a, b in itertools.pairwise(on_slot)]
+    return [median([x[i] for x in steps]) for i in range(3)] + [median(gaps)]
 
 
 def floor_round(mode: str, round_no: int, args: argparse.Namespace, env: dict, redis: Redis, workers: list[Worker]) -> dict:
@@ -720,6 +762,11 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float, comm
         job = median([sum(r["job_s"]) / max(1, len(r["job_s"])) for r in rounds]) * 1e3
         rest = cycle - job
         w(f"    {label + ':':10}cycle {cycle:6.2f}  job {job:6.2f}  the rest (pool, result, events, client) {rest:6.2f}")
+    w("  a job's way (ms, medians; the windowed floor's client in maintd's place):")
+    w(f"    {'':10}{'handed/sent -> running':>24}{'running -> end':>16}{'end -> client knows':>21}{'-> next on slot':>17}")
+    for label, rounds in (("maintd", dr), ("windowed", wr)):
+        st = [median([r["steps"][i] for r in rounds]) * 1e3 for i in range(4)]
+        w(f"    {label + ':':10}{st[0]:>24.2f}{st[1]:>16.2f}{st[2]:>21.2f}{st[3]:>17.2f}")
     w("  the broker's commands per job (INFO commandstats, median of the rounds):")
     w(f"    maintd:   {per_job_commands(dr, n)}")
     w(f"    windowed: {per_job_commands(wr, n)}")
