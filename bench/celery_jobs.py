@@ -194,6 +194,7 @@ def floor_main(mode: str, jobs: int, broker: str, round_no: int) -> int:
     client.close()
     figures = {"seconds": seconds, "send_s": t_sent - t0, "cpu": cpu, "failures": failures}
     figures["steps"] = [median([x[i] for x in steps]) for i in range(3)] + [median(gaps)]
+    figures["sent"] = sent_at
     print(json.dumps(figures), flush=True)
     return 0
 
@@ -259,11 +260,6 @@ class Redis:
                 if isinstance(result, dict) and result.get("started_at") and result.get("finished_at"):
                     out[key.decode().removeprefix("celery-task-meta-")] = result
         return out
-
-    def job_seconds(self, keys: set[bytes]) -> list[float]:
-        """How long each of these tasks' jobs took on its worker (RemoteResult's started_at to
-        finished_at: the spawn's return to the tree found empty)."""
-        return [r["finished_at"] - r["started_at"] for r in self.results(keys).values()]
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -350,6 +346,72 @@ def wait_workers(broker: str, workers: list[Worker]) -> None:
     finally:
         with contextlib.suppress(Exception):
             app.close()
+
+
+class EventLog:
+    """With --events: Celery's task events, as a second receiver next to maintd's (a thread
+    here): when each task was sent (after its publish), received by the worker, and started
+    in a pool process, by task id. It costs both sides alike."""
+
+    KINDS = ("task-sent", "task-received", "task-started", "task-succeeded")
+
+    def __init__(self, broker: str) -> None:
+        import threading
+
+        from remote.contract import make_app
+
+        self.app: Any = make_app(broker)
+        self.times: dict[str, dict[str, float]] = {}
+        self.receiver: Any = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="events", daemon=True)
+        self.thread.start()
+        if not self.ready.wait(START_TIMEOUT):
+            raise RuntimeError("the event receiver did not start")
+
+    def _on(self, event: dict) -> None:
+        self.times.setdefault(event.get("uuid", ""), {})[event["type"]] = event["timestamp"]
+
+    def _run(self) -> None:
+        try:
+            with self.app.connection_for_read() as conn:
+                self.receiver = self.app.events.Receiver(conn, handlers={k: self._on for k in self.KINDS})
+                self.ready.set()
+                self.receiver.capture(limit=None, timeout=None, wakeup=False)
+        except BaseException as exc:  # noqa: BLE001 - told at the end
+            self.error = exc
+            self.ready.set()
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.should_stop = True
+        self.thread.join(5)  # the workers' heartbeats (every second) wake it
+        with contextlib.suppress(Exception):
+            self.app.close()
+
+
+def event_steps(events: EventLog | None, sent: dict[str, float], results: dict[str, dict]) -> list[float] | None:
+    """Medians, per task: sent (handed to a slot, or the floor's send) -> published (task-sent),
+    -> received by the worker, -> started in a pool process, -> the job running (after its
+    spawn); the job's end -> task-succeeded."""
+    if events is None:
+        return None
+    rows = []
+    for task, at in sent.items():
+        ev, r = events.times.get(task, {}), results.get(task)
+        if r is None or any(k not in ev for k in EventLog.KINDS):
+            continue
+        rows.append(
+            (
+                ev["task-sent"] - at,
+                ev["task-received"] - ev["task-sent"],
+                ev["task-started"] - ev["task-received"],
+                r["started_at"] - ev["task-started"],
+                ev["task-succeeded"] - r["finished_at"],
+            )
+        )
+    return [median([x[i] for x in rows]) for i in range(5)] if rows else None
 
 
 def job_processes(root: Path) -> list[int]:
@@ -494,7 +556,7 @@ def wait_slots(side: Side) -> None:
         time.sleep(0.05)
 
 
-def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: list[Worker]) -> dict:
+def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: list[Worker], events: EventLog | None) -> dict:
     """One bulk run: trigger, poll status until nothing is scheduled or building, read the run."""
     d, c = side.d, side.c
     wait_slots(side)
@@ -529,6 +591,8 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
     results = redis.results(redis.result_keys() - keys0)
     job_s = [r["finished_at"] - r["started_at"] for r in results.values()]
     steps = daemon_steps(run["jobs"], results)
+    handed = {j["id"]: j["started_at"] for j in run["jobs"]}
+    sent = {task: handed[int(task.rsplit("-", 2)[1])] for task in results if int(task.rsplit("-", 2)[1]) in handed}
     passed = sum(j["state"] == "passed" for j in run["jobs"])
     if run["state"] != "passed" or passed != args.jobs:
         raise RuntimeError(f"bulk/{trig['counter']}: {run['state']}, {passed} of {args.jobs} jobs passed")
@@ -543,6 +607,7 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
         "commands": commands,
         "job_s": job_s,
         "steps": steps,
+        "events": event_steps(events, sent, results),
     }
 
 
@@ -566,7 +631,9 @@ def daemon_steps(jobs: list[dict], results: dict[str, dict]) -> list[float]:
     return [median([x[i] for x in steps]) for i in range(3)] + [median(gaps)]
 
 
-def floor_round(mode: str, round_no: int, args: argparse.Namespace, env: dict, redis: Redis, workers: list[Worker]) -> dict:
+def floor_round(
+    mode: str, round_no: int, args: argparse.Namespace, env: dict, redis: Redis, workers: list[Worker], events: EventLog | None
+) -> dict:
     keys0 = redis.result_keys()
     redis.reset_stats()
     rcpu0 = cpu_seconds(redis.proc.pid)
@@ -581,7 +648,9 @@ def floor_round(mode: str, round_no: int, args: argparse.Namespace, env: dict, r
     res["redis_cpu"] = cpu_seconds(redis.proc.pid) - rcpu0
     res["workers_cpu"] = sum(w.session_cpu() for w in workers) - wcpu0
     res["commands"] = redis.command_stats()
-    res["job_s"] = redis.job_seconds(redis.result_keys() - keys0)
+    results = redis.results(redis.result_keys() - keys0)
+    res["job_s"] = [r["finished_at"] - r["started_at"] for r in results.values()]
+    res["events"] = event_steps(events, res.pop("sent"), results)
     return res
 
 
@@ -648,6 +717,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     workers: list[Worker] = []
     remote = Side(tmp, "celery")
     local = Side(tmp, "local")
+    events: EventLog | None = None
     ok = False
     try:
         redis = Redis(tmp / "redis")
@@ -659,14 +729,19 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         remote.redis = redis
         remote.start(env)
         local.start(env)
+        if args.events:
+            events = EventLog(redis.url)
         # ABBA: daemon, window, burst, burst, window, daemon, ... so that drift hits all alike
         order = ("daemon", "window", "burst")
         for r in range(args.rounds):
             for name in order if r % 2 == 0 else reversed(order):
                 if name == "daemon":
-                    res["daemon"].append(daemon_round(remote, args, redis, workers))
+                    res["daemon"].append(daemon_round(remote, args, redis, workers, events))
                 else:
-                    res[name].append(floor_round(name, r + 1, args, env, redis, workers))
+                    res[name].append(floor_round(name, r + 1, args, env, redis, workers, events))
+        if events is not None:
+            events.stop()
+            events = None
         res["drain_seconds"] = drain_trials([remote, local], args.trials)
         res["drain_remote"] = remote.latencies
         res["drain_local"] = local.latencies
@@ -686,6 +761,8 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
                     if tail.strip():
                         print(f"--- maintd-agent {w.name} log (tail) ---\n{tail}\n---", file=sys.stderr)
         finally:
+            if events is not None:
+                events.stop()
             for side in (remote, local):
                 side.stop()
             for w in workers:
@@ -767,6 +844,15 @@ def report(args: argparse.Namespace, source: Path, res: dict, total: float, comm
     for label, rounds in (("maintd", dr), ("windowed", wr)):
         st = [median([r["steps"][i] for r in rounds]) * 1e3 for i in range(4)]
         w(f"    {label + ':':10}{st[0]:>24.2f}{st[1]:>16.2f}{st[2]:>21.2f}{st[3]:>17.2f}")
+    if args.events:
+        w("  the start of a job, from Celery's events (ms, medians; --events):")
+        heads = ("handed/sent -> published", "-> received", "-> in a pool", "-> running", "end -> succeeded")
+        w(f"    {'':10}" + "".join(f"{h:>26}" if i == 0 else f"{h:>18}" for i, h in enumerate(heads)))
+        for label, rounds in (("maintd", dr), ("windowed", wr), ("burst", br)):
+            got = [r["events"] for r in rounds if r["events"]]
+            if got:
+                st = [median([g[i] for g in got]) * 1e3 for i in range(5)]
+                w(f"    {label + ':':10}{st[0]:>26.2f}" + "".join(f"{x:>18.2f}" for x in st[1:]))
     w("  the broker's commands per job (INFO commandstats, median of the rounds):")
     w(f"    maintd:   {per_job_commands(dr, n)}")
     w(f"    windowed: {per_job_commands(wr, n)}")
@@ -812,6 +898,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--round-timeout", type=float, default=300.0, help="bound on one throughput round, s (default 300)")
     parser.add_argument("--source", type=Path, default=REPO, help="source tree to run maintd from (default: this checkout)")
     parser.add_argument("--quick", action="store_true", help="200 jobs, 1 round, 10 drain trials")
+    parser.add_argument(
+        "--events", action="store_true", help="also receive Celery's task events, to split a job's start into its steps"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.rounds, args.trials = 200, 1, 10
