@@ -230,15 +230,19 @@ class Redis:
 
         self.client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=10)
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited while starting with code {self.proc.returncode}")
-            with contextlib.suppress(redis.RedisError):
-                if self.client.ping():
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s")
-            time.sleep(0.01)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited while starting with code {self.proc.returncode}")
+                with contextlib.suppress(redis.RedisError):
+                    if self.client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s")
+                time.sleep(0.01)
+        except BaseException:
+            self.stop()
+            raise
 
     def reset_stats(self) -> None:
         self.client.config_resetstat()
@@ -722,7 +726,8 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
     try:
         redis = Redis(tmp / "redis")
         res["broker"] = redis.url
-        workers = [Worker(tmp, name, slots, redis.url, env) for name, slots in WORKERS]
+        for name, slots in WORKERS:
+            workers.append(Worker(tmp, name, slots, redis.url, env))
         wait_workers(redis.url, workers)
         write_celery_config(remote.config, args, redis.url, remote.fifo, remote.out)
         write_local_config(local.config, local.fifo, local.out)
