@@ -755,6 +755,8 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
         local.d.check_alive()
         ok = True
     finally:
+        # the cleanup is bounded: a SIGTERM or Ctrl-C during it waits until it is done
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             if not ok:
                 for side in (remote, local):
@@ -775,6 +777,7 @@ def run_all(tmp: Path, args: argparse.Namespace, env: dict) -> dict:
             kill_jobs_left(tmp)
             if redis is not None:
                 redis.stop()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return res
 
 
