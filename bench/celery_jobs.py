@@ -23,9 +23,15 @@ its own: two hosts), then:
      backlog: the fastest Celery does with these workers.
 
    Daemon and floor rounds alternate (ABBA); medians, and the ratios. For each round the
-   daemon's and the floor client's CPU time, redis-server's CPU time and its commands
-   (``INFO commandstats``, reset before each round) are noted: per job, what each side
-   asks of the broker.
+   daemon's and the floor client's CPU time, redis-server's and the workers' CPU time and
+   the broker's commands (``INFO commandstats``, reset before each round) are noted: per
+   job, what each side costs and asks of the broker. A job's way is split in four, for
+   maintd and the windowed floor, from the run's rows and the tasks' results
+   (``RemoteResult.started_at``/``finished_at``, same host, same clock): handed to a slot
+   (sent) -> running on the worker -> its end -> the client knows -> the next job handed
+   to that slot. With ``--events`` a second receiver of Celery's task events splits the
+   first step further (published, received by the worker, in a pool process, running);
+   it costs both sides alike, so it is off by default.
 2. Drain latency: the time from the last job's end to ``safe_to_restart`` while in
    maintenance, measured as bench/jobs.py measures it (a one-job pipeline whose job blocks
    on a FIFO; once it is the only thing the drain waits for, it is released, writes
@@ -33,14 +39,18 @@ its own: two hosts), then:
    connection takes the time the ``state_changed`` event with ``safe_to_restart: true``
    arrives). The job runs on a worker, which here is this machine, so the same FIFO
    works. The same trials on a second maintd with the default local backend are the
-   reference; the two alternate in blocks of 5 trials.
+   reference; the two alternate in blocks of 5 trials. A remote trial is also split in
+   three: the job's end -> its tree found empty on the worker (the task's
+   ``finished_at``) -> the end entry in the job's Redis stream (the entry id's time, in
+   ms) -> ``safe_to_restart``.
 
 Every process this script starts is stopped in a ``finally``: the daemons, the workers
 (their whole session killed), redis-server, and any job process left under the temporary
 directory. Every wait is bounded.
 
-    /work/main/.venv/bin/python bench/celery_jobs.py            # full run (1,000 jobs, 3 rounds, 30 trials)
-    /work/main/.venv/bin/python bench/celery_jobs.py --quick    # 200 jobs, 1 round, 10 trials
+    /work/main/.venv/bin/python bench/celery_jobs.py            # full run (1,000 jobs, 3 rounds, 30 trials; ~80 s)
+    /work/main/.venv/bin/python bench/celery_jobs.py --quick    # 200 jobs, 1 round, 10 trials (~15 s)
+    /work/main/.venv/bin/python bench/celery_jobs.py --rounds 5 --events
 
 Internal role (used by the script itself): ``celery_jobs.py _floor MODE JOBS BROKER ROUND``
 runs one floor round (MODE ``window`` or ``burst``) and prints its figures as JSON.
