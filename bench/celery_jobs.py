@@ -910,18 +910,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Remote agents benchmark: jobs through maintd's Celery backend against the same tasks sent "
         "straight to Celery, and drain latency against a local job.",
     )
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs in a throughput round (default 1000)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds per side (default 3)")
-    parser.add_argument("--trials", type=int, default=30, help="drain-latency trials per backend (default 30)")
+    parser.add_argument("--jobs", type=int, help="jobs in a throughput round (default 1000)")
+    parser.add_argument("--rounds", type=int, help="alternating throughput rounds per side (default 3)")
+    parser.add_argument("--trials", type=int, help="drain-latency trials per backend (default 30)")
     parser.add_argument("--round-timeout", type=float, default=300.0, help="bound on one throughput round, s (default 300)")
     parser.add_argument("--source", type=Path, default=REPO, help="source tree to run maintd from (default: this checkout)")
-    parser.add_argument("--quick", action="store_true", help="200 jobs, 1 round, 10 drain trials")
+    parser.add_argument("--quick", action="store_true", help="200 jobs, 1 round, 10 drain trials (unless given)")
     parser.add_argument(
         "--events", action="store_true", help="also receive Celery's task events, to split a job's start into its steps"
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.jobs, args.rounds, args.trials = 200, 1, 10
+    defaults = (200, 1, 10) if args.quick else (1000, 3, 30)
+    args.jobs, args.rounds, args.trials = (
+        given if given is not None else default
+        for given, default in zip((args.jobs, args.rounds, args.trials), defaults, strict=True)
+    )
     if not 1 <= args.jobs <= 100_000 or not 1 <= args.rounds <= 10 or not 1 <= args.trials <= 10_000:
         parser.error("--jobs 1-100000, --rounds 1-10, --trials 1-10000")
     return args
