@@ -54,6 +54,8 @@ log = logging.getLogger("maintd.celery")
 CONTROL_TIMEOUT = 1.0
 #: the longest a read of the streams blocks: how late new output can reach a log
 STREAM_BLOCK_MS = 500
+#: the most entries of one stream a read of the streams brings
+STREAM_READ = 500
 
 
 def broker_url(url: str, password: str | None) -> str:
@@ -284,7 +286,14 @@ class CeleryRunner:
             # the job's log, fresh (as a local job's), then the task
             os.close(self._open_log(t))
             self.app.send_task(
-                contract.TASK_NAME, args=[payload], task_id=t.task_id, queue=queue, retry=False, expires=self.lost_timeout
+                contract.TASK_NAME,
+                args=[payload],
+                task_id=t.task_id,
+                queue=queue,
+                retry=False,
+                expires=self.lost_timeout,
+                argsrepr=f"job {spec.job_id}",  # not a printable copy of the whole job
+                kwargsrepr="",
             )
 
         try:
@@ -395,6 +404,11 @@ class CeleryRunner:
             last = entries[-1][0]
             if len(batch) < 1000:
                 break
+        self._write_log(t, entries)
+        return last, entries
+
+    def _write_log(self, t: _Task, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        """Append the output in ``entries`` to the job's log (worker thread)."""
         data = b"".join(fields.get(b"data", b"") for _, fields in entries)
         if data:
             fd = self._open_log(t)
@@ -402,14 +416,21 @@ class CeleryRunner:
                 os.write(fd, data)
             finally:
                 os.close(fd)
-        return last, entries
 
-    async def _drain(self, t: _Task) -> None:
-        """Copy the new output of ``t`` to its log; note its start and its end."""
+    async def _drain(self, t: _Task, read: list[tuple[str, dict[bytes, bytes]]] | None = None, since: str = "") -> None:
+        """Copy the new output of ``t`` to its log; note its start and its end. ``read``: the
+        entries after ``since`` that a read of the streams already brought (used if nothing
+        was taken from the stream since)."""
         async with t.lock:
             if self.by_task.get(t.task_id) is not t:
                 return
-            last, entries = await trio.to_thread.run_sync(self._read_stream, t)
+            if read and t.last_id == since:
+                entries = read
+                if any(b"data" in fields for _, fields in read):
+                    await trio.to_thread.run_sync(self._write_log, t, read)
+                last = read[-1][0]
+            else:
+                last, entries = await trio.to_thread.run_sync(self._read_stream, t)
             t.last_id = last
             for _, fields in entries:
                 if b"start" in fields:
@@ -454,7 +475,7 @@ class CeleryRunner:
             streams = {t.stream: t.last_id for t in self.tasks.values()}
 
             def wait_for_output(streams: dict[str, str] = streams) -> list[Any]:
-                return self.redis_block.xread(streams, count=1, block=STREAM_BLOCK_MS) or []
+                return self.redis_block.xread(streams, count=STREAM_READ, block=STREAM_BLOCK_MS) or []
 
             try:
                 found = await trio.to_thread.run_sync(wait_for_output, abandon_on_cancel=True)
@@ -462,12 +483,13 @@ class CeleryRunner:
                 log.debug("cannot read the job streams: %s", exc)
                 await trio.sleep(self.heartbeat)
                 continue
-            for stream, _ in found:
+            for stream, batch in found:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 t = self.by_task.get(name.removeprefix("maintd:log:"))
                 if t is not None:
+                    read = [(eid.decode() if isinstance(eid, bytes) else eid, fields) for eid, fields in batch]
                     try:
-                        await self._drain(t)
+                        await self._drain(t, read, streams.get(name, ""))
                     except Exception as exc:  # noqa: BLE001 - the broker is down: read again later
                         log.debug("cannot read the output of task %s: %s", t.task_id, exc)
 

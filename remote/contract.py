@@ -114,7 +114,6 @@ def celery_settings(broker: str) -> dict[str, object]:
         "result_accept_content": ["json"],
         "event_serializer": "json",
         "task_track_started": True,
-        "task_send_sent_event": True,
         "worker_send_task_events": True,
         "worker_prefetch_multiplier": 1,
         "task_acks_late": False,
