@@ -291,8 +291,8 @@ class AgentsCore(SubsystemCore):
         the store cannot record is refused and not made), then in effect."""
         name = msg.name
         verb = "enable" if msg.enabled else "disable"
-        if not self.slots_of(name) and name not in self.disabled:
-            known = ", ".join(dict.fromkeys(self.agent_name(key) for key in self.agents)) or "none"
+        if not self.knows(name):
+            known = ", ".join(row.name for row in self.info()) or "none"
             raise NotFound(f"no agent named {name!r}; the agents are {known} (`maintctl agents` lists them)")
         if msg.enabled and not self.intake_open:
             error = refuse_in_maintenance(f"enabling agent {name}")
@@ -322,6 +322,10 @@ class AgentsCore(SubsystemCore):
                     self.ask_for_work()
             self.on_agent_enabled(name, msg.enabled)
         return {"agent": name, "state": self.agent_row(name).state, "changed": changed}
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is an agent here (one disabled and gone since counts: it may be enabled)."""
+        return bool(self.slots_of(name)) or name in self.disabled
 
     def info(self) -> list[AgentInfo]:
         """One row an agent (not a slot), in the order of their slots."""

@@ -282,42 +282,42 @@ class RemoteAgentsCore(AgentsCore):
 
     # -- what `maintctl agents` shows: one row per worker ----------------------------------
 
+    def knows(self, name: str) -> bool:
+        return super().knows(name) or name in self.workers or name in self.lost
+
     def info(self) -> list[AgentInfo]:
-        names = sorted({worker_of(key) for key in self.agents} | set(self.workers) | set(self.lost))
-        rows = []
-        for name in names:
-            worker = self.workers.get(name)
-            keys = self.slots_of(name)
-            jobs = [self.agents[k] for k in keys if self.agents.get(k) is not None]
-            items = [self.items.get(qualify(self.name, job_item_id(j))) for j in jobs]
-            disabled = name in self.disabled
-            if name in self.lost:
-                state = "lost"
-            elif self.broker_error is not None or worker is None:
-                state = "unknown"
-            elif not worker.online and not jobs:
-                state = "offline"
-            elif jobs:
-                state = "building"
-            elif disabled:
-                state = "disabled"
-            else:
-                state = "idle" if self.intake_open else "paused"
-            heard = worker.heartbeat if worker is not None else None
-            rows.append(
-                AgentInfo(
-                    name=name,
-                    state=state,
-                    job=", ".join(i.description for i in items if i is not None) or None,
-                    since=min((i.started_at for i in items if i is not None), default=None),
-                    host=worker.host if worker is not None else None,
-                    slots=worker.slots if worker is not None else len(keys),
-                    busy=len(jobs),
-                    heartbeat=heard,
-                    disabled=disabled,
-                )
-            )
-        return rows
+        names = {worker_of(key) for key in self.agents} | set(self.workers) | set(self.lost)
+        return [self.agent_row(name) for name in sorted(names)]
+
+    def agent_row(self, name: str) -> AgentInfo:
+        worker = self.workers.get(name)
+        keys = self.slots_of(name)
+        jobs = [job for k in keys if (job := self.agents[k]) is not None]
+        items = [item for j in jobs if (item := self.items.get(qualify(self.name, job_item_id(j)))) is not None]
+        disabled = name in self.disabled
+        if name in self.lost:
+            state = "lost"
+        elif self.broker_error is not None or worker is None:
+            state = "unknown"
+        elif jobs:
+            state = "building"
+        elif not worker.online:
+            state = "offline"
+        elif disabled:
+            state = "disabled"
+        else:
+            state = "idle" if self.intake_open else "paused"
+        return AgentInfo(
+            name=name,
+            state=state,
+            job=", ".join(i.description for i in items) or None,
+            since=min((i.started_at for i in items), default=None),
+            host=worker.host if worker is not None else None,
+            slots=worker.slots if worker is not None else len(keys),
+            busy=len(jobs),
+            heartbeat=worker.heartbeat if worker is not None else None,
+            disabled=disabled,
+        )
 
     def handle(self, message: Any) -> Any:
         match message:

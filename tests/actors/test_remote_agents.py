@@ -218,3 +218,16 @@ def test_recover_keeps_building_jobs_for_remote_agents(w: World) -> None:
     assert w.job(spec.job_id)[0] == "building"
     assert w.store.recover(w.clock.now()) == ([spec.job_id], [])
     assert w.job(spec.job_id)[0] == "interrupted"
+
+
+def test_a_lost_worker_can_still_be_disabled_by_name_and_its_row_says_so(w: World) -> None:
+    from actors.agents import SetAgentEnabled
+
+    c = core(w)
+    seen(c, worker("w1", 2, w.clock.now()))
+    last = w.clock.now()
+    w.clock.t += LOST + 1
+    seen(c, worker("w1", 2, last))
+    assert c.handle(SetAgentEnabled(name="w1", enabled=False, by="alice"))["changed"] is True
+    (row,) = c.info()
+    assert (row.name, row.state, row.disabled, row.slots) == ("w1", "lost", True, 2)
