@@ -296,8 +296,9 @@ class Store(Queries):
     ) -> tuple[list[int], list[int]]:
         """At start-up: jobs a previous process left building become interrupted, and so do their runs.
 
-        ``keep_building`` (remote agents): building jobs run on other hosts, not as children
-        of the process that died; they stay building for the agents to find out how they stand.
+        ``keep_building`` (remote agents): jobs building on remote agents (``NAME#N``) run on
+        other hosts, not as children of the process that died; they stay building for the
+        agents to find out how they stand. Jobs of local agents are interrupted all the same.
 
         Scheduled jobs of those runs are interrupted with them; a scheduled job that was on
         its way to an agent with a cancel asked for is cancelled; other scheduled jobs stay
@@ -305,9 +306,9 @@ class Store(Queries):
         ``on_end`` is told the state of each job ended here, once it is recorded.
         """
         with self._tx("the interrupted jobs of the previous process") as db:
-            building = (
-                [] if keep_building else db.execute("SELECT id, run_id FROM jobs WHERE state = 'building' ORDER BY id").fetchall()
-            )
+            # remote agents' slots are NAME#N; a local agent's job of an earlier run is interrupted all the same
+            remote = " AND instr(COALESCE(agent, ''), '#') = 0" if keep_building else ""
+            building = db.execute(f"SELECT id, run_id FROM jobs WHERE state = 'building'{remote} ORDER BY id").fetchall()
             changes = [(row["id"], RESTART_DETAIL) for row in building]
             for run_id in sorted({row["run_id"] for row in building}):
                 db.execute(

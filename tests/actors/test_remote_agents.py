@@ -212,10 +212,11 @@ def test_the_scheduler_queues_a_rescheduled_job_first_and_hands_it_to_a_waiting_
 
 
 def test_recover_keeps_building_jobs_for_remote_agents(w: World) -> None:
-    spec = new_spec(w)
+    spec, local = new_spec(w), new_spec(w, "package")
     w.store.set_job_state(spec.job_id, JobState.BUILDING, w.clock.now(), agent="w1#1")
-    assert w.store.recover(w.clock.now(), keep_building=True) == ([], [])
-    assert w.job(spec.job_id)[0] == "building"
+    w.store.set_job_state(local.job_id, JobState.BUILDING, w.clock.now(), agent="agent-1")  # before a switch of backend
+    assert w.store.recover(w.clock.now(), keep_building=True) == ([local.job_id], [])
+    assert w.job(spec.job_id)[0] == "building" and w.job(local.job_id)[0] == "interrupted"
     assert w.store.recover(w.clock.now()) == ([spec.job_id], [])
     assert w.job(spec.job_id)[0] == "interrupted"
 
