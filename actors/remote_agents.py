@@ -193,7 +193,7 @@ class RemoteAgentsCore(AgentsCore):
             worker = self.workers.get(name)
             heard = worker.heartbeat or 0.0 if worker is not None else 0.0
             if name in self.lost:
-                if heard > self.lost[name]:
+                if heard >= self.lost[name]:  # heard at or after the moment it was found lost
                     del self.lost[name]
                     log.info("agent %s is heard from again", name)
                 continue

@@ -10,6 +10,7 @@ from hypothesis.stateful import precondition, rule
 
 from tests.actors.drain_properties.jobserver_machine import JobServerMachine
 from tests.actors.drain_properties.jobserver_model import CORES
+from tests.actors.drain_properties.remote_machine import RemoteJobServerMachine
 from tests.actors.drain_properties.runs import COUNTS, DEFECT_SETTINGS, SETTINGS, USERS
 
 JobServerMachine.TestCase.settings = SETTINGS
@@ -62,3 +63,7 @@ class JobServerCoreFailureMachine(JobServerMachine):
 
 JobServerCoreFailureMachine.TestCase.settings = DEFECT_SETTINGS
 TestJobServerCoreFailureMachine = JobServerCoreFailureMachine.TestCase
+
+
+RemoteJobServerMachine.TestCase.settings = DEFECT_SETTINGS
+TestRemoteJobServerMachine = RemoteJobServerMachine.TestCase
