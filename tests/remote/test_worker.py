@@ -455,3 +455,20 @@ def test_cancel_consumer_stops_the_intake_and_add_consumer_resumes_it(
         assert redis_server.client().llen(queue) == 1 and state(client, tid("off-1")) == "PENDING"
     assert client.control.add_consumer(queue, destination=[worker.node], reply=True, timeout=5)
     assert result(client, tid("off-1")).returncode == 0
+
+
+def test_a_pickled_task_is_refused_and_never_runs(redis_server: RedisServer, start_worker: Any, tmp_path: Path) -> None:
+    """JSON only: whoever can write to the broker cannot make the worker unpickle (and so run) anything."""
+    w = start_worker("w1", broker_url=redis_server.url)
+    marker = tmp_path / "ran"
+    pickler = make_app(redis_server.url)
+    pickler.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])  # type: ignore[attr-defined]
+    spec = msgspec.to_builtins(job(tid("pickled"), argv=("touch", str(marker))))
+    pickler.send_task(TASK_NAME, args=[spec], task_id=tid("pickled"), queue=worker_queue("maintd", "w1"))  # type: ignore[attr-defined]
+    wait_for(lambda: "untrusted content" in w.log_text() or "ContentDisallowed" in w.log_text(), WAIT, "the refusal in the log")
+    # the worker is still there and runs a JSON task: the pickled one never ran
+    good = tid("after")
+    result = send(make_app(redis_server.url), w, job(good, argv=("true",)))
+    assert result.get(timeout=WAIT)["returncode"] == 0
+    assert not marker.exists()
+    pickler.close()  # type: ignore[attr-defined]
