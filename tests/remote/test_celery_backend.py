@@ -406,3 +406,31 @@ def test_a_worker_restarted_under_the_same_name_mid_job_is_found_out_and_the_job
     remote.let_go("again")
     job = remote.wait_job("again", lambda j: j["state"] == "passed", "the second attempt passed")
     assert job["agent"] == "w1#1"
+
+
+def test_maintctl_logs_follow_streams_a_remote_job_s_output_until_it_ends(remote: Remote) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    remote.worker("w1")
+    remote.start(("chatty", "for i in 1 2 3; do echo line $i; done; "))
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("chatty")
+    job_id = remote.jobs()["chatty"]["id"]
+    assert remote.d is not None
+    env = {**os.environ, "MAINTD_SOCKET": str(remote.d.socket)}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "maintctl", "logs", "--follow", str(job_id)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        remote.let_go("chatty")
+        out, err = follow.communicate(timeout=30)  # it ends by itself once the job has ended
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 0, err
+    assert ("line 3" in out and out.rstrip().endswith("finished chatty")) or "finished chatty" in out
