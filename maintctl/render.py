@@ -253,7 +253,7 @@ def agents(rows: list[dict[str, Any]]) -> str:
     """One row an agent (a remote worker: one row for its slots); a local agent's HOST is ``local``."""
     rows = clean(rows)
     if not rows:
-        return "no agents"
+        return "no agents ([agents] count = 0; or, with remote agents, no maintd-agent worker heard from yet)"
     lines = [f"  {'NAME':<16} {'STATE':<20} {'HOST':<16} {'SLOTS':>5} {'BUSY':>4}  {'HEARTBEAT':<12} JOB"]
     for a in rows:
         state = a["state"] + (" (disabled)" if a.get("disabled") and a["state"] != "disabled" else "")
