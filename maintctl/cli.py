@@ -5,7 +5,8 @@ first byte goes out it imports socket, json and the small stdlib-only modules of
 :mod:`daemon.paths` and :mod:`daemon.escape`; never msgspec, trio, pykka or the actors
 (tests/maintctl/test_lean_start.py holds it to that). A command with no arguments of its
 own (``status``, ``inflight``, ...) is read by :func:`~maintctl.arguments.parse_plain` without
-argparse; argparse reads every other command line (the grammar is in :mod:`maintctl.arguments`). Whatever else a command needs is imported where it is used.
+argparse; argparse reads every other command line (the grammar is in
+:mod:`maintctl.arguments`). Whatever else a command needs is imported where it is used.
 """
 
 from __future__ import annotations
