@@ -42,7 +42,7 @@ class TimedOut(Exception):
 
 
 def write_config(path: Path, n: int) -> None:
-    parts = ['[agents]\ncount = 2\n']
+    parts = ["[agents]\ncount = 2\n"]
     job = '[[pipelines.stages]]\nname = "s"\n[[pipelines.stages.jobs]]\nname = "j"\ncommand = ["true"]\n'
     parts.append(f'[[pipelines]]\nname = "probe"\n{job}')
     for i in range(n):

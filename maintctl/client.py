@@ -73,7 +73,6 @@ def check_daemon(sock: _socket.socket, path: str) -> None:
         )
 
 
-
 class Client:
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path

@@ -178,8 +178,10 @@ def test_results_obtained_while_the_disk_is_full_are_recorded_when_space_returns
     assert d.maintctl("disable").returncode == 0
     runs = query(d.state / "maintd.db", "SELECT pipeline, state FROM runs ORDER BY id")
     wait_for(
-        lambda: query(d.state / "maintd.db", "SELECT pipeline, state FROM runs ORDER BY id")
-        == [("alpha", "passed"), ("beta", "failed")],
+        lambda: (
+            query(d.state / "maintd.db", "SELECT pipeline, state FROM runs ORDER BY id")
+            == [("alpha", "passed"), ("beta", "failed")]
+        ),
         15,
         f"both runs to finish (were {runs})",
     )

@@ -46,7 +46,7 @@ def test_a_job_running_maintctl_is_refused_and_the_audit_log_names_the_process(w
     )
     stages = (
         '[[pipelines.stages]]\nname = "test"\n'
-        f'[[pipelines.stages.jobs]]\nname = "meddler"\nshell = \'\'\'{tries}touch "{done}"\'\'\'\n'
+        f"[[pipelines.stages.jobs]]\nname = \"meddler\"\nshell = '''{tries}touch \"{done}\"'''\n"
     )
     d = world.start(stages=stages)
     wait_for(done.exists, 60, "the job's maintctl attempts")

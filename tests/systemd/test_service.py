@@ -167,8 +167,8 @@ def test_watchdog_restarts_a_stuck_daemon(machine: Machine) -> None:
 def test_hardening_leaves_the_work_possible_and_jobs_in_cgroups_of_their_own(machine: Machine) -> None:
     machine.sh(
         "mkdir -p /srv/pipes && cd /srv/pipes && git init -q -b main"
-        " && printf '[[pipelines]]\\nname = \"fromrepo\"\\n[[pipelines.stages]]\\nname = \"s\"\\n"
-        "[[pipelines.stages.jobs]]\\nname = \"j\"\\ncommand = [\"true\"]\\n' > p.toml"
+        ' && printf \'[[pipelines]]\\nname = "fromrepo"\\n[[pipelines.stages]]\\nname = "s"\\n'
+        '[[pipelines.stages.jobs]]\\nname = "j"\\ncommand = ["true"]\\n\' > p.toml'
         " && git add p.toml && git -c user.email=ci@example.com -c user.name=ci commit -q -m pipes"
         " && chown -R maintd:maintd /srv/pipes"
     )
