@@ -432,13 +432,21 @@ class CeleryRunner:
             else:
                 last, entries = await trio.to_thread.run_sync(self._read_stream, t)
             t.last_id = last
-            for _, fields in entries:
+            for entry, fields in entries:
                 if b"start" in fields:
-                    start = msgspec.json.decode(fields[b"start"], type=contract.JobStart)
-                    t.pid, t.node = start.pid, start.worker or t.node
+                    try:
+                        start = msgspec.json.decode(fields[b"start"], type=contract.JobStart)
+                        t.pid, t.node = start.pid, start.worker or t.node
+                    except msgspec.DecodeError as exc:  # not the agent's: what it says is not taken
+                        log.warning("job %s: its stream's start entry %s cannot be read: %s", t.job_id, entry, exc)
+                        t.pid = t.pid or 0
                     self._started(t)
                 if b"end" in fields:
-                    t.result = msgspec.json.decode(fields[b"end"], type=contract.RemoteResult)
+                    try:
+                        t.result = msgspec.json.decode(fields[b"end"], type=contract.RemoteResult)
+                    except msgspec.DecodeError as exc:
+                        why = f"its end entry in the stream {t.stream} cannot be read: {exc}"
+                        t.result = contract.RemoteResult(returncode=None, error=why)
             if t.result is not None:
                 self._ended(t, t.result)
 

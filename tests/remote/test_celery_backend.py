@@ -434,3 +434,25 @@ def test_maintctl_logs_follow_streams_a_remote_job_s_output_until_it_ends(remote
             follow.kill()
     assert follow.returncode == 0, err
     assert ("line 3" in out and out.rstrip().endswith("finished chatty")) or "finished chatty" in out
+
+
+def test_a_forged_end_entry_in_a_job_s_stream_ends_it_failed_with_the_reason_and_maintd_goes_on(remote: Remote) -> None:
+    remote.worker("w1")
+    remote.start("victim", "next")
+    remote.wait_agents_idle("w1")
+    remote.ctl("trigger", "build")
+    remote.building("victim")
+    client = remote.redis.client()
+    (stream,) = [k for k in client.scan_iter("maintd:log:*")]
+    client.xadd(stream, {"end": b"{not json"})  # whoever can write to the broker
+    job = remote.wait_job("victim", lambda j: j["state"] == "failed", "the job ended failed")
+    import sqlite3
+
+    with sqlite3.connect(remote.d.state / "maintd.db") as db:  # the job's state change says why
+        (detail,) = db.execute("SELECT detail FROM job_events WHERE job_id = ? AND state = 'failed'", (job["id"],)).fetchone()
+    assert "end entry" in detail and "cannot be read" in detail
+    # maintd goes on: the next job runs on that slot once the worker has really freed it
+    remote.let_go("victim")
+    remote.let_go("next")
+    remote.wait_job("next", lambda j: j["state"] == "passed", "the next job passed")
+    assert remote.jobs()["victim"]["state"] == "failed"  # the real end, later, changes nothing
