@@ -175,3 +175,29 @@ class Daemon:
                 if key in ("VmRSS", "VmHWM", "Threads"):
                     out[key] = int(value.split()[0])
         return out
+
+
+def wait_for_bulk_run(
+    d: Daemon, c: LineClient, counter: int, deadline: float, poll: float, what: str = "bulk"
+) -> tuple[dict, int]:
+    """Wait (polling ``status`` every ``poll`` s, not ``watch``) until no job is scheduled or
+    building, then until run ``what``/``counter`` has its ``finished_at`` (the scheduler records
+    it just after its last JobFinished: it may trail the status by a moment); the run, and how
+    many status polls it took."""
+    polls = 0
+    while True:
+        time.sleep(poll)
+        polls += 1
+        d.check_alive()
+        line = c.raw("status")
+        if b'"scheduled_jobs":[]' in line and b'"building_jobs":[]' in line:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {what} run did not finish in time")
+    while True:
+        (run,) = c.request("runs", pipeline=what, limit=1)["runs"]
+        if run["counter"] == counter and run["finished_at"] is not None:
+            return run, polls
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {what}/{counter} has no finished_at: {run['state']}")
+        time.sleep(0.01)

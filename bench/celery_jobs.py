@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Daemon, LineClient, describe_tree, median, pct, source_env, stop_process, verdict
+from _common import Daemon, LineClient, describe_tree, median, pct, source_env, stop_process, verdict, wait_for_bulk_run
 from jobs import Watcher, cpu_seconds, probe_argv, release, subsystems_ready, with_suppress_unlink
 
 TARGET_RATIO = 1.5
@@ -582,22 +582,7 @@ def daemon_round(side: Side, args: argparse.Namespace, redis: Redis, workers: li
     t_sent = time.time()
     trig = c.request("trigger", pipeline="bulk")
     t_reply = time.time()
-    deadline = time.monotonic() + args.round_timeout
-    while True:
-        time.sleep(POLL_INTERVAL)
-        d.check_alive()
-        line = c.raw("status")
-        if b'"scheduled_jobs":[]' in line and b'"building_jobs":[]' in line:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the bulk run did not finish within {args.round_timeout:.0f} s")
-    while True:
-        (run,) = c.request("runs", pipeline="bulk", limit=1)["runs"]
-        if run["counter"] == trig["counter"] and run["finished_at"] is not None:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"run bulk/{trig['counter']} has no finished_at: {run['state']}")
-        time.sleep(0.01)
+    run, _polls = wait_for_bulk_run(d, c, trig["counter"], time.monotonic() + args.round_timeout, POLL_INTERVAL)
     cpu = cpu_seconds(d.proc.pid) - cpu0
     rcpu = cpu_seconds(redis.proc.pid) - rcpu0
     wcpu = sum(w.session_cpu() for w in workers) - wcpu0

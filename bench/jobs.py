@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import IO_TIMEOUT, Daemon, LineClient, describe_tree, median, pct, source_env, verdict
+from _common import IO_TIMEOUT, Daemon, LineClient, describe_tree, median, pct, source_env, verdict, wait_for_bulk_run
 
 # Targets, printed next to the figures.
 TARGET_RATIO = 1.5
@@ -349,26 +349,7 @@ def daemon_round(d: Daemon, c: LineClient, args: argparse.Namespace) -> dict:
     t_sent = time.time()
     trig = c.request("trigger", pipeline="bulk")
     t_reply = time.time()
-    deadline = time.monotonic() + args.round_timeout
-    polls = 0
-    while True:
-        time.sleep(POLL_INTERVAL)
-        polls += 1
-        d.check_alive()
-        line = c.raw("status")
-        if b'"scheduled_jobs":[]' in line and b'"building_jobs":[]' in line:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the bulk run did not finish within {args.round_timeout:.0f} s")
-    # The scheduler records finished_at just after its last JobFinished; it may trail the
-    # status by a moment.
-    while True:
-        (run,) = c.request("runs", pipeline="bulk", limit=1)["runs"]
-        if run["counter"] == trig["counter"] and run["finished_at"] is not None:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"run bulk/{trig['counter']} has no finished_at: {run['state']}")
-        time.sleep(0.01)
+    run, polls = wait_for_bulk_run(d, c, trig["counter"], time.monotonic() + args.round_timeout, POLL_INTERVAL)
     cpu = cpu_seconds(d.proc.pid) - cpu0
     passed = sum(j["state"] == "passed" for j in run["jobs"])
     if run["state"] != "passed" or passed != args.jobs:
