@@ -85,7 +85,10 @@ def set_subreaper() -> None:
 
 
 class Tree:
-    """The processes whose environment has ``MAINTD_JOB=<value>`` (of this user; all, as root)."""
+    """The job's processes: every descendant of this pool process (the child subreaper: an
+    orphan of the job comes back to it, whatever it did to its session or its environment),
+    and every process whose environment has ``MAINTD_JOB=<value>`` (of this user; all, as
+    root). Zombies are not counted: the task reaps them."""
 
     def __init__(self, value: str) -> None:
         self.value = value.encode()
@@ -93,11 +96,26 @@ class Tree:
         self.uid = os.getuid()
 
     def scan(self) -> list[int]:
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == self.me:
+        parents: dict[int, int] = {}
+        for pid in procfs.pids():
+            if pid == self.me:
                 continue
-            pid = int(name)
+            stat = procfs.stat(pid)
+            if stat is not None and stat[0] != "Z":
+                parents[pid] = stat[1]
+        children: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            children.setdefault(parent, []).append(pid)
+        found: set[int] = set()
+        below = [self.me]
+        while below:
+            for child in children.get(below.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    below.append(child)
+        for pid in parents:
+            if pid in found:
+                continue
             if self.uid != 0:
                 try:
                     if os.stat(f"/proc/{pid}").st_uid != self.uid:
@@ -105,8 +123,21 @@ class Tree:
                 except OSError:
                     continue
             if procfs.marker_of(pid) == self.value:
-                found.append(pid)
-        return found
+                found.add(pid)
+        return sorted(found)
+
+    def ours(self, pid: int) -> bool:
+        """``pid`` (pinned by a pidfd) is still the job's: marked, or below this process."""
+        if procfs.marker_of(pid) == self.value:
+            return True
+        for _ in range(4096):  # up its parents to this process (or to init: not ours)
+            stat = procfs.stat(pid)
+            if stat is None or stat[1] <= 1:
+                return False
+            pid = stat[1]
+            if pid == self.me:
+                return True
+        return False
 
     def live(self) -> list[int]:
         """:meth:`scan`, but an empty answer is one to trust: a double fork's grandchild born
@@ -124,14 +155,14 @@ class Tree:
             empty_before = True
 
     def send(self, pids: list[int], sig: int) -> None:
-        """Signal each pid that still carries the marker: a pidfd pins it while we check."""
+        """Signal each pid that is still the job's (:meth:`ours`): a pidfd pins it while we check."""
         for pid in pids:
             try:
                 fd = os.pidfd_open(pid)
             except OSError:
                 continue
             try:
-                if procfs.marker_of(pid) == self.value:
+                if self.ours(pid):
                     signal.pidfd_send_signal(fd, sig)
             except OSError:
                 pass

@@ -472,3 +472,22 @@ def test_a_pickled_task_is_refused_and_never_runs(redis_server: RedisServer, sta
     assert result.get(timeout=WAIT)["returncode"] == 0
     assert not marker.exists()
     pickler.close()  # type: ignore[attr-defined]
+
+
+def test_a_child_that_clears_its_environment_is_still_part_of_the_job_and_killed(
+    redis_server: RedisServer, start_worker: Any, client: Any, tmp_path: Path
+) -> None:
+    """The marker alone would miss it (``env -i``): the pool process is the child subreaper, so
+    every descendant of it is the job's, whatever it did to its environment or its session."""
+    worker = start_worker("a1", broker_url=redis_server.url)
+    pidfile = tmp_path / "clean.pid"
+    shell = f"env -i /usr/bin/setsid /bin/sh -c 'echo $$ > {pidfile}; exec sleep 300' & echo started; sleep 300"
+    send(client, worker, job(tid("clean-1"), shell=shell, grace=1.0))
+    (clean,) = wait_for(lambda: pids_in(pidfile), WAIT, "the child without an environment")
+    assert (alive(clean) and not marked(tid("clean-1"))) or clean not in marked(tid("clean-1"))
+    client.control.revoke(tid("clean-1"), terminate=True, signal="SIGTERM")
+    # The stream's end entry (the backend may end up REVOKED: the worker's main process marks
+    # it so after the signal, and this job stops quicker than that write)
+    end = wait_for(lambda: [v for k, v in entries(redis_server, tid("clean-1")) if k == "end"], WAIT, "the job's end")
+    assert msgspec.json.decode(end[0], type=RemoteResult).cancelled
+    assert not alive(clean), "a process of the job outlived its cancel"
