@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     broker = None
     if cfg.agents.backend == "celery":
-        from .celery_runner import broker_url, read_password
+        from .broker import broker_url, read_password
 
         try:
             broker = broker_url(cfg.celery.broker, read_password(cfg.celery.password_file))
@@ -363,7 +363,8 @@ def celery_runner(
     polls to ``local``; the broker's state goes to the status and the metrics."""
     from actors.status import AgentsBackend
 
-    from .celery_runner import CeleryRunner, masked
+    from .broker import masked
+    from .celery_runner import CeleryRunner
 
     cfg = settings.config
     assert settings.broker is not None
