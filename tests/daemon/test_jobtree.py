@@ -55,6 +55,25 @@ def make_tracking(mechanism: str, tmp: Path) -> Tracking:
     return jobtree.setup(mechanism, tmp)
 
 
+def memory_of(pid: int) -> bytes | None:
+    """What ``/proc/PID/environ`` holds (empty once an exiting process has let its memory go); None if gone."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+async def all_gone(pids: list[int]) -> None:
+    """Once the job has ended, none of ``pids`` runs: each is gone, or (SIGKILLed, the kernel
+    still tearing it down) has no memory left, so it cannot run the job's code; and those go
+    within a moment."""
+    left = [p for p in pids if alive(p)]
+    for pid in left:
+        assert memory_of(pid) in (b"", None), f"process {pid} of the job still runs"
+    await until(lambda: not [p for p in left if alive(p)], "the killed processes to be gone", timeout=5)
+
+
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 15) -> Any:
     """Poll ``predicate`` (without blocking the trio loop) until it is true; its value."""
     with trio.fail_after(timeout):
@@ -221,7 +240,7 @@ async def test_cancel_ends_a_tree_that_ignores_sigterm(runner_for: Callable[...,
     runner.stop_job(spec.job_id, 0.3)
     exited = await inbox.next()
     assert isinstance(exited, JobExited) and exited.returncode == -signal.SIGKILL
-    assert [p for p in pids if alive(p)] == []
+    await all_gone(pids)
 
 
 async def test_cancel_ends_a_tree_20_levels_deep(runner_for: Callable[..., Any], tmp_path: Path) -> None:
@@ -247,7 +266,7 @@ async def test_cancel_ends_a_tree_20_levels_deep(runner_for: Callable[..., Any],
     runner.stop_job(spec.job_id, 0.5)
     exited = await inbox.next()
     assert isinstance(exited, JobExited)
-    assert [p for p in pids if alive(p)] == []
+    await all_gone(pids)
 
 
 async def test_a_timeout_kills_the_whole_tree(runner_for: Callable[..., Any], tmp_path: Path) -> None:
